@@ -1,0 +1,153 @@
+//! `ApiError`: every failure the api answers with, written in the envelope.
+//! Client mistakes are 4xx with a machine code; a dependency that is down is
+//! 503 with `Retry-After`; anything else is a logged 500 that leaks nothing.
+
+use crate::envelope::{ErrorBody, respond};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use shared::domain::DomainError;
+
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER_SECS: &str = "2";
+
+/// A failure, as the client will see it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The client's request was wrong (4xx).
+    #[error("{message}")]
+    Client {
+        /// The 4xx status.
+        status: StatusCode,
+        /// Machine-readable code.
+        code: &'static str,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// A dependency (database or broker) is down: 503 with `Retry-After`.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// Anything unexpected: logged, answered with a bare 500.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A 4xx with `code` and `message`.
+    pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self::Client {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 404 with `code`.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::client(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 409 with `code`.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::client(StatusCode::CONFLICT, code, message)
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        Self::client(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if shared::db::is_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            Self::Unavailable("the database is unavailable; retry shortly".into())
+        } else {
+            Self::Internal(anyhow::Error::new(e).context("database query failed"))
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let (status, code) = match &rejection {
+            JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_BODY"),
+            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "MALFORMED_JSON"),
+            JsonRejection::MissingJsonContentType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
+            }
+            _ => (StatusCode::BAD_REQUEST, "INVALID_BODY"),
+        };
+        let message = match code {
+            "UNSUPPORTED_MEDIA_TYPE" => {
+                "send the body as JSON with Content-Type: application/json".to_owned()
+            }
+            "PAYLOAD_TOO_LARGE" => "the request body is too large".to_owned(),
+            _ => rejection.body_text(),
+        };
+        Self::client(status, code, message)
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::client(StatusCode::BAD_REQUEST, "INVALID_ID", rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::client(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY",
+            rejection.body_text(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Client {
+                status,
+                code,
+                message,
+            } => respond(
+                status,
+                ErrorBody {
+                    error: code.to_owned(),
+                    message,
+                },
+            ),
+            Self::Unavailable(message) => {
+                let mut response = respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorBody {
+                        error: "SERVICE_UNAVAILABLE".to_owned(),
+                        message,
+                    },
+                );
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+                response
+            }
+            Self::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorBody {
+                        error: "INTERNAL".to_owned(),
+                        message: "an unexpected error occurred".to_owned(),
+                    },
+                )
+            }
+        }
+    }
+}

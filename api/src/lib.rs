@@ -1,0 +1,18 @@
+//! The flashstock HTTP api.
+//!
+//! - [`startup`]: `Application::build(config)` wires everything; `run_until_stopped` serves.
+//! - [`routes`]: one module per resource (products, inventory, orders, health).
+//! - [`publisher`]: publishing orders with confirms, the relay, decision notices.
+//! - [`error`], [`envelope`], [`extract`]: the response envelope and our extractors.
+//! - [`openapi`]: the OpenAPI document derived from the handlers.
+
+pub mod envelope;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod publisher;
+pub mod routes;
+pub mod startup;
+pub mod state;
+
+pub use startup::Application;

@@ -1,0 +1,73 @@
+//! The OpenAPI document, derived from the handlers' annotations. The
+//! committed `apispec.json` must equal [`document`]; a test checks it.
+
+use crate::routes;
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "flashstock",
+        description = "An order service that cannot oversell: every order is reserved through a queue and gets one honest answer.",
+        license(name = "MIT")
+    ),
+    tags(
+        (name = "products", description = "Products"),
+        (name = "inventory", description = "Stock per product"),
+        (name = "orders", description = "Orders and their decisions"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of every route.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let (_, api) = utoipa_axum::router::OpenApiRouter::<crate::state::AppState>::with_openapi(
+        ApiDoc::openapi(),
+    )
+    .merge(routes::router())
+    .split_for_parts();
+    api
+}
+
+/// The document as the pretty JSON committed in `apispec.json`.
+pub fn document_json() -> String {
+    let mut json = document()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    json.push('\n');
+    json
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed `apispec.json` equals the document derived from the
+    /// handlers. Regenerate with `UPDATE_APISPEC=1 cargo test -p flashstock-api apispec`.
+    #[test]
+    fn apispec_json_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../apispec.json");
+        let current = super::document_json();
+        if std::env::var_os("UPDATE_APISPEC").is_some() {
+            std::fs::write(path, &current).expect("writing apispec.json");
+            return;
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        if committed != current {
+            let diff: Vec<String> = committed
+                .lines()
+                .zip(current.lines())
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .take(10)
+                .map(|(i, (a, b))| format!("line {}:\n  committed: {a}\n  derived:   {b}", i + 1))
+                .collect();
+            panic!(
+                "apispec.json is out of date ({} vs {} lines); first differences:\n{}\n\
+                 regenerate with: UPDATE_APISPEC=1 cargo test -p flashstock-api apispec",
+                committed.lines().count(),
+                current.lines().count(),
+                diff.join("\n")
+            );
+        }
+    }
+}

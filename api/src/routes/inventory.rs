@@ -1,0 +1,116 @@
+//! `/api/products/{id}/inventory`: read and set a product's stock.
+
+use super::parse_product_id;
+use super::products::product_not_found;
+use crate::envelope::{Envelope, ErrorBody, respond};
+use crate::error::ApiError;
+use crate::extract::{AppJson, AppPath};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use shared::db::inventory::{self, InventoryRow, SetStock};
+use shared::domain::Stock;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+/// Routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_inventory, put_inventory))
+}
+
+/// A product's stock.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Inventory {
+    /// The product.
+    #[schema(example = 1)]
+    pub product_id: u64,
+    /// Its name.
+    pub product_name: String,
+    /// Units the seller holds.
+    #[schema(example = 100)]
+    pub stored_stock: i64,
+    /// Units held for accepted, unpaid orders.
+    #[schema(example = 12)]
+    pub reserved_stock: i64,
+    /// `stored_stock - reserved_stock`.
+    #[schema(example = 88)]
+    pub available_stock: i64,
+}
+
+impl From<InventoryRow> for Inventory {
+    fn from(row: InventoryRow) -> Self {
+        Self {
+            available_stock: row.available_stock(),
+            product_id: row.product_id,
+            product_name: row.product_name,
+            stored_stock: row.stored_stock,
+            reserved_stock: row.reserved_stock,
+        }
+    }
+}
+
+/// The new stock level.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetInventory {
+    /// The new `stored_stock`, 0 to 1,000,000,000, not below `reserved_stock`.
+    #[schema(example = 100, minimum = 0, maximum = 1000000000)]
+    pub stock: i64,
+}
+
+/// Reads a product's stock.
+#[utoipa::path(get, path = "/products/{id}/inventory", tag = "inventory",
+    params(("id" = u64, Path, description = "Product id")),
+    responses(
+        (status = 200, description = "The inventory", body = Envelope<Inventory>),
+        (status = 400, description = "Not a product id", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such product", body = Envelope<ErrorBody>),
+        (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
+    ))]
+pub async fn get_inventory(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_product_id(&id)?;
+    let row = inventory::get(&state.db, id)
+        .await?
+        .ok_or_else(|| product_not_found(id))?;
+    Ok(respond(StatusCode::OK, Inventory::from(row)))
+}
+
+/// Sets `stored_stock` (idempotent). Refused with 409 when below `reserved_stock`.
+#[utoipa::path(put, path = "/products/{id}/inventory", tag = "inventory",
+    params(("id" = u64, Path, description = "Product id")),
+    request_body = SetInventory,
+    responses(
+        (status = 200, description = "The inventory after the change", body = Envelope<Inventory>),
+        (status = 400, description = "Not a product id, or malformed JSON", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such product", body = Envelope<ErrorBody>),
+        (status = 409, description = "Below the reserved stock; nothing changed", body = Envelope<ErrorBody>),
+        (status = 413, description = "Body too large", body = Envelope<ErrorBody>),
+        (status = 415, description = "Not JSON", body = Envelope<ErrorBody>),
+        (status = 422, description = "Invalid stock", body = Envelope<ErrorBody>),
+        (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
+    ))]
+pub async fn put_inventory(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+    AppJson(body): AppJson<SetInventory>,
+) -> Result<Response, ApiError> {
+    let id = parse_product_id(&id)?;
+    let stock = Stock::new(body.stock)?;
+    match inventory::set_stock(&state.db, id, stock).await? {
+        SetStock::Done(row) => Ok(respond(StatusCode::OK, Inventory::from(row))),
+        SetStock::NotFound => Err(product_not_found(id)),
+        SetStock::BelowReserved(row) => Err(ApiError::conflict(
+            "STOCK_BELOW_RESERVED",
+            format!(
+                "stock {} is below the {} units reserved for accepted orders",
+                stock.get(),
+                row.reserved_stock
+            ),
+        )),
+    }
+}

@@ -1,0 +1,124 @@
+//! Building and running the api.
+
+use crate::envelope::{ErrorBody, respond};
+use crate::openapi;
+use crate::publisher::{self, Publisher, Waiters};
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use shared::Config;
+use shared::broker::{BrokerLink, Topology};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body accepted; an order or a product is a few dozen bytes.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// The api, bound to its port and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Connects to the database (creating and migrating it) and the broker
+    /// (declaring the topology; refusing on a partition mismatch), starts the
+    /// background tasks, and binds `API_ADDR` (port 0 picks a free port).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let db = shared::db::connect(&config).await?;
+        let topology = Topology::new(
+            &config.broker_namespace,
+            config.order_partitions,
+            config.delivery_limit,
+        );
+        let link = BrokerLink::start(
+            config.amqp_url.clone(),
+            format!("flashstock-api {}", std::process::id()),
+            topology.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        let publisher =
+            Publisher::new(link.clone(), topology.clone(), db.clone(), shutdown.clone());
+        let waiters = Waiters::default();
+        tokio::spawn(publisher::run_decision_listener(
+            link.clone(),
+            topology,
+            waiters.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(publisher::run_relay(
+            db.clone(),
+            publisher.clone(),
+            config.relay_interval,
+            shutdown.clone(),
+        ));
+        let listener = TcpListener::bind(config.api_addr).await?;
+        let state = AppState {
+            db,
+            publisher,
+            waiters,
+            known_products: Arc::default(),
+            config: Arc::new(config),
+        };
+        Ok(Self {
+            listener,
+            router: router(state),
+            shutdown,
+        })
+    }
+
+    /// The port the api listens on.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `stop` fires, then stops accepting, drains in-flight
+    /// requests and stops the background tasks.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
+        let result = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        self.shutdown.cancel();
+        result
+    }
+}
+
+/// The whole router: every route, the spec, the envelope for 404 and 405.
+pub fn router(state: AppState) -> Router {
+    let (routes, _) = crate::routes::router().split_for_parts();
+    let spec = openapi::document_json();
+    routes
+        .route(
+            "/api/openapi.json",
+            get(move || async move { ([("content-type", "application/json")], spec) }),
+        )
+        .fallback(|| async {
+            respond(
+                StatusCode::NOT_FOUND,
+                ErrorBody {
+                    error: "NOT_FOUND".into(),
+                    message: "no such route".into(),
+                },
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorBody {
+                    error: "METHOD_NOT_ALLOWED".into(),
+                    message: "this route does not take that method".into(),
+                },
+            )
+            .into_response()
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

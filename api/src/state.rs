@@ -1,0 +1,24 @@
+//! The one state value every handler receives.
+
+use crate::publisher::{Publisher, Waiters};
+use shared::Config;
+use shared::domain::ProductId;
+use sqlx::MySqlPool;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+/// Shared by every handler through `State`.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database pool.
+    pub db: MySqlPool,
+    /// Publishes orders to the broker.
+    pub publisher: Publisher,
+    /// Requests waiting for decisions.
+    pub waiters: Waiters,
+    /// Products known to exist (products are never deleted through the api),
+    /// so a flood of orders does not ask the database each time.
+    pub known_products: Arc<RwLock<HashSet<ProductId>>>,
+    /// Configuration.
+    pub config: Arc<Config>,
+}

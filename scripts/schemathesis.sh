@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Contract check: runs schemathesis (from PyPI, in .venv) against a running
+# api + worker on a throwaway database and namespace, with a bounded number
+# of examples. Fails on any 5xx or any response that breaks apispec.json.
+#   bash scripts/schemathesis.sh [MAX_EXAMPLES]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MAX_EXAMPLES=${1:-${SCHEMATHESIS_EXAMPLES:-25}}
+SCHEMATHESIS_VERSION=4.32.5
+
+if [[ ! -x .venv/bin/st ]] || ! .venv/bin/st --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  echo "== installing schemathesis $SCHEMATHESIS_VERSION into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+cargo build -q --bin api --bin worker
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+
+name="fs_test_st_$(date +%s)_$$"
+port=$((20000 + RANDOM % 20000))
+export DATABASE_URL="mysql://root@127.0.0.1:3306/$name" BROKER_NAMESPACE="$name" ORDER_PARTITIONS=2 \
+  API_ADDR="127.0.0.1:$port" RUST_LOG=warn
+logs=$(mktemp -d)
+"$target_dir/debug/worker" >"$logs/worker.log" 2>&1 &
+worker_pid=$!
+"$target_dir/debug/api" >"$logs/api.log" 2>&1 &
+api_pid=$!
+cleanup() {
+  kill "$api_pid" "$worker_pid" 2>/dev/null || true
+  wait "$api_pid" "$worker_pid" 2>/dev/null || true
+  mysql --protocol=TCP -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS \`$name\`" || true
+  for q in $(rabbitmqctl list_queues -q name 2>/dev/null | grep "^$name\." || true); do
+    rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true
+  done
+}
+trap cleanup EXIT
+
+for _ in $(seq 60); do
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+  sleep 0.5
+done
+curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$logs/api.log"; exit 1; }
+
+echo "== schemathesis: $MAX_EXAMPLES examples per operation against apispec.json"
+status=0
+.venv/bin/st run apispec.json \
+  --url "http://127.0.0.1:$port" \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
+  --max-examples "$MAX_EXAMPLES" \
+  --seed 1 \
+  --no-color || status=$?
+if grep -q ' ERROR \| panicked' "$logs/api.log" "$logs/worker.log"; then
+  echo "== errors in the server logs:"; grep ' ERROR \| panicked' "$logs"/*.log | head -20; status=1
+fi
+exit $status

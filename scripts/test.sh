@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test command: brings up MariaDB and RabbitMQ if they are not answering,
+# then runs formatting, lints, every test, and the schemathesis contract check.
+#   bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/services.sh
+
+echo "== removing leftovers of interrupted test runs"
+for db in $(mysql --protocol=TCP -h 127.0.0.1 -u root -N -e "SHOW DATABASES LIKE 'fs\\_test\\_%'"); do
+  mysql --protocol=TCP -h 127.0.0.1 -u root -e "DROP DATABASE \`$db\`" || true
+done
+if command -v rabbitmqctl >/dev/null; then
+  for q in $(rabbitmqctl list_queues -q name 2>/dev/null | grep '^fs_test_' || true); do
+    rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true
+  done
+fi
+
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== tests"
+cargo nextest run --workspace --no-fail-fast
+echo "== contract check"
+bash scripts/schemathesis.sh

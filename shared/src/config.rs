@@ -1,0 +1,174 @@
+//! Configuration read from the environment (a `.env` file is optional).
+//!
+//! Every variable has a default that works against a local MariaDB and
+//! RabbitMQ; a value that does not parse is an error naming the variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A configuration value that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for {variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with its value.
+    pub message: String,
+}
+
+/// Everything the api and the worker read from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: the MySQL/MariaDB database; created if missing.
+    pub database_url: String,
+    /// `AMQP_URL`: the RabbitMQ broker.
+    pub amqp_url: String,
+    /// `BROKER_NAMESPACE`: prefix of every exchange and queue name.
+    pub broker_namespace: String,
+    /// `ORDER_PARTITIONS`: number of partition queues; api and workers must agree.
+    pub order_partitions: u16,
+    /// `API_ADDR`: where the api listens.
+    pub api_addr: SocketAddr,
+    /// `RESERVATION_TTL`: how long an accepted, unpaid order holds its units.
+    pub reservation_ttl: Duration,
+    /// `MAX_ORDER_TOTAL`: the largest `total` one order may ask for.
+    pub max_order_total: u32,
+    /// `MAX_WAIT`: the longest `Prefer: wait` the api honours.
+    pub max_wait: Duration,
+    /// `DATABASE_MAX_CONNECTIONS`: size of each process's connection pool.
+    pub database_max_connections: u32,
+    /// `RELAY_INTERVAL`: how often the relay looks for orders recorded but not published.
+    pub relay_interval: Duration,
+    /// `WORKER_BATCH_SIZE`: most orders one deciding transaction takes.
+    pub worker_batch_size: u16,
+    /// `DELIVERY_LIMIT`: deliveries of one message before it is dead-lettered.
+    pub delivery_limit: u32,
+    /// `LOG_FORMAT`: `json` for JSON logs, anything else for human-readable ones.
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment, after loading
+    /// `.env` when one exists.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests can supply values
+    /// without touching the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &'static str, default: &str| -> (&'static str, String) {
+            let value = lookup(name)
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| default.to_owned());
+            (name, value.trim().to_owned())
+        };
+        let config = Config {
+            database_url: get("DATABASE_URL", "mysql://root@127.0.0.1:3306/flashstock").1,
+            amqp_url: get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f").1,
+            broker_namespace: namespace(get("BROKER_NAMESPACE", "flashstock"))?,
+            order_partitions: number(get("ORDER_PARTITIONS", "16"), 1, 1024)?,
+            api_addr: parse(get("API_ADDR", "0.0.0.0:3000"))?,
+            reservation_ttl: duration(get("RESERVATION_TTL", "15m"))?,
+            max_order_total: number(get("MAX_ORDER_TOTAL", "1000"), 1, 1_000_000)?,
+            max_wait: duration(get("MAX_WAIT", "30s"))?,
+            database_max_connections: number(get("DATABASE_MAX_CONNECTIONS", "10"), 1, 1000)?,
+            relay_interval: duration(get("RELAY_INTERVAL", "2s"))?,
+            worker_batch_size: number(get("WORKER_BATCH_SIZE", "500"), 1, 10_000)?,
+            delivery_limit: number(get("DELIVERY_LIMIT", "20"), 1, 1000)?,
+            log_json: get("LOG_FORMAT", "text").1.eq_ignore_ascii_case("json"),
+        };
+        Ok(config)
+    }
+}
+
+fn parse<T: std::str::FromStr>((variable, value): (&'static str, String)) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| ConfigError {
+        variable,
+        message: format!("{value:?}: {e}"),
+    })
+}
+
+fn number<T>((variable, value): (&'static str, String), min: T, max: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    T::Err: std::fmt::Display,
+{
+    let n: T = parse((variable, value))?;
+    if n < min || n > max {
+        return Err(ConfigError {
+            variable,
+            message: format!("{n} is outside {min}..={max}"),
+        });
+    }
+    Ok(n)
+}
+
+fn duration((variable, value): (&'static str, String)) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(&value).map_err(|e| ConfigError {
+        variable,
+        message: format!("{value:?}: {e} (examples: 15m, 30s, 1h)"),
+    })?;
+    if d.is_zero() {
+        return Err(ConfigError {
+            variable,
+            message: "must be longer than zero".into(),
+        });
+    }
+    Ok(d)
+}
+
+fn namespace((variable, value): (&'static str, String)) -> Result<String, ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 100
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            variable,
+            message: format!("{value:?}: use 1 to 100 of A-Z a-z 0-9 - _ ."),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_brief() {
+        let c = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(c.database_url, "mysql://root@127.0.0.1:3306/flashstock");
+        assert_eq!(c.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(c.broker_namespace, "flashstock");
+        assert_eq!(c.order_partitions, 16);
+        assert_eq!(c.api_addr.to_string(), "0.0.0.0:3000");
+        assert_eq!(c.reservation_ttl, Duration::from_secs(15 * 60));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let err =
+            Config::from_lookup(|n| (n == "ORDER_PARTITIONS").then(|| "zero".into())).unwrap_err();
+        assert_eq!(err.variable, "ORDER_PARTITIONS");
+        let err =
+            Config::from_lookup(|n| (n == "RESERVATION_TTL").then(|| "soon".into())).unwrap_err();
+        assert_eq!(err.variable, "RESERVATION_TTL");
+        let err =
+            Config::from_lookup(|n| (n == "BROKER_NAMESPACE").then(|| "a b".into())).unwrap_err();
+        assert_eq!(err.variable, "BROKER_NAMESPACE");
+    }
+
+    #[test]
+    fn short_durations_parse() {
+        let c = Config::from_lookup(|n| (n == "RESERVATION_TTL").then(|| "2s".into())).unwrap();
+        assert_eq!(c.reservation_ttl, Duration::from_secs(2));
+    }
+}

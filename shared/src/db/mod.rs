@@ -1,0 +1,120 @@
+//! The database: connecting (creating the database and migrating), and the
+//! queries both binaries share, one module per table.
+
+pub mod inventory;
+pub mod orders;
+pub mod products;
+
+use crate::config::Config;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{MySql, MySqlPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The migrations in `migrations/`, embedded in the binaries.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Errors while connecting and migrating.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// `DATABASE_URL` is not a MySQL URL.
+    #[error("DATABASE_URL is not a usable MySQL URL: {0}")]
+    Url(sqlx::Error),
+    /// The server did not answer or refused.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Creates the database when it is missing, runs the migrations, and
+/// returns a pool sized by `DATABASE_MAX_CONNECTIONS`.
+pub async fn connect(config: &Config) -> Result<MySqlPool, ConnectError> {
+    let url = &config.database_url;
+    let options = MySqlConnectOptions::from_str(url).map_err(ConnectError::Url)?;
+    if !MySql::database_exists(url).await? {
+        // Another process may create it at the same moment: only a database
+        // that still does not exist afterwards is an error.
+        if let Err(e) = MySql::create_database(url).await
+            && !MySql::database_exists(url).await?
+        {
+            return Err(e.into());
+        }
+    }
+    let pool = MySqlPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Runs the migrations under a named lock, so processes starting together
+/// migrate one at a time. (sqlx's own lock asks MariaDB for `GET_LOCK(.., -1)`,
+/// which MariaDB treats as "do not wait".)
+async fn migrate(pool: &MySqlPool) -> Result<(), ConnectError> {
+    let mut conn = pool.acquire().await?;
+    let (locked,): (Option<i32>,) =
+        sqlx::query_as("SELECT GET_LOCK(CONCAT('flashstock_migrate_', DATABASE()), 120)")
+            .fetch_one(&mut *conn)
+            .await?;
+    if locked != Some(1) {
+        return Err(ConnectError::Database(sqlx::Error::Protocol(
+            "timed out waiting for another process's migrations".into(),
+        )));
+    }
+    let result = MIGRATOR.run(&mut *conn).await;
+    let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('flashstock_migrate_', DATABASE()))")
+        .execute(&mut *conn)
+        .await;
+    result?;
+    Ok(())
+}
+
+/// Whether an error means the database is unreachable or overloaded (worth
+/// a 503 and a retry) rather than a bug.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+    )
+}
+
+/// Whether retrying the same transaction may succeed: unavailability, a
+/// deadlock (1213) or a lock wait timeout (1205).
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    if is_unavailable(e) {
+        return true;
+    }
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("40001" | "HY000"))
+                && matches!(
+                    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .map(|m| m.number()),
+                    Some(1205 | 1213 | 2006 | 2013)
+                )
+        }
+        _ => false,
+    }
+}
+
+/// `n` comma-separated placeholders, for `IN (...)` lists.
+pub fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 2);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('?');
+    }
+    s
+}

@@ -1,0 +1,20 @@
+//! Code shared by the flashstock `api` and `worker`.
+//!
+//! - [`config`]: configuration from the environment.
+//! - [`domain`]: parsed domain types (`ProductId`, `OrderId`, `Quantity`, `OrderStatus`, …).
+//! - [`db`]: connecting, migrating, and the shared queries.
+//! - [`broker`]: RabbitMQ names, topology and a self-healing connection.
+//! - [`partition`]: which partition a product's orders go to.
+//! - [`message`]: what travels over the broker.
+//! - [`telemetry`]: logging setup.
+
+pub mod broker;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod message;
+pub mod partition;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::Config;

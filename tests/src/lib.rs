@@ -1,0 +1,428 @@
+//! The test harness: each test gets its own database and broker namespace,
+//! the real api on port 0 and real workers, so tests run in parallel and
+//! never see each other's data.
+//!
+//! - [`spawn_app`] / [`TestApp::spawn`]: the whole system, in-process.
+//! - [`TestApp`] helpers: `post_json`, `create_product`, `post_order`, `wait_for_decision`, …
+//! - [`proxy::Proxy`]: a TCP proxy the tests can cut, to play "the database is down".
+
+pub mod proxy;
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use shared::Config;
+use shared::broker::Topology;
+use sqlx::MySqlPool;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The database server tests create their databases on.
+pub fn database_server() -> String {
+    std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// The broker tests use.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Settings for one test's world.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Environment overrides, by variable name.
+    pub env: HashMap<String, String>,
+    /// In-process workers to start.
+    pub workers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            env: HashMap::new(),
+            workers: 1,
+        }
+    }
+}
+
+impl Options {
+    /// Sets an environment override.
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the number of in-process workers.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+}
+
+/// One test's running system.
+pub struct TestApp {
+    /// `http://127.0.0.1:{port}`.
+    pub address: String,
+    /// The configuration the api and workers run with.
+    pub config: Config,
+    /// A pool on the test's database, for checks.
+    pub db: MySqlPool,
+    /// A keep-alive HTTP client.
+    pub client: reqwest::Client,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts a fresh system: a new database, a new namespace, the api and one worker.
+pub async fn spawn_app() -> TestApp {
+    TestApp::spawn(Options::default()).await
+}
+
+impl TestApp {
+    /// Starts a fresh system with `options`.
+    pub async fn spawn(options: Options) -> TestApp {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("fs_test_{}", &suffix[..16]);
+        let mut env: HashMap<String, String> = HashMap::from([
+            (
+                "DATABASE_URL".into(),
+                format!("{}/{name}", database_server()),
+            ),
+            ("AMQP_URL".into(), amqp_url()),
+            ("BROKER_NAMESPACE".into(), name.clone()),
+            ("ORDER_PARTITIONS".into(), "4".into()),
+            ("API_ADDR".into(), "127.0.0.1:0".into()),
+            ("DATABASE_MAX_CONNECTIONS".into(), "6".into()),
+            ("RELAY_INTERVAL".into(), "250ms".into()),
+        ]);
+        env.extend(options.env);
+        let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test configuration");
+        Self::start(config, options.workers).await
+    }
+
+    /// Starts the api and `workers` workers on `config`.
+    pub async fn start(config: Config, workers: usize) -> TestApp {
+        let stop = CancellationToken::new();
+        let app = api::Application::build(config.clone())
+            .await
+            .expect("the api starts");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let mut tasks = vec![tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let _ = app.run_until_stopped(stop).await;
+            }
+        })];
+        for _ in 0..workers {
+            let worker = worker::Worker::build(config.clone())
+                .await
+                .expect("the worker starts");
+            tasks.push(tokio::spawn(worker.run_until_stopped(stop.clone())));
+        }
+        let db = MySqlPool::connect(&config.database_url)
+            .await
+            .expect("test pool");
+        TestApp {
+            address,
+            config,
+            db,
+            client: reqwest::Client::new(),
+            stop,
+            tasks,
+        }
+    }
+
+    /// Starts one more api on `config` (same database and namespace unless
+    /// changed) and returns its address.
+    pub async fn spawn_api(&mut self, config: Config) -> String {
+        let app = api::Application::build(config)
+            .await
+            .expect("the api starts");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let stop = self.stop.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let _ = app.run_until_stopped(stop).await;
+        }));
+        address
+    }
+
+    /// Starts one more in-process worker on `config`.
+    pub async fn spawn_worker(&mut self, config: Config) {
+        let worker = worker::Worker::build(config)
+            .await
+            .expect("the worker starts");
+        self.tasks
+            .push(tokio::spawn(worker.run_until_stopped(self.stop.clone())));
+    }
+
+    /// Publishes raw bytes to the queue of partition `partition`, as a
+    /// misbehaving producer would.
+    pub async fn publish_raw(&self, exchange: &str, routing_key: &str, payload: &[u8]) {
+        use lapin::options::BasicPublishOptions;
+        let conn = shared::broker::connect(&amqp_url(), "flashstock test publisher")
+            .await
+            .unwrap();
+        let ch = shared::broker::confirm_channel(&conn).await.unwrap();
+        ch.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            payload,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    /// Messages ready in `queue`.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        use lapin::options::QueueDeclareOptions;
+        let conn = shared::broker::connect(&amqp_url(), "flashstock test inspector")
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+        q.message_count()
+    }
+
+    /// Records a PENDING order straight in the database, as if the api had
+    /// crashed between recording and publishing. Returns its id.
+    pub async fn record_order_without_publishing(&self, product: u64, total: u32) -> uuid::Uuid {
+        let id = uuid::Uuid::now_v7();
+        sqlx::query("INSERT INTO orders (id, product_id, total) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(product)
+            .bind(total)
+            .execute(&self.db)
+            .await
+            .unwrap();
+        id
+    }
+
+    /// Stops the api and workers and waits for them to finish.
+    pub async fn stop(&mut self) {
+        self.stop.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+
+    /// The broker names of this test.
+    pub fn topology(&self) -> Topology {
+        Topology::new(
+            &self.config.broker_namespace,
+            self.config.order_partitions,
+            self.config.delivery_limit,
+        )
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `method path` with a JSON body.
+    pub async fn send_json(&self, method: reqwest::Method, path: &str, body: &Value) -> Response {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.send_json(reqwest::Method::POST, path, body).await
+    }
+
+    /// Creates a product with `stock` and returns its id.
+    pub async fn create_product(&self, name: &str, stock: i64) -> u64 {
+        let r = self
+            .post_json("/api/products", &json!({"name": name, "stock": stock}))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.unwrap();
+        body["data"]["id"].as_u64().expect("product id")
+    }
+
+    /// The inventory `data` of `product`.
+    pub async fn inventory(&self, product: u64) -> Value {
+        let r = self
+            .get(&format!("/api/products/{product}/inventory"))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<Value>().await.unwrap()["data"].clone()
+    }
+
+    /// Submits an order; `wait` adds `Prefer: wait=N`. Returns status and body.
+    pub async fn post_order(
+        &self,
+        product: u64,
+        total: i64,
+        wait: Option<u64>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}/api/orders", self.address))
+            .json(&json!({"product_id": product, "total": total}));
+        if let Some(n) = wait {
+            req = req.header("Prefer", format!("wait={n}"));
+        }
+        let r = req.send().await.expect("request");
+        (r.status(), r.json().await.expect("json body"))
+    }
+
+    /// Polls `GET /api/orders/{id}` until it is no longer PENDING (or `timeout`).
+    pub async fn wait_for_decision(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let order = self
+                .get(&format!("/api/orders/{id}"))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()["data"]
+                .clone();
+            if order["status"] != "PENDING" || Instant::now() > deadline {
+                return order;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Counts of orders by status for `product`, read from the database.
+    pub async fn status_counts(&self, product: u64) -> HashMap<String, i64> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM orders WHERE product_id = ? GROUP BY status",
+        )
+        .bind(product)
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
+        rows.into_iter().collect()
+    }
+
+    /// Waits until `product` has no PENDING orders (or `timeout`).
+    pub async fn drain(&self, product: u64, timeout: Duration) -> HashMap<String, i64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let counts = self.status_counts(product).await;
+            if !counts.contains_key("PENDING") || Instant::now() > deadline {
+                return counts;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Checks the stock invariants over the whole database: for every product
+    /// `0 <= reserved <= stored` and `reserved` = the sum of ACCEPTED totals.
+    pub async fn assert_invariants(&self) {
+        let rows: Vec<(u64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT i.product_id, i.stored_stock, i.reserved_stock, \
+                    CAST(COALESCE(SUM(CASE WHEN o.status = 'ACCEPTED' THEN o.total END), 0) AS SIGNED) \
+             FROM inventories i LEFT JOIN orders o ON o.product_id = i.product_id \
+             GROUP BY i.product_id, i.stored_stock, i.reserved_stock",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
+        for (product, stored, reserved, accepted) in rows {
+            assert!(
+                0 <= reserved && reserved <= stored,
+                "product {product}: reserved {reserved}, stored {stored}"
+            );
+            assert_eq!(
+                reserved, accepted,
+                "product {product}: reserved vs accepted orders"
+            );
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let database_url = self.config.database_url.clone();
+        let topology = self.topology();
+        // Clean up on a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    cleanup(&database_url, &topology),
+                )
+                .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Drops the test's database and deletes its broker objects.
+async fn cleanup(database_url: &str, topology: &Topology) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    if let Ok(conn) = shared::broker::connect(&amqp_url(), "flashstock test cleanup").await
+        && let Ok(ch) = conn.create_channel().await
+    {
+        let mut queues: Vec<String> = (0..topology.partitions())
+            .map(|p| topology.partition_queue(p))
+            .collect();
+        queues.push(topology.dead_letter_queue());
+        for q in queues {
+            let _ = ch
+                .queue_delete(q.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in [
+            topology.orders_exchange(),
+            topology.dead_letter_exchange(),
+            topology.decisions_exchange(),
+        ] {
+            let _ = ch
+                .exchange_delete(x.into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = conn.close(200, "cleaned".into()).await;
+    }
+    let name = database_url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if name.starts_with("fs_test_")
+        && let Ok(pool) = MySqlPool::connect(&database_server()).await
+    {
+        let _ = sqlx::query("SET SESSION lock_wait_timeout = 5")
+            .execute(&pool)
+            .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{name}`"
+        )))
+        .execute(&pool)
+        .await;
+        pool.close().await;
+    }
+}

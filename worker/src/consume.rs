@@ -1,0 +1,314 @@
+//! The consume loops: one per owned partition, plus the dead-letter queue.
+//! They only receive, call [`decide_batch`], commit, ack and announce.
+
+use crate::decide::{Decision, decide_batch, reject_dead_lettered};
+use backon::BackoffBuilder;
+use futures::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, message::Delivery};
+use shared::Config;
+use shared::broker::{BrokerLink, Topology, retry_policy};
+use shared::db;
+use shared::message::{DecidedOrder, DecisionNotice, OrderMessage};
+use sqlx::MySqlPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Attempts at a batch that keeps failing for a reason that is not
+/// transient, before its messages go back to the queue (where the delivery
+/// limit eventually dead-letters a poison message).
+const MAX_PERMANENT_FAILURES: u32 = 3;
+
+/// What every consume loop needs.
+pub struct Context {
+    /// The database.
+    pub db: MySqlPool,
+    /// The broker connection.
+    pub link: BrokerLink,
+    /// Queue and exchange names.
+    pub topology: Topology,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// This worker's id, for consumer tags and logs.
+    pub worker_id: String,
+}
+
+/// Why a consume session ended early.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("consumer stream ended")]
+    Closed,
+}
+
+/// Consumes partition `partition` until `shutdown`, reconnecting as needed.
+pub async fn run_partition(ctx: Arc<Context>, partition: u16, shutdown: CancellationToken) {
+    let queue = ctx.topology.partition_queue(partition);
+    let mut delays = retry_policy().build();
+    while let Some(conn) = ctx.link.connected(&shutdown).await {
+        match partition_session(&ctx, &conn, &queue, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(partition, error = %e, ?delay, "partition consumer stopped; restarting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One channel's life consuming `queue`: batch, decide, commit, ack, announce.
+/// Returns `Ok` only on shutdown, after the batch in hand is committed and acked.
+async fn partition_session(
+    ctx: &Context,
+    conn: &Connection,
+    queue: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let batch_size = usize::from(ctx.config.worker_batch_size);
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(
+        (batch_size * 2).min(u16::MAX as usize) as u16,
+        BasicQosOptions::default(),
+    )
+    .await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            format!("{}:{queue}", ctx.worker_id).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue, "consuming");
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = ch.close(200, "worker shutting down".into()).await;
+                return Ok(());
+            }
+            next = consumer.next() => next,
+        };
+        let mut batch = match first {
+            Some(Ok(d)) => vec![d],
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(SessionError::Closed),
+        };
+        // Take whatever else has already arrived, without waiting.
+        while batch.len() < batch_size {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(d))) => batch.push(d),
+                _ => break,
+            }
+        }
+        process_batch(ctx, &ch, batch, shutdown).await?;
+    }
+}
+
+/// Decides one batch of deliveries and settles them.
+async fn process_batch(
+    ctx: &Context,
+    ch: &Channel,
+    batch: Vec<Delivery>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let last_tag = batch.last().map(|d| d.delivery_tag).unwrap_or_default();
+    let mut orders = Vec::with_capacity(batch.len());
+    for d in &batch {
+        match serde_json::from_slice::<OrderMessage>(&d.data) {
+            Ok(order) => orders.push(order),
+            Err(e) => {
+                // Poison: straight to the dead-letter queue, the partition flows on.
+                tracing::warn!(error = %e, bytes = d.data.len(), "dead-lettering a malformed message");
+                ch.basic_reject(d.delivery_tag, BasicRejectOptions { requeue: false })
+                    .await?;
+            }
+        }
+    }
+    if orders.is_empty() {
+        return Ok(());
+    }
+
+    let mut delays = retry_policy().build();
+    let mut permanent_failures = 0;
+    let decisions = loop {
+        match decide_in_transaction(&ctx.db, &orders, ctx.config.reservation_ttl).await {
+            Ok(decisions) => break decisions,
+            Err(e) => {
+                if !db::is_transient(&e) {
+                    permanent_failures += 1;
+                    tracing::error!(error = %e, orders = orders.len(), "deciding a batch failed");
+                    if permanent_failures >= MAX_PERMANENT_FAILURES {
+                        ch.basic_nack(
+                            last_tag,
+                            BasicNackOptions {
+                                multiple: true,
+                                requeue: true,
+                            },
+                        )
+                        .await?;
+                        return Ok(());
+                    }
+                } else {
+                    tracing::warn!(error = %e, "database unavailable while deciding; retrying");
+                }
+                if !ch.status().connected() {
+                    // Unacked deliveries go back to the queue; nothing was committed.
+                    return Err(SessionError::Closed);
+                }
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! {
+                    // Nothing committed: the broker redelivers these later.
+                    _ = shutdown.cancelled() => return Err(SessionError::Closed),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    // Committed: now, and only now, acknowledge.
+    ch.basic_ack(last_tag, BasicAckOptions { multiple: true })
+        .await?;
+    let accepted = decisions
+        .iter()
+        .filter(|d| d.outcome == crate::decide::Outcome::Accepted)
+        .count();
+    tracing::debug!(orders = decisions.len(), accepted, "batch decided");
+    announce(
+        ch,
+        &ctx.topology,
+        decisions.iter().filter_map(Decision::notice).collect(),
+    )
+    .await;
+    Ok(())
+}
+
+async fn decide_in_transaction(
+    db: &MySqlPool,
+    orders: &[OrderMessage],
+    ttl: Duration,
+) -> Result<Vec<Decision>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let decisions = decide_batch(&mut tx, orders, ttl).await?;
+    tx.commit().await?;
+    Ok(decisions)
+}
+
+/// Announces committed decisions on the decisions fanout, best effort:
+/// waiting requests fall back to reading the order.
+async fn announce(ch: &Channel, topology: &Topology, decisions: Vec<DecidedOrder>) {
+    if decisions.is_empty() {
+        return;
+    }
+    let payload = serde_json::to_vec(&DecisionNotice { decisions }).expect("a notice serializes");
+    if let Err(e) = ch
+        .basic_publish(
+            topology.decisions_exchange().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &payload,
+            BasicProperties::default().with_content_type("application/json".into()),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "could not announce decisions");
+    }
+}
+
+/// Consumes the dead-letter queue: each order whose message died is decided
+/// REJECTED (`DEAD_LETTERED`) if it is still PENDING; unreadable messages
+/// are logged and dropped.
+pub async fn run_dead_letters(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let queue = ctx.topology.dead_letter_queue();
+    while let Some(conn) = ctx.link.connected(&shutdown).await {
+        let result: Result<(), SessionError> = async {
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(64, BasicQosOptions::default()).await?;
+            let mut consumer = ch
+                .basic_consume(
+                    queue.as_str().into(),
+                    format!("{}:dead", ctx.worker_id).into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            loop {
+                let delivery = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    next = consumer.next() => match next {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => return Err(e.into()),
+                        None => return Err(SessionError::Closed),
+                    },
+                };
+                handle_dead_letter(&ctx, &ch, &delivery, &shutdown).await?;
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "dead-letter consumer stopped; restarting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn handle_dead_letter(
+    ctx: &Context,
+    ch: &Channel,
+    delivery: &Delivery,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    match serde_json::from_slice::<OrderMessage>(&delivery.data) {
+        Err(e) => {
+            let preview = String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(200)])
+                .into_owned();
+            tracing::error!(error = %e, %preview, "dropping an unreadable dead-lettered message");
+        }
+        Ok(order) => {
+            let mut delays = retry_policy().build();
+            loop {
+                match reject_dead_lettered(&ctx.db, order.order_id).await {
+                    Ok(rejected) => {
+                        tracing::warn!(order_id = %order.order_id, product_id = %order.product_id, rejected, "order dead-lettered");
+                        if rejected {
+                            let notice = Decision {
+                                order_id: order.order_id,
+                                outcome: crate::decide::Outcome::Rejected(
+                                    shared::domain::reason::DEAD_LETTERED,
+                                ),
+                            };
+                            announce(ch, &ctx.topology, notice.notice().into_iter().collect())
+                                .await;
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not reject a dead-lettered order; retrying");
+                        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ch.basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The worker's core: deciding a batch of orders in one transaction.
+//!
+//! Plain database code, callable from tests without RabbitMQ.
+
+use shared::db::placeholders;
+use shared::domain::{OrderId, OrderStatus, reason};
+use shared::message::{DecidedOrder, OrderMessage};
+use sqlx::{AssertSqlSafe, MySqlConnection};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What became of one order of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Units reserved.
+    Accepted,
+    /// Rejected, with the reason.
+    Rejected(&'static str),
+    /// Decided (or cancelled) before: a redelivery, left as it was.
+    AlreadyDecided,
+    /// No such order in the database: nothing to decide.
+    Unknown,
+}
+
+/// One order's outcome, in the batch's arrival order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The order.
+    pub order_id: OrderId,
+    /// Its outcome.
+    pub outcome: Outcome,
+}
+
+impl Decision {
+    /// The announcement for a newly decided order; `None` for a redelivery
+    /// or an unknown order.
+    pub fn notice(&self) -> Option<DecidedOrder> {
+        let (status, reason) = match self.outcome {
+            Outcome::Accepted => (OrderStatus::Accepted, None),
+            Outcome::Rejected(r) => (OrderStatus::Rejected, Some(r.to_owned())),
+            Outcome::AlreadyDecided | Outcome::Unknown => return None,
+        };
+        Some(DecidedOrder {
+            order_id: self.order_id,
+            status,
+            reason,
+        })
+    }
+}
+
+/// Decides `orders` (in arrival order) inside the caller's transaction `tx`:
+/// locks the order rows and the product rows involved, accepts each order
+/// while the running availability covers it and rejects it otherwise, then
+/// writes every decision and each product's new `reserved_stock`.
+///
+/// The caller commits, and only then acknowledges the messages. Orders no
+/// longer PENDING (redeliveries, cancellations) are left untouched.
+pub async fn decide_batch(
+    tx: &mut MySqlConnection,
+    orders: &[OrderMessage],
+    reservation_ttl: Duration,
+) -> Result<Vec<Decision>, sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The database row is the truth; the message only names the order.
+    let ids: Vec<Uuid> = {
+        let mut seen = HashSet::new();
+        orders
+            .iter()
+            .map(|o| o.order_id.uuid())
+            .filter(|id| seen.insert(*id))
+            .collect()
+    };
+    let sql = format!(
+        "SELECT id, product_id, total, status FROM orders WHERE id IN ({}) FOR UPDATE",
+        placeholders(ids.len())
+    );
+    let mut q = sqlx::query_as::<_, (Uuid, u64, u32, String)>(AssertSqlSafe(sql));
+    for id in &ids {
+        q = q.bind(id);
+    }
+    let rows: HashMap<Uuid, (u64, u32, String)> = q
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(id, product, total, status)| (id, (product, total, status)))
+        .collect();
+
+    let mut products: Vec<u64> = rows
+        .values()
+        .filter(|(_, _, status)| status == "PENDING")
+        .map(|(product, _, _)| *product)
+        .collect();
+    products.sort_unstable();
+    products.dedup();
+    // product -> (stored, reserved), locked in id order so that concurrent
+    // transactions on the same products cannot deadlock.
+    let mut stock: BTreeMap<u64, (i64, i64)> = BTreeMap::new();
+    if !products.is_empty() {
+        let sql = format!(
+            "SELECT product_id, stored_stock, reserved_stock FROM inventories \
+             WHERE product_id IN ({}) ORDER BY product_id FOR UPDATE",
+            placeholders(products.len())
+        );
+        let mut q = sqlx::query_as::<_, (u64, i64, i64)>(AssertSqlSafe(sql));
+        for p in &products {
+            q = q.bind(p);
+        }
+        for (product, stored, reserved) in q.fetch_all(&mut *tx).await? {
+            stock.insert(product, (stored, reserved));
+        }
+    }
+    let before: BTreeMap<u64, i64> = stock.iter().map(|(p, (_, r))| (*p, *r)).collect();
+
+    let mut decisions = Vec::with_capacity(ids.len());
+    for id in ids {
+        let order_id = OrderId::from(id);
+        let outcome = match rows.get(&id) {
+            None => Outcome::Unknown,
+            Some((_, _, status)) if status != "PENDING" => Outcome::AlreadyDecided,
+            Some((product, total, _)) => match stock.get_mut(product) {
+                None => Outcome::Rejected(reason::PRODUCT_NOT_FOUND),
+                Some((stored, reserved)) => {
+                    let total = i64::from(*total);
+                    if *stored - *reserved >= total {
+                        *reserved += total;
+                        Outcome::Accepted
+                    } else {
+                        Outcome::Rejected(reason::OUT_OF_STOCK)
+                    }
+                }
+            },
+        };
+        decisions.push(Decision { order_id, outcome });
+    }
+
+    write_decisions(tx, &decisions, reservation_ttl).await?;
+    for (product, (_, reserved)) in &stock {
+        let delta = reserved - before[product];
+        if delta > 0 {
+            sqlx::query(
+                "UPDATE inventories SET reserved_stock = reserved_stock + ? WHERE product_id = ?",
+            )
+            .bind(delta)
+            .bind(product)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(decisions)
+}
+
+/// One conditional UPDATE per outcome: the accepted, and the rejected per reason.
+async fn write_decisions(
+    tx: &mut MySqlConnection,
+    decisions: &[Decision],
+    reservation_ttl: Duration,
+) -> Result<(), sqlx::Error> {
+    let mut groups: BTreeMap<Option<&'static str>, Vec<Uuid>> = BTreeMap::new();
+    for d in decisions {
+        match d.outcome {
+            Outcome::Accepted => groups.entry(None).or_default().push(d.order_id.uuid()),
+            Outcome::Rejected(r) => groups.entry(Some(r)).or_default().push(d.order_id.uuid()),
+            Outcome::AlreadyDecided | Outcome::Unknown => {}
+        }
+    }
+    for (reason, ids) in groups {
+        let list = placeholders(ids.len());
+        let result = match reason {
+            None => {
+                let sql = format!(
+                    "UPDATE orders SET status = 'ACCEPTED', decided_at = NOW(6), \
+                     expires_at = NOW(6) + INTERVAL ? MICROSECOND \
+                     WHERE status = 'PENDING' AND id IN ({list})"
+                );
+                let mut q =
+                    sqlx::query(AssertSqlSafe(sql)).bind(reservation_ttl.as_micros() as u64);
+                for id in &ids {
+                    q = q.bind(id);
+                }
+                q.execute(&mut *tx).await?
+            }
+            Some(reason) => {
+                let sql = format!(
+                    "UPDATE orders SET status = 'REJECTED', reason = ?, decided_at = NOW(6) \
+                     WHERE status = 'PENDING' AND id IN ({list})"
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(reason);
+                for id in &ids {
+                    q = q.bind(id);
+                }
+                q.execute(&mut *tx).await?
+            }
+        };
+        // The rows are locked by this transaction: every one must change.
+        if result.rows_affected() != ids.len() as u64 {
+            return Err(sqlx::Error::Protocol(format!(
+                "decided {} of {} locked orders",
+                result.rows_affected(),
+                ids.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Rejects a dead-lettered order if it is still PENDING; true when it was.
+pub async fn reject_dead_lettered(
+    db: &sqlx::MySqlPool,
+    order: OrderId,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE orders SET status = 'REJECTED', reason = ?, decided_at = NOW(6) \
+         WHERE id = ? AND status = 'PENDING'",
+    )
+    .bind(reason::DEAD_LETTERED)
+    .bind(order.uuid())
+    .execute(db)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}

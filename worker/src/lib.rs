@@ -1,0 +1,75 @@
+//! The flashstock worker: decides orders partition by partition.
+//!
+//! - [`decide`]: the core, `decide_batch`, a plain function over a transaction.
+//! - [`consume`]: the loops that receive, decide, commit, ack and announce.
+//! - [`Worker`]: builds everything from the configuration and runs it.
+
+pub mod consume;
+pub mod decide;
+
+use consume::Context;
+use shared::Config;
+use shared::broker::{BrokerLink, Topology};
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A worker, connected and ready to consume.
+pub struct Worker {
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    /// Connects to the database (creating and migrating it) and the broker
+    /// (declaring the topology; refusing on a partition mismatch).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let db = shared::db::connect(&config).await?;
+        let topology = Topology::new(
+            &config.broker_namespace,
+            config.order_partitions,
+            config.delivery_limit,
+        );
+        let worker_id = format!(
+            "worker-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let link = BrokerLink::start(
+            config.amqp_url.clone(),
+            format!("flashstock {worker_id}"),
+            topology.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        Ok(Self {
+            ctx: Arc::new(Context {
+                db,
+                link,
+                topology,
+                config: Arc::new(config),
+                worker_id,
+            }),
+            shutdown,
+        })
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> &str {
+        &self.ctx.worker_id
+    }
+
+    /// Consumes every partition and the dead-letter queue until `stop`
+    /// fires; then each loop finishes, commits and acks its batch in hand.
+    pub async fn run_until_stopped(self, stop: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        for p in 0..self.ctx.topology.partitions() {
+            tasks.spawn(consume::run_partition(self.ctx.clone(), p, stop.clone()));
+        }
+        tasks.spawn(consume::run_dead_letters(self.ctx.clone(), stop.clone()));
+        while tasks.join_next().await.is_some() {}
+        self.shutdown.cancel();
+        self.ctx.db.close().await;
+    }
+}
