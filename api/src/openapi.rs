@@ -15,6 +15,7 @@ use utoipa::OpenApi;
         (name = "products", description = "Products"),
         (name = "inventory", description = "Stock per product"),
         (name = "orders", description = "Orders and their decisions"),
+        (name = "admin", description = "Operator endpoints"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

@@ -41,6 +41,8 @@ pub struct Config {
     pub relay_interval: Duration,
     /// `WORKER_BATCH_SIZE`: most orders one deciding transaction takes.
     pub worker_batch_size: u16,
+    /// `SWEEP_INTERVAL`: how often each worker expires overdue reservations.
+    pub sweep_interval: Duration,
     /// `DELIVERY_LIMIT`: deliveries of one message before it is dead-lettered.
     pub delivery_limit: u32,
     /// `LOG_FORMAT`: `json` for JSON logs, anything else for human-readable ones.
@@ -77,6 +79,7 @@ impl Config {
             relay_interval: duration(get("RELAY_INTERVAL", "2s"))?,
             worker_batch_size: number(get("WORKER_BATCH_SIZE", "500"), 1, 10_000)?,
             delivery_limit: number(get("DELIVERY_LIMIT", "20"), 1, 1000)?,
+            sweep_interval: duration(get("SWEEP_INTERVAL", "1s"))?,
             log_json: get("LOG_FORMAT", "text").1.eq_ignore_ascii_case("json"),
         };
         Ok(config)

@@ -333,28 +333,30 @@ impl TestApp {
         }
     }
 
-    /// Checks the stock invariants over the whole database: for every product
-    /// `0 <= reserved <= stored` and `reserved` = the sum of ACCEPTED totals.
+    /// Checks the stock invariants over the whole database with the same
+    /// check operators run (`shared::db::invariants`), and through the
+    /// admin endpoint.
     pub async fn assert_invariants(&self) {
-        let rows: Vec<(u64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT i.product_id, i.stored_stock, i.reserved_stock, \
-                    CAST(COALESCE(SUM(CASE WHEN o.status = 'ACCEPTED' THEN o.total END), 0) AS SIGNED) \
-             FROM inventories i LEFT JOIN orders o ON o.product_id = i.product_id \
-             GROUP BY i.product_id, i.stored_stock, i.reserved_stock",
-        )
-        .fetch_all(&self.db)
-        .await
-        .unwrap();
-        for (product, stored, reserved, accepted) in rows {
-            assert!(
-                0 <= reserved && reserved <= stored,
-                "product {product}: reserved {reserved}, stored {stored}"
-            );
-            assert_eq!(
-                reserved, accepted,
-                "product {product}: reserved vs accepted orders"
-            );
-        }
+        let violations = shared::db::invariants::check(&self.db).await.unwrap();
+        assert!(violations.is_empty(), "invariants broken: {violations:?}");
+        let report: Value = self
+            .get("/api/admin/invariants")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(report["data"]["ok"], true, "{report}");
+    }
+
+    /// `POST /api/orders/{id}/{action}` (`pay` or `cancel`).
+    pub async fn order_action(&self, id: &str, action: &str) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .post(format!("{}/api/orders/{id}/{action}", self.address))
+            .send()
+            .await
+            .expect("request");
+        (r.status(), r.json().await.expect("json body"))
     }
 }
 

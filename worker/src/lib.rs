@@ -2,10 +2,12 @@
 //!
 //! - [`decide`]: the core, `decide_batch`, a plain function over a transaction.
 //! - [`consume`]: the loops that receive, decide, commit, ack and announce.
+//! - [`sweep`]: expiry of accepted orders nobody paid in time.
 //! - [`Worker`]: builds everything from the configuration and runs it.
 
 pub mod consume;
 pub mod decide;
+pub mod sweep;
 
 use consume::Context;
 use shared::Config;
@@ -68,6 +70,11 @@ impl Worker {
             tasks.spawn(consume::run_partition(self.ctx.clone(), p, stop.clone()));
         }
         tasks.spawn(consume::run_dead_letters(self.ctx.clone(), stop.clone()));
+        tasks.spawn(sweep::run_sweeper(
+            self.ctx.db.clone(),
+            self.ctx.config.sweep_interval,
+            stop.clone(),
+        ));
         while tasks.join_next().await.is_some() {}
         self.shutdown.cancel();
         self.ctx.db.close().await;

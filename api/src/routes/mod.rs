@@ -1,5 +1,6 @@
 //! One module per resource, each owning its routes; this only merges them.
 
+pub mod admin;
 pub mod health;
 pub mod inventory;
 pub mod orders;
@@ -19,7 +20,8 @@ pub fn router() -> OpenApiRouter<AppState> {
             OpenApiRouter::new()
                 .merge(products::router())
                 .merge(inventory::router())
-                .merge(orders::router()),
+                .merge(orders::router())
+                .merge(admin::router()),
         )
         .merge(health::router())
 }

@@ -3,13 +3,17 @@
 use super::products::product_not_found;
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
+use crate::extract::AppQuery;
 use crate::extract::{AppJson, AppPath};
+use crate::routes::parse_product_id;
+use crate::routes::products::{PageQuery, page_bounds};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use shared::db::orders::{OrderFilter, Recorded, Transition};
 use shared::db::{self, orders::OrderRow};
 use shared::domain::{OrderId, OrderStatus, ProductId, Quantity};
 use shared::message::OrderMessage;
@@ -20,8 +24,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(create_order))
+        .routes(routes!(create_order, list_orders))
         .routes(routes!(get_order))
+        .routes(routes!(pay_order))
+        .routes(routes!(cancel_order))
+        .routes(routes!(get_order_summary))
 }
 
 /// A new order.
@@ -92,7 +99,10 @@ pub enum OrderOrError {
 /// for the decision: 201 when accepted, 400 when rejected, 202 if still pending.
 #[utoipa::path(post, path = "/orders", tag = "orders",
     request_body = CreateOrder,
-    params(("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (capped by MAX_WAIT) for the decision")),
+    params(
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (capped by MAX_WAIT) for the decision"),
+        ("Idempotency-Key" = Option<String>, Header, description = "16 to 255 visible ASCII characters (a random UUID is ideal): resending the same key with the same body returns the same order; with another body, 422"),
+    ),
     responses(
         (status = 201, description = "Decided and accepted (with `Prefer: wait`)", body = Envelope<Order>),
         (status = 202, description = "Recorded, not yet decided; poll `Location`", body = Envelope<Order>,
@@ -101,7 +111,7 @@ pub enum OrderOrError {
         (status = 404, description = "No such product", body = Envelope<ErrorBody>),
         (status = 413, description = "Body too large", body = Envelope<ErrorBody>),
         (status = 415, description = "Not JSON", body = Envelope<ErrorBody>),
-        (status = 422, description = "Invalid product_id or total", body = Envelope<ErrorBody>),
+        (status = 422, description = "Invalid product_id or total, invalid Idempotency-Key, or a key reused with another body", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable: the order was not recorded", body = Envelope<ErrorBody>,
             headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]
@@ -113,26 +123,44 @@ pub async fn create_order(
     let product = ProductId::new(body.product_id)?;
     let total = Quantity::new(body.total, state.config.max_order_total)?;
     let wait = preferred_wait(&headers).map(|w| w.min(state.config.max_wait));
+    let key = idempotency_key(&headers, product, total)?;
     ensure_product_exists(&state, product).await?;
 
-    let id = OrderId::generate();
-    let row = db::orders::insert(&state.db, id, product, total)
+    let new_id = OrderId::generate();
+    // Register before publishing so a fast decision cannot slip past.
+    let waiting = wait.map(|_| state.waiters.register(new_id));
+    let recorded = db::orders::record(&state.db, new_id, product, total, key.as_ref())
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(d) if d.is_foreign_key_violation() => product_not_found(product),
             _ => e.into(),
         })?;
-
-    // Register before publishing so a fast decision cannot slip past.
-    let waiting = wait.map(|_| state.waiters.register(id));
-    let message = OrderMessage {
-        order_id: id,
-        product_id: product,
-        total,
+    let (row, replayed) = match recorded {
+        Recorded::New(row) => (row, false),
+        Recorded::Existing(row) => (row, true),
+        Recorded::KeyReused => {
+            return Err(ApiError::client(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "this Idempotency-Key was used with a different request body",
+            ));
+        }
     };
-    if let Err(e) = state.publisher.publish(&message).await {
-        // Recorded: the relay publishes it once the broker is back.
-        tracing::warn!(order_id = %id, product_id = %product, error = %e, "order recorded but not yet published");
+    let id = OrderId::from(row.id);
+    let waiting = match waiting {
+        Some(_) if replayed => (row.status == "PENDING").then(|| state.waiters.register(id)),
+        other => other,
+    };
+    if !replayed {
+        let message = OrderMessage {
+            order_id: id,
+            product_id: product,
+            total,
+        };
+        if let Err(e) = state.publisher.publish(&message).await {
+            // Recorded: the relay publishes it once the broker is back.
+            tracing::warn!(order_id = %id, product_id = %product, error = %e, "order recorded but not yet published");
+        }
     }
 
     let mut order = Order::from(row);
@@ -153,7 +181,72 @@ pub async fn create_order(
     let location =
         HeaderValue::from_str(&format!("/api/orders/{id}")).expect("a uuid is a header value");
     response.headers_mut().insert(header::LOCATION, location);
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
     Ok(response)
+}
+
+/// The `Idempotency-Key` header, scoped and hashed with the request.
+///
+/// Scope: the key is hashed together with the `Authorization` header (when
+/// present), so callers with different credentials can never collide or
+/// read each other's orders; without credentials the key itself is the
+/// secret, which is why at least 16 characters are required. Only the hash
+/// is stored.
+fn idempotency_key(
+    headers: &HeaderMap,
+    product: ProductId,
+    total: Quantity,
+) -> Result<Option<db::orders::IdempotencyKey>, ApiError> {
+    use sha2::{Digest, Sha256};
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let invalid = |message: &str| {
+        ApiError::client(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_IDEMPOTENCY_KEY",
+            message,
+        )
+    };
+    if values.next().is_some() {
+        return Err(invalid("send one Idempotency-Key header, not several"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| invalid("Idempotency-Key must be visible ASCII"))?
+        .trim();
+    // The draft makes the key a structured-field string ("..."); accept it bare too.
+    let key = text
+        .strip_prefix('"')
+        .and_then(|k| k.strip_suffix('"'))
+        .unwrap_or(text);
+    if !(16..=255).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "Idempotency-Key must be 16 to 255 visible ASCII characters, such as a random UUID",
+        ));
+    }
+    let scope = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let mut scoped = Sha256::new();
+    scoped.update(b"flashstock idempotency v1\n");
+    scoped.update(Sha256::digest(scope));
+    scoped.update(key.as_bytes());
+    let request = Sha256::digest(format!("{}:{}", product.get(), total.get()));
+    Ok(Some(db::orders::IdempotencyKey {
+        key: scoped
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        request_hash: request.into(),
+    }))
 }
 
 /// The `wait` preference of RFC 7240 (`Prefer: wait=N`, N in seconds), if
@@ -214,6 +307,200 @@ pub async fn get_order(
         ApiError::not_found("ORDER_NOT_FOUND", format!("order {id} does not exist"))
     })?;
     Ok(respond(StatusCode::OK, Order::from(row)))
+}
+
+/// Pays an accepted order: its units leave the store (`stored_stock` and
+/// `reserved_stock` both drop by `total`).
+#[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders",
+    params(("id" = uuid::Uuid, Path, description = "Order id (UUID)")),
+    responses(
+        (status = 200, description = "Paid", body = Envelope<Order>),
+        (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such order", body = Envelope<ErrorBody>),
+        (status = 409, description = "Not ACCEPTED, or past `expires_at` (the order is then EXPIRED); the message names the status", body = Envelope<ErrorBody>),
+        (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
+    ))]
+pub async fn pay_order(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_order_id(&id)?;
+    transition_response(id, "pay", db::orders::pay(&state.db, id).await?)
+}
+
+/// Cancels a PENDING or ACCEPTED order, releasing any units it held.
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders",
+    params(("id" = uuid::Uuid, Path, description = "Order id (UUID)")),
+    responses(
+        (status = 200, description = "Cancelled", body = Envelope<Order>),
+        (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such order", body = Envelope<ErrorBody>),
+        (status = 409, description = "Already REJECTED, PAID, CANCELLED or EXPIRED; the message names the status", body = Envelope<ErrorBody>),
+        (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
+    ))]
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_order_id(&id)?;
+    transition_response(id, "cancel", db::orders::cancel(&state.db, id).await?)
+}
+
+fn transition_response(id: OrderId, verb: &str, result: Transition) -> Result<Response, ApiError> {
+    match result {
+        Transition::Done(row) => Ok(respond(StatusCode::OK, Order::from(row))),
+        Transition::NotFound => Err(order_not_found(id)),
+        Transition::Refused(row) => {
+            let status = row.status();
+            let code = if status == OrderStatus::Expired {
+                "ORDER_EXPIRED"
+            } else {
+                "INVALID_TRANSITION"
+            };
+            Err(ApiError::conflict(
+                code,
+                format!("cannot {verb} order {id}: its status is {status}"),
+            ))
+        }
+    }
+}
+
+fn parse_order_id(text: &str) -> Result<OrderId, ApiError> {
+    OrderId::parse(text).map_err(|e| ApiError::client(StatusCode::BAD_REQUEST, e.code, e.message))
+}
+
+fn order_not_found(id: OrderId) -> ApiError {
+    ApiError::not_found("ORDER_NOT_FOUND", format!("order {id} does not exist"))
+}
+
+/// Filters for `GET /api/orders`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrderQuery {
+    /// Only this product's orders.
+    #[param(minimum = 1)]
+    pub product_id: Option<i64>,
+    /// Only orders in this status.
+    pub status: Option<OrderStatus>,
+    /// Page number, from 1 (default 1).
+    #[param(minimum = 1, maximum = 1000000)]
+    pub page: Option<u32>,
+    /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub per_page: Option<u32>,
+}
+
+/// A page of orders.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderPage {
+    /// The orders on this page, in the order they were recorded.
+    pub items: Vec<Order>,
+    /// This page's number.
+    pub page: u32,
+    /// Items per page.
+    pub per_page: u32,
+    /// Matching orders in all pages.
+    pub total_items: u64,
+    /// Number of pages.
+    pub total_pages: u64,
+}
+
+/// Lists orders in the order they were recorded, optionally by product and status.
+#[utoipa::path(get, path = "/orders", tag = "orders",
+    params(OrderQuery),
+    responses(
+        (status = 200, description = "A page of orders", body = Envelope<OrderPage>),
+        (status = 400, description = "Invalid filter or page", body = Envelope<ErrorBody>),
+        (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
+    ))]
+pub async fn list_orders(
+    State(state): State<AppState>,
+    AppQuery(query): AppQuery<OrderQuery>,
+) -> Result<Response, ApiError> {
+    let (page, per_page) = page_bounds(&PageQuery {
+        page: query.page,
+        per_page: query.per_page,
+    })?;
+    let product = query
+        .product_id
+        .map(|p| parse_product_id(&p.to_string()))
+        .transpose()?;
+    let filter = OrderFilter {
+        product,
+        status: query.status,
+    };
+    let offset = u64::from(page - 1) * u64::from(per_page);
+    let (rows, total_items) = db::orders::list(&state.db, &filter, per_page, offset).await?;
+    Ok(respond(
+        StatusCode::OK,
+        OrderPage {
+            items: rows.into_iter().map(Order::from).collect(),
+            page,
+            per_page,
+            total_items,
+            total_pages: total_items.div_ceil(u64::from(per_page)),
+        },
+    ))
+}
+
+/// A product's orders counted by status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderSummary {
+    /// The product.
+    pub product_id: u64,
+    /// Orders in all statuses.
+    pub total: u64,
+    /// Recorded, not yet decided.
+    pub pending: u64,
+    /// Holding units.
+    pub accepted: u64,
+    /// Refused.
+    pub rejected: u64,
+    /// Paid.
+    pub paid: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// Released unpaid.
+    pub expired: u64,
+}
+
+/// Counts a product's orders by status: a sale is fully decided when `pending` is 0.
+#[utoipa::path(get, path = "/products/{id}/orders/summary", tag = "orders",
+    params(("id" = u64, Path, description = "Product id")),
+    responses(
+        (status = 200, description = "Counts by status", body = Envelope<OrderSummary>),
+        (status = 400, description = "Not a product id", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such product", body = Envelope<ErrorBody>),
+        (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
+    ))]
+pub async fn get_order_summary(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+) -> Result<Response, ApiError> {
+    let product = parse_product_id(&id)?;
+    ensure_product_exists(&state, product).await?;
+    let mut summary = OrderSummary {
+        product_id: product.get(),
+        total: 0,
+        pending: 0,
+        accepted: 0,
+        rejected: 0,
+        paid: 0,
+        cancelled: 0,
+        expired: 0,
+    };
+    for (status, n) in db::orders::count_by_status(&state.db, product).await? {
+        summary.total += n;
+        *match status {
+            OrderStatus::Pending => &mut summary.pending,
+            OrderStatus::Accepted => &mut summary.accepted,
+            OrderStatus::Rejected => &mut summary.rejected,
+            OrderStatus::Paid => &mut summary.paid,
+            OrderStatus::Cancelled => &mut summary.cancelled,
+            OrderStatus::Expired => &mut summary.expired,
+        } = n;
+    }
+    Ok(respond(StatusCode::OK, summary))
 }
 
 #[cfg(test)]

@@ -116,3 +116,292 @@ pub async fn unpublished(
         })
         .collect())
 }
+
+/// A retried submission's key, already scoped and hashed, with the hash of
+/// the request it first came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// Hex SHA-256 of the scope and the client's key.
+    pub key: String,
+    /// SHA-256 of the request's meaningful content.
+    pub request_hash: [u8; 32],
+}
+
+/// What recording an order with an idempotency key found.
+#[derive(Debug)]
+pub enum Recorded {
+    /// A new order was recorded.
+    New(OrderRow),
+    /// The key was used before with the same request: that order.
+    Existing(OrderRow),
+    /// The key was used before with a different request.
+    KeyReused,
+}
+
+/// Records a new PENDING order, or — when `key` was seen before — returns
+/// the order it created (same request) or says it was reused (different
+/// request). Concurrent submissions with one key record one order: the
+/// unique key decides, not a pre-check.
+pub async fn record(
+    pool: &MySqlPool,
+    id: OrderId,
+    product: ProductId,
+    total: Quantity,
+    key: Option<&IdempotencyKey>,
+) -> Result<Recorded, sqlx::Error> {
+    let Some(key) = key else {
+        return insert(pool, id, product, total).await.map(Recorded::New);
+    };
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO orders (id, product_id, total, idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(id.uuid())
+    .bind(product.get())
+    .bind(total.get())
+    .bind(&key.key)
+    .bind(&key.request_hash[..])
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Ok(_) => {
+            let row = fetch(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
+            tx.commit().await?;
+            Ok(Recorded::New(row))
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            drop(tx);
+            let found: Option<(Uuid, Vec<u8>)> =
+                sqlx::query_as("SELECT id, request_hash FROM orders WHERE idempotency_key = ?")
+                    .bind(&key.key)
+                    .fetch_optional(pool)
+                    .await?;
+            let Some((existing, hash)) = found else {
+                return Err(sqlx::Error::RowNotFound);
+            };
+            if hash != key.request_hash {
+                return Ok(Recorded::KeyReused);
+            }
+            let row = fetch(pool, OrderId::from(existing))
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            Ok(Recorded::Existing(row))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The outcome of a pay or cancel request.
+#[derive(Debug)]
+pub enum Transition {
+    /// Done; the order as it is now.
+    Done(OrderRow),
+    /// No such order.
+    NotFound,
+    /// The current status does not allow it; the order as it is.
+    Refused(OrderRow),
+}
+
+/// Pays an ACCEPTED, unexpired order: `stored -= total`, `reserved -= total`.
+/// An order found past its `expires_at` is expired on the spot (its units
+/// released) and the payment refused, whether or not the sweeper ran.
+pub async fn pay(pool: &MySqlPool, id: OrderId) -> Result<Transition, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some((status, product, total, expired)) = lock(&mut tx, id).await? else {
+        return Ok(Transition::NotFound);
+    };
+    if status == "ACCEPTED" && expired {
+        release(&mut tx, &[(id.uuid(), product, total)], "EXPIRED").await?;
+    } else if status == "ACCEPTED" {
+        sqlx::query("UPDATE orders SET status = 'PAID', closed_at = NOW(6) WHERE id = ? AND status = 'ACCEPTED'")
+            .bind(id.uuid())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE inventories SET stored_stock = stored_stock - ?, reserved_stock = reserved_stock - ? \
+             WHERE product_id = ?",
+        )
+        .bind(total)
+        .bind(total)
+        .bind(product)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let row = fetch(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    tx.commit().await?;
+    Ok(if row.status == "PAID" && status == "ACCEPTED" {
+        Transition::Done(row)
+    } else {
+        Transition::Refused(row)
+    })
+}
+
+/// Cancels a PENDING or ACCEPTED order, releasing what it reserved. A
+/// cancelled PENDING order is left alone by the worker when its message comes.
+pub async fn cancel(pool: &MySqlPool, id: OrderId) -> Result<Transition, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some((status, product, total, _)) = lock(&mut tx, id).await? else {
+        return Ok(Transition::NotFound);
+    };
+    let done = match status.as_str() {
+        "ACCEPTED" => {
+            release(&mut tx, &[(id.uuid(), product, total)], "CANCELLED").await?;
+            true
+        }
+        "PENDING" => {
+            sqlx::query("UPDATE orders SET status = 'CANCELLED', closed_at = NOW(6) WHERE id = ? AND status = 'PENDING'")
+                .bind(id.uuid())
+                .execute(&mut *tx)
+                .await?;
+            true
+        }
+        _ => false,
+    };
+    let row = fetch(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    tx.commit().await?;
+    Ok(if done {
+        Transition::Done(row)
+    } else {
+        Transition::Refused(row)
+    })
+}
+
+/// Locks an order row: `(status, product, total, past expires_at)`.
+async fn lock(
+    tx: &mut sqlx::MySqlConnection,
+    id: OrderId,
+) -> Result<Option<(String, u64, u32, bool)>, sqlx::Error> {
+    let row: Option<(String, u64, u32, i64)> = sqlx::query_as(
+        "SELECT status, product_id, total, CAST(COALESCE(expires_at <= NOW(6), 0) AS SIGNED) \
+         FROM orders WHERE id = ? FOR UPDATE",
+    )
+    .bind(id.uuid())
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(row.map(|(s, p, t, e)| (s, p, t, e == 1)))
+}
+
+/// Moves locked ACCEPTED orders `(id, product, total)` to `status`
+/// (CANCELLED or EXPIRED) and gives their units back to availability.
+async fn release(
+    tx: &mut sqlx::MySqlConnection,
+    orders: &[(Uuid, u64, u32)],
+    status: &'static str,
+) -> Result<(), sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE orders SET status = ?, closed_at = NOW(6) WHERE status = 'ACCEPTED' AND id IN ({})",
+        placeholders(orders.len())
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql)).bind(status);
+    for (id, _, _) in orders {
+        q = q.bind(id);
+    }
+    let changed = q.execute(&mut *tx).await?.rows_affected();
+    if changed != orders.len() as u64 {
+        return Err(sqlx::Error::Protocol(format!(
+            "released {changed} of {} locked orders",
+            orders.len()
+        )));
+    }
+    let mut per_product: std::collections::BTreeMap<u64, i64> = Default::default();
+    for (_, product, total) in orders {
+        *per_product.entry(*product).or_default() += i64::from(*total);
+    }
+    for (product, units) in per_product {
+        sqlx::query(
+            "UPDATE inventories SET reserved_stock = reserved_stock - ? WHERE product_id = ?",
+        )
+        .bind(units)
+        .bind(product)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Expires up to `limit` ACCEPTED orders past their `expires_at` (database
+/// clock), releasing their units. Rows another sweeper (or a payment) holds
+/// are skipped, so any number of workers can sweep at once. Returns the
+/// orders expired.
+pub async fn expire_due(pool: &MySqlPool, limit: u32) -> Result<Vec<OrderId>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let due: Vec<(Uuid, u64, u32)> = sqlx::query_as(
+        "SELECT id, product_id, total FROM orders \
+         WHERE status = 'ACCEPTED' AND expires_at <= NOW(6) \
+         ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    release(&mut tx, &due, "EXPIRED").await?;
+    tx.commit().await?;
+    Ok(due
+        .into_iter()
+        .map(|(id, _, _)| OrderId::from(id))
+        .collect())
+}
+
+/// Filters for listing orders.
+#[derive(Debug, Default, Clone)]
+pub struct OrderFilter {
+    /// Only this product's orders.
+    pub product: Option<ProductId>,
+    /// Only orders in this status.
+    pub status: Option<OrderStatus>,
+}
+
+/// A page of orders in recording order, and how many match in all.
+pub async fn list(
+    pool: &MySqlPool,
+    filter: &OrderFilter,
+    limit: u32,
+    offset: u64,
+) -> Result<(Vec<OrderRow>, u64), sqlx::Error> {
+    let mut clauses = Vec::new();
+    if filter.product.is_some() {
+        clauses.push("product_id = ?");
+    }
+    if filter.status.is_some() {
+        clauses.push("status = ?");
+    }
+    let condition = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let page_sql =
+        format!("SELECT {COLUMNS} FROM orders {condition} ORDER BY seq LIMIT ? OFFSET ?");
+    let count_sql = format!("SELECT COUNT(*) FROM orders {condition}");
+    let mut page = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(page_sql));
+    let mut count = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(count_sql));
+    if let Some(p) = filter.product {
+        page = page.bind(p.get());
+        count = count.bind(p.get());
+    }
+    if let Some(s) = filter.status {
+        page = page.bind(s.as_str());
+        count = count.bind(s.as_str());
+    }
+    let rows = page.bind(limit).bind(offset).fetch_all(pool).await?;
+    let (total,) = count.fetch_one(pool).await?;
+    Ok((rows, total as u64))
+}
+
+/// Orders of `product` counted by status.
+pub async fn count_by_status(
+    pool: &MySqlPool,
+    product: ProductId,
+) -> Result<Vec<(OrderStatus, u64)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) FROM orders WHERE product_id = ? GROUP BY status")
+            .bind(product.get())
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(s, n)| Some((OrderStatus::parse(&s).ok()?, n as u64)))
+        .collect())
+}

@@ -1,0 +1,70 @@
+//! The stock invariants, checked against the database as it is. Used by the
+//! tests after every scenario and by operators through the admin endpoint.
+
+use serde::Serialize;
+use sqlx::MySqlPool;
+
+/// One broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Violation {
+    /// Which invariant: `RESERVED_OUT_OF_RANGE`, `RESERVED_NOT_SUM_OF_ACCEPTED`,
+    /// or `DECISION_INCONSISTENT`.
+    pub invariant: &'static str,
+    /// The product concerned, if one.
+    pub product_id: Option<u64>,
+    /// What was found.
+    pub detail: String,
+}
+
+/// Checks every product and order:
+/// - `0 <= reserved_stock <= stored_stock`;
+/// - `reserved_stock` equals the sum of `total` over ACCEPTED orders;
+/// - every order was decided at most once and its record agrees with its
+///   status: PENDING has no decision, a decided order has one `decided_at`,
+///   REJECTED has a reason, ACCEPTED/PAID/EXPIRED came through an acceptance
+///   (`expires_at` set) and nothing else has one.
+pub async fn check(pool: &MySqlPool) -> Result<Vec<Violation>, sqlx::Error> {
+    let mut violations = Vec::new();
+    let stock: Vec<(u64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT i.product_id, i.stored_stock, i.reserved_stock, \
+                CAST(COALESCE((SELECT SUM(o.total) FROM orders o \
+                               WHERE o.product_id = i.product_id AND o.status = 'ACCEPTED'), 0) AS SIGNED) \
+         FROM inventories i",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (product, stored, reserved, accepted) in stock {
+        if !(0 <= reserved && reserved <= stored) {
+            violations.push(Violation {
+                invariant: "RESERVED_OUT_OF_RANGE",
+                product_id: Some(product),
+                detail: format!("reserved {reserved}, stored {stored}"),
+            });
+        }
+        if reserved != accepted {
+            violations.push(Violation {
+                invariant: "RESERVED_NOT_SUM_OF_ACCEPTED",
+                product_id: Some(product),
+                detail: format!("reserved {reserved}, accepted orders hold {accepted}"),
+            });
+        }
+    }
+    let inconsistent: Vec<(u64, String, i64)> = sqlx::query_as(
+        "SELECT product_id, status, COUNT(*) FROM orders WHERE \
+            (status = 'PENDING' AND (decided_at IS NOT NULL OR expires_at IS NOT NULL OR reason IS NOT NULL)) \
+         OR (status IN ('ACCEPTED', 'REJECTED', 'PAID', 'EXPIRED') AND decided_at IS NULL) \
+         OR (status = 'REJECTED' AND (reason IS NULL OR expires_at IS NOT NULL)) \
+         OR (status IN ('ACCEPTED', 'PAID', 'EXPIRED') AND (expires_at IS NULL OR reason IS NOT NULL)) \
+         GROUP BY product_id, status",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (product, status, n) in inconsistent {
+        violations.push(Violation {
+            invariant: "DECISION_INCONSISTENT",
+            product_id: Some(product),
+            detail: format!("{n} {status} orders whose decision fields disagree with their status"),
+        });
+    }
+    Ok(violations)
+}
