@@ -4,6 +4,7 @@
 #   bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 
 bash scripts/services.sh
 
@@ -24,6 +25,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests"
-cargo nextest run --workspace --no-fail-fast
+results=$(mktemp)
+cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$results"
 echo "== contract check"
 bash scripts/schemathesis.sh
+echo "== done"
+grep -E '^ *Summary .* tests run' "$results" | tail -1
+echo "scripts/test.sh finished in $((SECONDS - started))s"
