@@ -43,6 +43,11 @@ pub struct Config {
     pub worker_batch_size: u16,
     /// `SWEEP_INTERVAL`: how often each worker expires overdue reservations.
     pub sweep_interval: Duration,
+    /// `LEASE_DURATION`: how long a partition lease (and a worker's
+    /// liveness) lasts without renewal.
+    pub lease_duration: Duration,
+    /// `HEARTBEAT_INTERVAL`: how often workers heartbeat, renew leases and rebalance.
+    pub heartbeat_interval: Duration,
     /// `DELIVERY_LIMIT`: deliveries of one message before it is dead-lettered.
     pub delivery_limit: u32,
     /// `LOG_FORMAT`: `json` for JSON logs, anything else for human-readable ones.
@@ -80,8 +85,19 @@ impl Config {
             worker_batch_size: number(get("WORKER_BATCH_SIZE", "500"), 1, 10_000)?,
             delivery_limit: number(get("DELIVERY_LIMIT", "20"), 1, 1000)?,
             sweep_interval: duration(get("SWEEP_INTERVAL", "1s"))?,
+            lease_duration: duration(get("LEASE_DURATION", "5s"))?,
+            heartbeat_interval: duration(get("HEARTBEAT_INTERVAL", "1s"))?,
             log_json: get("LOG_FORMAT", "text").1.eq_ignore_ascii_case("json"),
         };
+        if config.heartbeat_interval * 2 > config.lease_duration {
+            return Err(ConfigError {
+                variable: "LEASE_DURATION",
+                message: format!(
+                    "{:?} must be at least twice HEARTBEAT_INTERVAL ({:?}) so leases are renewed in time",
+                    config.lease_duration, config.heartbeat_interval
+                ),
+            });
+        }
         Ok(config)
     }
 }

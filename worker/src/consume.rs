@@ -1,7 +1,7 @@
 //! The consume loops: one per owned partition, plus the dead-letter queue.
 //! They only receive, call [`decide_batch`], commit, ack and announce.
 
-use crate::decide::{Decision, decide_batch, reject_dead_lettered};
+use crate::decide::{Decision, decide_fenced, reject_dead_lettered};
 use backon::BackoffBuilder;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
@@ -13,6 +13,7 @@ use lapin::{BasicProperties, Channel, Connection, message::Delivery};
 use shared::Config;
 use shared::broker::{BrokerLink, Topology, retry_policy};
 use shared::db;
+use shared::db::leases::Lease;
 use shared::message::{DecidedOrder, DecisionNotice, OrderMessage};
 use sqlx::MySqlPool;
 use std::sync::Arc;
@@ -45,15 +46,27 @@ enum SessionError {
     Broker(#[from] lapin::Error),
     #[error("consumer stream ended")]
     Closed,
+    #[error("the partition lease was lost")]
+    Fenced,
 }
 
-/// Consumes partition `partition` until `shutdown`, reconnecting as needed.
-pub async fn run_partition(ctx: Arc<Context>, partition: u16, shutdown: CancellationToken) {
+/// Consumes the partition of `lease` until `shutdown` or until the lease
+/// turns out lost, reconnecting as needed.
+pub async fn run_partition(ctx: Arc<Context>, lease: Lease, shutdown: CancellationToken) {
+    let partition = lease.partition;
     let queue = ctx.topology.partition_queue(partition);
     let mut delays = retry_policy().build();
     while let Some(conn) = ctx.link.connected(&shutdown).await {
-        match partition_session(&ctx, &conn, &queue, &shutdown).await {
+        match partition_session(&ctx, &conn, &queue, &lease, &shutdown).await {
             Ok(()) => return,
+            Err(SessionError::Fenced) => {
+                tracing::warn!(
+                    partition,
+                    epoch = lease.epoch,
+                    "lease lost; stopped deciding this partition"
+                );
+                return;
+            }
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(partition, error = %e, ?delay, "partition consumer stopped; restarting");
@@ -72,6 +85,7 @@ async fn partition_session(
     ctx: &Context,
     conn: &Connection,
     queue: &str,
+    lease: &Lease,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let batch_size = usize::from(ctx.config.worker_batch_size);
@@ -110,7 +124,11 @@ async fn partition_session(
                 _ => break,
             }
         }
-        process_batch(ctx, &ch, batch, shutdown).await?;
+        if let Err(e) = process_batch(ctx, &ch, batch, lease, shutdown).await {
+            // Unacked deliveries return to the queue for the next owner.
+            let _ = ch.close(200, "partition released".into()).await;
+            return Err(e);
+        }
     }
 }
 
@@ -119,6 +137,7 @@ async fn process_batch(
     ctx: &Context,
     ch: &Channel,
     batch: Vec<Delivery>,
+    lease: &Lease,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let last_tag = batch.last().map(|d| d.delivery_tag).unwrap_or_default();
@@ -141,8 +160,9 @@ async fn process_batch(
     let mut delays = retry_policy().build();
     let mut permanent_failures = 0;
     let decisions = loop {
-        match decide_in_transaction(&ctx.db, &orders, ctx.config.reservation_ttl).await {
-            Ok(decisions) => break decisions,
+        match decide_fenced(&ctx.db, &orders, ctx.config.reservation_ttl, lease).await {
+            Ok(Some(decisions)) => break decisions,
+            Ok(None) => return Err(SessionError::Fenced),
             Err(e) => {
                 if !db::is_transient(&e) {
                     permanent_failures += 1;
@@ -189,17 +209,6 @@ async fn process_batch(
     )
     .await;
     Ok(())
-}
-
-async fn decide_in_transaction(
-    db: &MySqlPool,
-    orders: &[OrderMessage],
-    ttl: Duration,
-) -> Result<Vec<Decision>, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    let decisions = decide_batch(&mut tx, orders, ttl).await?;
-    tx.commit().await?;
-    Ok(decisions)
 }
 
 /// Announces committed decisions on the decisions fanout, best effort:

@@ -2,6 +2,7 @@
 //!
 //! Plain database code, callable from tests without RabbitMQ.
 
+use shared::db::leases::{self, Lease};
 use shared::db::placeholders;
 use shared::domain::{OrderId, OrderStatus, reason};
 use shared::message::{DecidedOrder, OrderMessage};
@@ -204,6 +205,25 @@ async fn write_decisions(
         }
     }
     Ok(())
+}
+
+/// Decides `orders` in a transaction of its own and commits it, fenced by
+/// `lease`: `None` (nothing written) when the partition is no longer this
+/// worker's. The fence row stays share-locked until the commit, so the
+/// partition cannot change hands in between.
+pub async fn decide_fenced(
+    db: &sqlx::MySqlPool,
+    orders: &[OrderMessage],
+    reservation_ttl: Duration,
+    lease: &Lease,
+) -> Result<Option<Vec<Decision>>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    if !leases::check_fence(&mut tx, lease).await? {
+        return Ok(None);
+    }
+    let decisions = decide_batch(&mut tx, orders, reservation_ttl).await?;
+    tx.commit().await?;
+    Ok(Some(decisions))
 }
 
 /// Rejects a dead-lettered order if it is still PENDING; true when it was.

@@ -2,11 +2,13 @@
 //!
 //! - [`decide`]: the core, `decide_batch`, a plain function over a transaction.
 //! - [`consume`]: the loops that receive, decide, commit, ack and announce.
+//! - [`ownership`]: partition leases across workers (heartbeat, rendezvous, fencing).
 //! - [`sweep`]: expiry of accepted orders nobody paid in time.
 //! - [`Worker`]: builds everything from the configuration and runs it.
 
 pub mod consume;
 pub mod decide;
+pub mod ownership;
 pub mod sweep;
 
 use consume::Context;
@@ -62,13 +64,12 @@ impl Worker {
         &self.ctx.worker_id
     }
 
-    /// Consumes every partition and the dead-letter queue until `stop`
-    /// fires; then each loop finishes, commits and acks its batch in hand.
+    /// Consumes the partitions it holds leases for, the dead-letter queue, and
+    /// sweeps expired reservations until `stop` fires; then each consumer
+    /// finishes, commits and acks its batch in hand, and the leases are released.
     pub async fn run_until_stopped(self, stop: CancellationToken) {
         let mut tasks = JoinSet::new();
-        for p in 0..self.ctx.topology.partitions() {
-            tasks.spawn(consume::run_partition(self.ctx.clone(), p, stop.clone()));
-        }
+        tasks.spawn(ownership::run_coordinator(self.ctx.clone(), stop.clone()));
         tasks.spawn(consume::run_dead_letters(self.ctx.clone(), stop.clone()));
         tasks.spawn(sweep::run_sweeper(
             self.ctx.db.clone(),

@@ -3,6 +3,7 @@
 
 pub mod invariants;
 pub mod inventory;
+pub mod leases;
 pub mod orders;
 pub mod products;
 

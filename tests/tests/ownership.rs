@@ -1,0 +1,128 @@
+//! Partition leases across workers: spreading, joining, releasing, fencing.
+
+use flashstock_tests::{Options, TestApp};
+use shared::db::leases;
+use shared::domain::{OrderId, ProductId, Quantity};
+use shared::message::OrderMessage;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn fast_leases() -> Options {
+    Options::default()
+        .env("ORDER_PARTITIONS", "16")
+        .env("HEARTBEAT_INTERVAL", "100ms")
+        .env("LEASE_DURATION", "1s")
+}
+
+/// Waits until every partition is owned and `check` holds for the loads.
+async fn wait_for_owners(
+    app: &TestApp,
+    check: impl Fn(&HashMap<String, usize>) -> bool,
+) -> HashMap<String, usize> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let owners = leases::owners(&app.db).await.unwrap();
+        let mut loads = HashMap::new();
+        for (_, owner, _, _) in &owners {
+            if let Some(o) = owner {
+                *loads.entry(o.clone()).or_insert(0) += 1;
+            }
+        }
+        let all_owned = owners.len() == 16
+            && owners
+                .iter()
+                .all(|(_, o, _, left)| o.is_some() && *left > 0.0);
+        if all_owned && check(&loads) {
+            return loads;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ownership did not settle: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_sixteen_partitions_and_a_fourth_takes_its_share() {
+    let mut app = TestApp::spawn(fast_leases().workers(3)).await;
+    let loads = wait_for_owners(&app, |l| l.len() == 3).await;
+    assert!(loads.values().all(|&n| (4..=7).contains(&n)), "{loads:?}");
+
+    app.spawn_worker(app.config.clone()).await;
+    let loads = wait_for_owners(&app, |l| l.len() == 4).await;
+    assert!(loads.values().all(|&n| n >= 3), "{loads:?}");
+
+    // The system still decides correctly while partitions move.
+    let product = app.create_product("Kaos", 3).await;
+    for _ in 0..3 {
+        let (status, body) = app.post_order(product, 1, Some(10)).await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    }
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_releases_its_partitions_at_once() {
+    let mut app = TestApp::spawn(fast_leases().workers(1)).await;
+    wait_for_owners(&app, |l| l.len() == 1).await;
+    app.stop().await;
+    let owners = leases::owners(&app.db).await.unwrap();
+    assert!(
+        owners.iter().all(|(_, owner, _, _)| owner.is_none()),
+        "{owners:?}"
+    );
+    let live = leases::live_workers(&app.db, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(live.is_empty(), "{live:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_lease_was_taken_cannot_commit() {
+    let app = TestApp::spawn(Options::default().workers(0)).await;
+    let product = app.create_product("Kaos", 5).await;
+    let id = app.record_order_without_publishing(product, 1).await;
+    leases::ensure_partitions(&app.db, 4).await.unwrap();
+    let lease_duration = Duration::from_millis(300);
+    let old = leases::acquire(&app.db, 0, "paused-worker", lease_duration)
+        .await
+        .unwrap()
+        .unwrap();
+    // The paused worker misses its renewals; another worker takes over.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let new = leases::acquire(&app.db, 0, "other-worker", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new.epoch > old.epoch);
+    assert!(
+        !leases::renew(&app.db, &old, lease_duration).await.unwrap(),
+        "a lost lease cannot be renewed"
+    );
+
+    let order = OrderMessage {
+        order_id: OrderId::from(id),
+        product_id: ProductId::new(product as i64).unwrap(),
+        total: Quantity::new(1, 10).unwrap(),
+    };
+    let fenced = worker::decide::decide_fenced(&app.db, &[order], Duration::from_secs(60), &old)
+        .await
+        .unwrap();
+    assert!(fenced.is_none(), "the old owner was fenced off");
+    let status: (String,) = sqlx::query_as("SELECT status FROM orders WHERE id = ?")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(status.0, "PENDING", "nothing was written");
+
+    let decided = worker::decide::decide_fenced(&app.db, &[order], Duration::from_secs(60), &new)
+        .await
+        .unwrap();
+    assert_eq!(
+        decided.unwrap()[0].outcome,
+        worker::decide::Outcome::Accepted
+    );
+    app.assert_invariants().await;
+}
