@@ -4,11 +4,13 @@
 //! - [`routes`]: one module per resource (products, inventory, orders, health).
 //! - [`publisher`]: publishing orders with confirms, the relay, decision notices.
 //! - [`error`], [`envelope`], [`extract`]: the response envelope and our extractors.
+//! - [`metrics`]: counters served at `/metrics`.
 //! - [`openapi`]: the OpenAPI document derived from the handlers.
 
 pub mod envelope;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod publisher;
 pub mod routes;

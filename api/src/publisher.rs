@@ -7,6 +7,7 @@
 //! - [`run_decision_listener`]: hears the workers' decision announcements and
 //!   wakes the requests waiting on them ([`Waiters`]).
 
+use crate::metrics::Metrics;
 use futures::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
@@ -50,6 +51,8 @@ pub enum PublishError {
 /// Publishes order messages with confirms. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
+    /// Counters shared with the rest of the api.
+    pub metrics: Arc<Metrics>,
     link: BrokerLink,
     topology: Topology,
     channel: Arc<tokio::sync::Mutex<Option<Channel>>>,
@@ -68,6 +71,7 @@ impl Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(mark_published(db, rx, shutdown));
         Self {
+            metrics: Arc::default(),
             link,
             topology,
             channel: Arc::default(),
@@ -196,6 +200,10 @@ pub async fn run_relay(
         }
         let results = futures::future::join_all(orders.iter().map(|o| publisher.publish(o))).await;
         let failed = results.iter().filter(|r| r.is_err()).count();
+        publisher.metrics.relay_republished.fetch_add(
+            (orders.len() - failed) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         tracing::info!(
             republished = orders.len() - failed,
             failed,
@@ -255,7 +263,13 @@ impl Waiters {
     }
 
     /// Wakes everyone waiting on the orders in `notice`.
-    pub fn notify(&self, notice: DecisionNotice) {
+    pub fn notify(&self, notice: DecisionNotice, metrics: &Metrics) {
+        for d in &notice.decisions {
+            match d.status {
+                shared::domain::OrderStatus::Accepted => Metrics::inc(&metrics.notified_accepted),
+                _ => Metrics::inc(&metrics.notified_rejected),
+            }
+        }
         let mut map = self.inner.lock().expect("waiters lock");
         if map.is_empty() {
             return;
@@ -276,6 +290,7 @@ pub async fn run_decision_listener(
     link: BrokerLink,
     topology: Topology,
     waiters: Waiters,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     while let Some(conn) = link.connected(&shutdown).await {
@@ -324,7 +339,7 @@ pub async fn run_decision_listener(
                 _ = shutdown.cancelled() => return,
                 delivery = consumer.next() => match delivery {
                     Some(Ok(d)) => match serde_json::from_slice::<DecisionNotice>(&d.data) {
-                        Ok(notice) => waiters.notify(notice),
+                        Ok(notice) => waiters.notify(notice, &metrics),
                         Err(e) => tracing::warn!(error = %e, "ignoring a malformed decision notice"),
                     },
                     _ => break,

@@ -51,6 +51,7 @@ impl Application {
             link.clone(),
             topology,
             waiters.clone(),
+            publisher.metrics.clone(),
             shutdown.clone(),
         ));
         tokio::spawn(publisher::run_relay(
@@ -95,6 +96,20 @@ pub fn router(state: AppState) -> Router {
     let (routes, _) = crate::routes::router().split_for_parts();
     let spec = openapi::document_json();
     routes
+        .route(
+            "/metrics",
+            get(
+                |axum::extract::State(state): axum::extract::State<AppState>| async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4")],
+                        state
+                            .publisher
+                            .metrics
+                            .render(state.publisher.is_connected()),
+                    )
+                },
+            ),
+        )
         .route(
             "/api/openapi.json",
             get(move || async move { ([("content-type", "application/json")], spec) }),

@@ -499,3 +499,24 @@ async fn bad_orders_get_a_4xx_and_record_nothing() {
         "nothing recorded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_recorded_published_and_decided_orders() {
+    let app = spawn_app().await;
+    let product = app.create_product("Kaos", 1).await;
+    app.post_order(product, 1, Some(10)).await;
+    app.post_order(product, 1, Some(10)).await;
+    let r = app.get("/metrics").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    for line in [
+        "flashstock_api_orders_recorded_total 2",
+        "flashstock_api_orders_published_total 2",
+        "flashstock_api_decisions_notified_total{status=\"ACCEPTED\"} 1",
+        "flashstock_api_decisions_notified_total{status=\"REJECTED\"} 1",
+        "flashstock_api_broker_up 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    }
+}

@@ -5,6 +5,7 @@ use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
 use crate::extract::AppQuery;
 use crate::extract::{AppJson, AppPath};
+use crate::metrics::Metrics;
 use crate::routes::parse_product_id;
 use crate::routes::products::{PageQuery, page_bounds};
 use crate::state::AppState;
@@ -151,13 +152,25 @@ pub async fn create_order(
         Some(_) if replayed => (row.status == "PENDING").then(|| state.waiters.register(id)),
         other => other,
     };
+    let metrics = &state.publisher.metrics;
+    Metrics::inc(if replayed {
+        &metrics.orders_replayed
+    } else {
+        &metrics.orders_recorded
+    });
     if !replayed {
         let message = OrderMessage {
             order_id: id,
             product_id: product,
             total,
         };
-        if let Err(e) = state.publisher.publish(&message).await {
+        let published = state.publisher.publish(&message).await;
+        Metrics::inc(if published.is_ok() {
+            &metrics.orders_published
+        } else {
+            &metrics.publish_failures
+        });
+        if let Err(e) = published {
             // Recorded: the relay publishes it once the broker is back.
             tracing::warn!(order_id = %id, product_id = %product, error = %e, "order recorded but not yet published");
         }
