@@ -508,7 +508,12 @@ async fn metrics_count_recorded_published_and_decided_orders() {
     app.post_order(product, 1, Some(10)).await;
     let r = app.get("/metrics").await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = r.text().await.unwrap();
     for line in [
         "flashstock_api_orders_recorded_total 2",
@@ -517,6 +522,9 @@ async fn metrics_count_recorded_published_and_decided_orders() {
         "flashstock_api_decisions_notified_total{status=\"REJECTED\"} 1",
         "flashstock_api_broker_up 1",
     ] {
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
     }
 }
