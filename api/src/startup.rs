@@ -32,11 +32,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
         let db = shared::db::connect(&config).await?;
-        let topology = Topology::new(
-            &config.broker_namespace,
-            config.order_partitions,
-            config.delivery_limit,
-        );
+        let topology = Topology::from_config(&config);
         let link = BrokerLink::start(
             config.amqp_url.clone(),
             format!("flashstock-api {}", std::process::id()),

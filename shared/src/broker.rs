@@ -57,6 +57,15 @@ impl Topology {
         }
     }
 
+    /// The topology `config` describes (`BROKER_NAMESPACE`, `ORDER_PARTITIONS`, `DELIVERY_LIMIT`).
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self::new(
+            &config.broker_namespace,
+            config.order_partitions,
+            config.delivery_limit,
+        )
+    }
+
     /// Number of partition queues.
     pub fn partitions(&self) -> u16 {
         self.partitions

@@ -223,11 +223,7 @@ impl TestApp {
 
     /// The broker names of this test.
     pub fn topology(&self) -> Topology {
-        Topology::new(
-            &self.config.broker_namespace,
-            self.config.order_partitions,
-            self.config.delivery_limit,
-        )
+        Topology::from_config(&self.config)
     }
 
     /// `GET path`.

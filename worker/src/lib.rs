@@ -30,11 +30,7 @@ impl Worker {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
         let db = shared::db::connect(&config).await?;
-        let topology = Topology::new(
-            &config.broker_namespace,
-            config.order_partitions,
-            config.delivery_limit,
-        );
+        let topology = Topology::from_config(&config);
         let worker_id = format!(
             "worker-{}-{}",
             std::process::id(),
