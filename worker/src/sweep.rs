@@ -19,7 +19,7 @@ pub async fn run_sweeper(db: MySqlPool, interval: Duration, shutdown: Cancellati
             _ = tokio::time::sleep(interval) => {}
         }
         loop {
-            match db::orders::expire_due(&db, SWEEP_BATCH).await {
+            match db::retry_lock_conflicts(|| db::orders::expire_due(&db, SWEEP_BATCH)).await {
                 Ok(expired) if expired.is_empty() => break,
                 Ok(expired) => {
                     tracing::info!(count = expired.len(), "expired unpaid reservations");

@@ -338,7 +338,9 @@ pub async fn pay_order(
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
-    transition_response(id, "pay", db::orders::pay(&state.db, id).await?)
+    // Pay, cancel and the sweeper lock the same rows; a lost deadlock is retried.
+    let result = db::retry_lock_conflicts(|| db::orders::pay(&state.db, id)).await?;
+    transition_response(id, "pay", result)
 }
 
 /// Cancels a PENDING or ACCEPTED order, releasing any units it held.
@@ -356,7 +358,8 @@ pub async fn cancel_order(
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
-    transition_response(id, "cancel", db::orders::cancel(&state.db, id).await?)
+    let result = db::retry_lock_conflicts(|| db::orders::cancel(&state.db, id)).await?;
+    transition_response(id, "cancel", result)
 }
 
 fn transition_response(id: OrderId, verb: &str, result: Transition) -> Result<Response, ApiError> {

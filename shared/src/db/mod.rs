@@ -109,6 +109,38 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the database chose this transaction as a deadlock victim or it
+/// waited too long for a lock: the whole transaction can simply run again.
+pub fn is_lock_conflict(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => matches!(
+            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(|m| m.number()),
+            Some(1205 | 1213)
+        ),
+        _ => false,
+    }
+}
+
+/// Runs the transaction `attempt` makes, again (up to 5 times in all) when
+/// it lost a deadlock or a lock wait; every other outcome is returned as is.
+pub async fn retry_lock_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(e) if tries < 5 && is_lock_conflict(&e) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(5 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// `n` comma-separated placeholders, for `IN (...)` lists.
 pub fn placeholders(n: usize) -> String {
     let mut s = String::with_capacity(n * 2);
