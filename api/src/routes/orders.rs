@@ -6,8 +6,8 @@ use crate::error::ApiError;
 use crate::extract::AppQuery;
 use crate::extract::{AppJson, AppPath};
 use crate::metrics::Metrics;
+use crate::pagination::{Page, PageQuery};
 use crate::routes::parse_product_id;
-use crate::routes::products::{PageQuery, page_bounds};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -406,26 +406,11 @@ pub struct OrderQuery {
     pub per_page: Option<u32>,
 }
 
-/// A page of orders.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct OrderPage {
-    /// The orders on this page, in the order they were recorded.
-    pub items: Vec<Order>,
-    /// This page's number.
-    pub page: u32,
-    /// Items per page.
-    pub per_page: u32,
-    /// Matching orders in all pages.
-    pub total_items: u64,
-    /// Number of pages.
-    pub total_pages: u64,
-}
-
 /// Lists orders in the order they were recorded, optionally by product and status.
 #[utoipa::path(get, path = "/orders", tag = "orders",
     params(OrderQuery),
     responses(
-        (status = 200, description = "A page of orders", body = Envelope<OrderPage>),
+        (status = 200, description = "A page of orders", body = Envelope<Page<Order>>),
         (status = 400, description = "Invalid filter or page", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
@@ -433,29 +418,28 @@ pub async fn list_orders(
     State(state): State<AppState>,
     AppQuery(query): AppQuery<OrderQuery>,
 ) -> Result<Response, ApiError> {
-    let (page, per_page) = page_bounds(&PageQuery {
+    let bounds = PageQuery {
         page: query.page,
         per_page: query.per_page,
-    })?;
+    }
+    .bounds()?;
     let product = query
         .product_id
-        .map(|p| parse_product_id(&p.to_string()))
+        .map(|p| {
+            ProductId::new(p)
+                .map_err(|e| ApiError::client(StatusCode::BAD_REQUEST, e.code, e.message))
+        })
         .transpose()?;
     let filter = OrderFilter {
         product,
         status: query.status,
     };
-    let offset = u64::from(page - 1) * u64::from(per_page);
-    let (rows, total_items) = db::orders::list(&state.db, &filter, per_page, offset).await?;
+    let (rows, total_items) =
+        db::orders::list(&state.db, &filter, bounds.per_page, bounds.offset()).await?;
+    let items = rows.into_iter().map(Order::from).collect();
     Ok(respond(
         StatusCode::OK,
-        OrderPage {
-            items: rows.into_iter().map(Order::from).collect(),
-            page,
-            per_page,
-            total_items,
-            total_pages: total_items.div_ceil(u64::from(per_page)),
-        },
+        Page::new(items, bounds, total_items),
     ))
 }
 

@@ -4,6 +4,7 @@ use super::parse_product_id;
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
 use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::pagination::{Page, PageQuery};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::db::products::{self, ProductRow};
 use shared::domain::{ProductName, Stock};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Routes of this module.
@@ -56,33 +57,6 @@ impl From<ProductRow> for Product {
     }
 }
 
-/// Which page of a list.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// Page number, from 1 (default 1).
-    #[param(minimum = 1, maximum = 1000000)]
-    pub page: Option<u32>,
-    /// Items per page, 1 to 100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
-    pub per_page: Option<u32>,
-}
-
-/// A page of products.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProductPage {
-    /// The products on this page, by id.
-    pub items: Vec<Product>,
-    /// This page's number.
-    pub page: u32,
-    /// Items per page.
-    pub per_page: u32,
-    /// Products in all pages.
-    pub total_items: u64,
-    /// Number of pages.
-    pub total_pages: u64,
-}
-
 /// Creates a product and its inventory.
 #[utoipa::path(post, path = "/products", tag = "products",
     request_body = CreateProduct,
@@ -108,7 +82,7 @@ pub async fn create_product(
 #[utoipa::path(get, path = "/products", tag = "products",
     params(PageQuery),
     responses(
-        (status = 200, description = "A page of products", body = Envelope<ProductPage>),
+        (status = 200, description = "A page of products", body = Envelope<Page<Product>>),
         (status = 400, description = "Invalid page or per_page", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
@@ -116,40 +90,13 @@ pub async fn list_products(
     State(state): State<AppState>,
     AppQuery(query): AppQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let (page, per_page) = page_bounds(&query)?;
-    let offset = u64::from(page - 1) * u64::from(per_page);
-    let (rows, total_items) = products::list(&state.db, per_page, offset).await?;
+    let bounds = query.bounds()?;
+    let (rows, total_items) = products::list(&state.db, bounds.per_page, bounds.offset()).await?;
+    let items = rows.into_iter().map(Product::from).collect();
     Ok(respond(
         StatusCode::OK,
-        ProductPage {
-            items: rows.into_iter().map(Product::from).collect(),
-            page,
-            per_page,
-            total_items,
-            total_pages: total_items.div_ceil(u64::from(per_page)),
-        },
+        Page::new(items, bounds, total_items),
     ))
-}
-
-/// Checks `page` (from 1) and `per_page` (1 to 100).
-pub fn page_bounds(query: &PageQuery) -> Result<(u32, u32), ApiError> {
-    let page = query.page.unwrap_or(1);
-    let per_page = query.per_page.unwrap_or(20);
-    if page == 0 || page > 1_000_000 {
-        return Err(ApiError::client(
-            StatusCode::BAD_REQUEST,
-            "INVALID_QUERY",
-            "page must be from 1 to 1000000",
-        ));
-    }
-    if !(1..=100).contains(&per_page) {
-        return Err(ApiError::client(
-            StatusCode::BAD_REQUEST,
-            "INVALID_QUERY",
-            "per_page must be from 1 to 100",
-        ));
-    }
-    Ok((page, per_page))
 }
 
 /// Reads one product.

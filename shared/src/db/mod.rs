@@ -93,20 +93,7 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
 /// Whether retrying the same transaction may succeed: unavailability, a
 /// deadlock (1213) or a lock wait timeout (1205).
 pub fn is_transient(e: &sqlx::Error) -> bool {
-    if is_unavailable(e) {
-        return true;
-    }
-    match e {
-        sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some("40001" | "HY000"))
-                && matches!(
-                    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                        .map(|m| m.number()),
-                    Some(1205 | 1213 | 2006 | 2013)
-                )
-        }
-        _ => false,
-    }
+    is_unavailable(e) || is_lock_conflict(e)
 }
 
 /// Whether the database chose this transaction as a deadlock victim or it

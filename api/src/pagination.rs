@@ -1,0 +1,86 @@
+//! Pagination shared by every list endpoint: `?page=&per_page=` in, a
+//! [`Page`] out.
+
+use crate::error::ApiError;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// Which page of a list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page number, from 1 (default 1).
+    #[param(minimum = 1, maximum = 1000000)]
+    pub page: Option<u32>,
+    /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub per_page: Option<u32>,
+}
+
+/// A checked page request.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Page number, from 1.
+    pub page: u32,
+    /// Items per page, 1 to 100.
+    pub per_page: u32,
+}
+
+impl Bounds {
+    /// Rows to skip.
+    pub fn offset(self) -> u64 {
+        u64::from(self.page - 1) * u64::from(self.per_page)
+    }
+}
+
+impl PageQuery {
+    /// Checks `page` (1 to 1,000,000; default 1) and `per_page` (1 to 100; default 20).
+    pub fn bounds(&self) -> Result<Bounds, ApiError> {
+        let page = self.page.unwrap_or(1);
+        let per_page = self.per_page.unwrap_or(20);
+        if !(1..=1_000_000).contains(&page) {
+            return Err(ApiError::client(
+                StatusCode::BAD_REQUEST,
+                "INVALID_QUERY",
+                "page must be from 1 to 1000000",
+            ));
+        }
+        if !(1..=100).contains(&per_page) {
+            return Err(ApiError::client(
+                StatusCode::BAD_REQUEST,
+                "INVALID_QUERY",
+                "per_page must be from 1 to 100",
+            ));
+        }
+        Ok(Bounds { page, per_page })
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    /// The items on this page.
+    pub items: Vec<T>,
+    /// This page's number.
+    pub page: u32,
+    /// Items per page.
+    pub per_page: u32,
+    /// Matching items in all pages.
+    pub total_items: u64,
+    /// Number of pages.
+    pub total_pages: u64,
+}
+
+impl<T> Page<T> {
+    /// The page `bounds` asked for, holding `items` out of `total_items`.
+    pub fn new(items: Vec<T>, bounds: Bounds, total_items: u64) -> Self {
+        Self {
+            items,
+            page: bounds.page,
+            per_page: bounds.per_page,
+            total_items,
+            total_pages: total_items.div_ceil(u64::from(bounds.per_page)),
+        }
+    }
+}
