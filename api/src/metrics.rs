@@ -1,7 +1,7 @@
 //! The api's Prometheus counters, served as text at `GET /metrics`.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use shared::prometheus::{self, Writer};
+use std::sync::atomic::AtomicU64;
 
 /// Counters since the process started.
 #[derive(Debug, Default)]
@@ -25,64 +25,50 @@ pub struct Metrics {
 impl Metrics {
     /// Adds one to `counter`.
     pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+        prometheus::inc(counter);
     }
 
     /// The Prometheus text exposition of every counter, plus `broker_up`.
     pub fn render(&self, broker_up: bool) -> String {
-        let mut out = String::new();
-        let mut counter = |name: &str, help: &str, labels: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{labels} {value}"
-            );
-        };
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        counter(
+        let mut w = Writer::new();
+        w.counter(
             "flashstock_api_orders_recorded_total",
             "Orders recorded as PENDING.",
-            "",
-            get(&self.orders_recorded),
+            &[("", &self.orders_recorded)],
         );
-        counter(
+        w.counter(
             "flashstock_api_orders_replayed_total",
             "Submissions answered from an earlier order with the same Idempotency-Key.",
-            "",
-            get(&self.orders_replayed),
+            &[("", &self.orders_replayed)],
         );
-        counter(
+        w.counter(
             "flashstock_api_orders_published_total",
             "Orders published and confirmed by the broker at once.",
-            "",
-            get(&self.orders_published),
+            &[("", &self.orders_published)],
         );
-        counter(
+        w.counter(
             "flashstock_api_publish_failures_total",
             "Orders recorded but left to the relay because publishing failed.",
-            "",
-            get(&self.publish_failures),
+            &[("", &self.publish_failures)],
         );
-        counter(
+        w.counter(
             "flashstock_api_relay_republished_total",
             "Orders the relay republished.",
-            "",
-            get(&self.relay_republished),
+            &[("", &self.relay_republished)],
         );
-        let _ = writeln!(
-            out,
-            "# HELP flashstock_api_decisions_notified_total Decision notices received from workers.\n\
-             # TYPE flashstock_api_decisions_notified_total counter\n\
-             flashstock_api_decisions_notified_total{{status=\"ACCEPTED\"}} {}\n\
-             flashstock_api_decisions_notified_total{{status=\"REJECTED\"}} {}",
-            get(&self.notified_accepted),
-            get(&self.notified_rejected)
+        w.counter(
+            "flashstock_api_decisions_notified_total",
+            "Decision notices received from workers.",
+            &[
+                ("status=\"ACCEPTED\"", &self.notified_accepted),
+                ("status=\"REJECTED\"", &self.notified_rejected),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "# HELP flashstock_api_broker_up Whether the broker connection is up.\n\
-             # TYPE flashstock_api_broker_up gauge\nflashstock_api_broker_up {}",
-            u8::from(broker_up)
+        w.gauge(
+            "flashstock_api_broker_up",
+            "Whether the broker connection is up.",
+            u64::from(broker_up),
         );
-        out
+        w.finish()
     }
 }

@@ -29,6 +29,8 @@ pub struct Config {
     pub order_partitions: u16,
     /// `API_ADDR`: where the api listens.
     pub api_addr: SocketAddr,
+    /// `WORKER_METRICS_ADDR`: where a worker serves `/metrics`.
+    pub worker_metrics_addr: SocketAddr,
     /// `RESERVATION_TTL`: how long an accepted, unpaid order holds its units.
     pub reservation_ttl: Duration,
     /// `MAX_ORDER_TOTAL`: the largest `total` one order may ask for.
@@ -77,6 +79,7 @@ impl Config {
             broker_namespace: namespace(get("BROKER_NAMESPACE", "flashstock"))?,
             order_partitions: number(get("ORDER_PARTITIONS", "16"), 1, 1024)?,
             api_addr: parse(get("API_ADDR", "0.0.0.0:3000"))?,
+            worker_metrics_addr: parse(get("WORKER_METRICS_ADDR", "0.0.0.0:9091"))?,
             reservation_ttl: duration(get("RESERVATION_TTL", "15m"))?,
             max_order_total: number(get("MAX_ORDER_TOTAL", "1000"), 1, 1_000_000)?,
             max_wait: duration(get("MAX_WAIT", "30s"))?,

@@ -14,6 +14,7 @@ pub mod db;
 pub mod domain;
 pub mod message;
 pub mod partition;
+pub mod prometheus;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -69,6 +69,8 @@ pub struct TestApp {
     pub db: MySqlPool,
     /// A keep-alive HTTP client.
     pub client: reqwest::Client,
+    /// The `/metrics` port of each in-process worker.
+    pub worker_metrics_ports: Vec<u16>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -94,6 +96,7 @@ impl TestApp {
             ("API_ADDR".into(), "127.0.0.1:0".into()),
             ("DATABASE_MAX_CONNECTIONS".into(), "6".into()),
             ("RELAY_INTERVAL".into(), "250ms".into()),
+            ("WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
         ]);
         env.extend(options.env);
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test configuration");
@@ -113,10 +116,12 @@ impl TestApp {
                 let _ = app.run_until_stopped(stop).await;
             }
         })];
+        let mut worker_metrics_ports = Vec::new();
         for _ in 0..workers {
             let worker = worker::Worker::build(config.clone())
                 .await
                 .expect("the worker starts");
+            worker_metrics_ports.push(worker.metrics_port());
             tasks.push(tokio::spawn(worker.run_until_stopped(stop.clone())));
         }
         let db = MySqlPool::connect(&config.database_url)
@@ -127,6 +132,7 @@ impl TestApp {
             config,
             db,
             client: reqwest::Client::new(),
+            worker_metrics_ports,
             stop,
             tasks,
         }

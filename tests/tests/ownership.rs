@@ -126,3 +126,30 @@ async fn a_worker_whose_lease_was_taken_cannot_commit() {
     );
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_metrics_count_decisions_and_owned_partitions() {
+    let app = TestApp::spawn(Options::default()).await;
+    let product = app.create_product("Kaos", 1).await;
+    app.post_order(product, 1, Some(10)).await;
+    app.post_order(product, 1, Some(10)).await;
+    let port = app.worker_metrics_ports[0];
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "flashstock_worker_orders_decided_total{outcome=\"accepted\"} 1",
+        "flashstock_worker_orders_decided_total{outcome=\"rejected\"} 1",
+        "flashstock_worker_partitions_owned 4",
+        "flashstock_worker_decision_latency_seconds_count 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    assert!(text.contains("flashstock_worker_batch_size_bucket{le=\"+Inf\"}"));
+}

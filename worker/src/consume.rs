@@ -1,7 +1,8 @@
 //! The consume loops: one per owned partition, plus the dead-letter queue.
 //! They only receive, call [`decide_batch`], commit, ack and announce.
 
-use crate::decide::{Decision, decide_fenced, reject_dead_lettered};
+use crate::decide::{Decision, Outcome, decide_fenced, reject_dead_lettered};
+use crate::metrics::Metrics;
 use backon::BackoffBuilder;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
@@ -37,6 +38,8 @@ pub struct Context {
     pub config: Arc<Config>,
     /// This worker's id, for consumer tags and logs.
     pub worker_id: String,
+    /// Counters served at `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a consume session ended early.
@@ -143,9 +146,13 @@ async fn process_batch(
     let last_tag = batch.last().map(|d| d.delivery_tag).unwrap_or_default();
     let mut orders = Vec::with_capacity(batch.len());
     for d in &batch {
+        if d.redelivered {
+            Metrics::inc(&ctx.metrics.redeliveries);
+        }
         match serde_json::from_slice::<OrderMessage>(&d.data) {
             Ok(order) => orders.push(order),
             Err(e) => {
+                Metrics::inc(&ctx.metrics.poison);
                 // Poison: straight to the dead-letter queue, the partition flows on.
                 tracing::warn!(error = %e, bytes = d.data.len(), "dead-lettering a malformed message");
                 ch.basic_reject(d.delivery_tag, BasicRejectOptions { requeue: false })
@@ -162,7 +169,10 @@ async fn process_batch(
     let decisions = loop {
         match decide_fenced(&ctx.db, &orders, ctx.config.reservation_ttl, lease).await {
             Ok(Some(decisions)) => break decisions,
-            Ok(None) => return Err(SessionError::Fenced),
+            Ok(None) => {
+                Metrics::inc(&ctx.metrics.fenced);
+                return Err(SessionError::Fenced);
+            }
             Err(e) => {
                 if !db::is_transient(&e) {
                     permanent_failures += 1;
@@ -197,11 +207,7 @@ async fn process_batch(
     // Committed: now, and only now, acknowledge.
     ch.basic_ack(last_tag, BasicAckOptions { multiple: true })
         .await?;
-    let accepted = decisions
-        .iter()
-        .filter(|d| d.outcome == crate::decide::Outcome::Accepted)
-        .count();
-    tracing::debug!(orders = decisions.len(), accepted, "batch decided");
+    record(&ctx.metrics, &decisions);
     announce(
         ch,
         &ctx.topology,
@@ -209,6 +215,23 @@ async fn process_batch(
     )
     .await;
     Ok(())
+}
+
+fn record(metrics: &Metrics, decisions: &[Decision]) {
+    metrics.batch_size.observe(decisions.len() as f64);
+    for d in decisions {
+        let counter = match d.outcome {
+            Outcome::Accepted => &metrics.accepted,
+            Outcome::Rejected(_) => &metrics.rejected,
+            Outcome::AlreadyDecided => &metrics.already_decided,
+            Outcome::Unknown => continue,
+        };
+        Metrics::inc(counter);
+        if matches!(d.outcome, Outcome::Accepted | Outcome::Rejected(_)) {
+            metrics.decision_latency.observe(d.waited.as_secs_f64());
+        }
+    }
+    tracing::debug!(orders = decisions.len(), "batch decided");
 }
 
 /// Announces committed decisions on the decisions fanout, best effort:
@@ -294,14 +317,13 @@ async fn handle_dead_letter(
                     Ok(rejected) => {
                         tracing::warn!(order_id = %order.order_id, product_id = %order.product_id, rejected, "order dead-lettered");
                         if rejected {
-                            let notice = Decision {
+                            Metrics::inc(&ctx.metrics.dead_lettered_rejected);
+                            let notice = DecidedOrder {
                                 order_id: order.order_id,
-                                outcome: crate::decide::Outcome::Rejected(
-                                    shared::domain::reason::DEAD_LETTERED,
-                                ),
+                                status: shared::domain::OrderStatus::Rejected,
+                                reason: Some(shared::domain::reason::DEAD_LETTERED.to_owned()),
                             };
-                            announce(ch, &ctx.topology, notice.notice().into_iter().collect())
-                                .await;
+                            announce(ch, &ctx.topology, vec![notice]).await;
                         }
                         break;
                     }

@@ -31,6 +31,9 @@ pub struct Decision {
     pub order_id: OrderId,
     /// Its outcome.
     pub outcome: Outcome,
+    /// From recording to this decision, by the database clock (zero for an
+    /// unknown order).
+    pub waited: Duration,
 }
 
 impl Decision {
@@ -75,18 +78,24 @@ pub async fn decide_batch(
             .collect()
     };
     let sql = format!(
-        "SELECT id, product_id, total, status FROM orders WHERE id IN ({}) FOR UPDATE",
+        "SELECT id, product_id, total, status, \
+                CAST(TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS SIGNED) \
+         FROM orders WHERE id IN ({}) FOR UPDATE",
         placeholders(ids.len())
     );
-    let mut q = sqlx::query_as::<_, (Uuid, u64, u32, String)>(AssertSqlSafe(sql));
+    let mut q = sqlx::query_as::<_, (Uuid, u64, u32, String, i64)>(AssertSqlSafe(sql));
     for id in &ids {
         q = q.bind(id);
     }
+    let mut waited: HashMap<Uuid, Duration> = HashMap::new();
     let rows: HashMap<Uuid, (u64, u32, String)> = q
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .map(|(id, product, total, status)| (id, (product, total, status)))
+        .map(|(id, product, total, status, micros)| {
+            waited.insert(id, Duration::from_micros(micros.max(0) as u64));
+            (id, (product, total, status))
+        })
         .collect();
 
     let mut products: Vec<u64> = rows
@@ -134,7 +143,11 @@ pub async fn decide_batch(
                 }
             },
         };
-        decisions.push(Decision { order_id, outcome });
+        decisions.push(Decision {
+            order_id,
+            outcome,
+            waited: waited.get(&id).copied().unwrap_or_default(),
+        });
     }
 
     write_decisions(tx, &decisions, reservation_ttl).await?;

@@ -3,24 +3,29 @@
 //! - [`decide`]: the core, `decide_batch`, a plain function over a transaction.
 //! - [`consume`]: the loops that receive, decide, commit, ack and announce.
 //! - [`ownership`]: partition leases across workers (heartbeat, rendezvous, fencing).
+//! - [`metrics`]: counters and histograms served at `/metrics`.
 //! - [`sweep`]: expiry of accepted orders nobody paid in time.
 //! - [`Worker`]: builds everything from the configuration and runs it.
 
 pub mod consume;
 pub mod decide;
+pub mod metrics;
 pub mod ownership;
 pub mod sweep;
 
 use consume::Context;
 use shared::Config;
 use shared::broker::{BrokerLink, Topology};
+use std::future::IntoFuture;
 use std::sync::Arc;
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// A worker, connected and ready to consume.
 pub struct Worker {
     ctx: Arc<Context>,
+    metrics_listener: TcpListener,
     shutdown: CancellationToken,
 }
 
@@ -43,6 +48,7 @@ impl Worker {
             shutdown.clone(),
         )
         .await?;
+        let metrics_listener = TcpListener::bind(config.worker_metrics_addr).await?;
         Ok(Self {
             ctx: Arc::new(Context {
                 db,
@@ -50,9 +56,19 @@ impl Worker {
                 topology,
                 config: Arc::new(config),
                 worker_id,
+                metrics: Arc::default(),
             }),
+            metrics_listener,
             shutdown,
         })
+    }
+
+    /// The port `/metrics` is served on.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
     }
 
     /// This worker's id.
@@ -70,9 +86,26 @@ impl Worker {
         tasks.spawn(sweep::run_sweeper(
             self.ctx.db.clone(),
             self.ctx.config.sweep_interval,
+            self.ctx.metrics.clone(),
             stop.clone(),
         ));
+        let metrics = self.ctx.metrics.clone();
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }),
+        );
+        let metrics_server = tokio::spawn(
+            axum::serve(self.metrics_listener, router)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
         while tasks.join_next().await.is_some() {}
+        let _ = metrics_server.await;
         self.shutdown.cancel();
         self.ctx.db.close().await;
     }

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// A partition this worker holds and consumes.
 struct Held {
@@ -50,6 +51,9 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
         let lease = h.stop().await;
         let _ = leases::release(&ctx.db, &lease).await;
     }
+    ctx.metrics
+        .partitions_owned
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     let _ = leases::remove_worker(&ctx.db, &me).await;
     tracing::info!("released every partition");
 }
@@ -76,6 +80,7 @@ async fn rebalance(
     for p in ended {
         held.remove(&p);
     }
+    let owned = &ctx.metrics.partitions_owned;
     for p in 0..partitions {
         let mine = targets[usize::from(p)] == Some(me);
         if let Some(h) = held.get(&p) {
@@ -88,9 +93,13 @@ async fn rebalance(
         } else if mine && let Some(lease) = leases::acquire(&ctx.db, p, me, lease_duration).await? {
             tracing::info!(partition = p, epoch = lease.epoch, "took partition");
             let stop = shutdown.child_token();
-            let task = tokio::spawn(run_partition(ctx.clone(), lease.clone(), stop.clone()));
+            let span = tracing::info_span!("partition", partition = p, epoch = lease.epoch);
+            let task = tokio::spawn(
+                run_partition(ctx.clone(), lease.clone(), stop.clone()).instrument(span),
+            );
             held.insert(p, Held { lease, stop, task });
         }
+        owned.store(held.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(())
 }

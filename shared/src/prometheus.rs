@@ -1,0 +1,134 @@
+//! Just enough of the Prometheus text format for our counters, gauges and
+//! histograms, with no global registry: each process owns its metrics struct
+//! and renders it on request.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A histogram with fixed upper bounds (the `+Inf` bucket is implicit).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum of observations, in millionths.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// A histogram with these upper bounds, ascending.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, value: f64) {
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            if value <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((value.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Writes metrics in the text exposition format.
+#[derive(Debug, Default)]
+pub struct Writer {
+    out: String,
+}
+
+impl Writer {
+    /// Starts an empty document.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn header(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A counter, one sample per `(labels, value)`; labels like `status="ACCEPTED"`.
+    pub fn counter(&mut self, name: &str, help: &str, samples: &[(&str, &AtomicU64)]) {
+        self.header(name, help, "counter");
+        for (labels, value) in samples {
+            self.sample(name, labels, value.load(Ordering::Relaxed));
+        }
+    }
+
+    /// A gauge with one value.
+    pub fn gauge(&mut self, name: &str, help: &str, value: u64) {
+        self.header(name, help, "gauge");
+        self.sample(name, "", value);
+    }
+
+    /// A histogram.
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        self.header(name, help, "histogram");
+        for (bound, bucket) in h.bounds.iter().zip(&h.buckets) {
+            let _ = writeln!(
+                self.out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(self.out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: u64) {
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// The finished document.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// Adds one to `counter`.
+pub fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_text_format() {
+        static BOUNDS: [f64; 2] = [0.1, 1.0];
+        let h = Histogram::new(&BOUNDS);
+        h.observe(0.05);
+        h.observe(0.5);
+        h.observe(5.0);
+        let c = AtomicU64::new(3);
+        let mut w = Writer::new();
+        w.counter("x_total", "An x.", &[("kind=\"a\"", &c)]);
+        w.histogram("lat_seconds", "Latency.", &h);
+        let text = w.finish();
+        for line in [
+            "x_total{kind=\"a\"} 3",
+            "lat_seconds_bucket{le=\"0.1\"} 1",
+            "lat_seconds_bucket{le=\"1\"} 2",
+            "lat_seconds_bucket{le=\"+Inf\"} 3",
+            "lat_seconds_count 3",
+            "lat_seconds_sum 5.55",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The worker's Prometheus metrics, served as text at `GET /metrics` on
+//! `WORKER_METRICS_ADDR`.
+
+use shared::prometheus::{self, Histogram, Writer};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static LATENCY_BOUNDS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+static BATCH_BOUNDS: [f64; 8] = [1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+/// Counters since the process started.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Orders accepted.
+    pub accepted: AtomicU64,
+    /// Orders rejected by a deciding transaction.
+    pub rejected: AtomicU64,
+    /// Deliveries of orders already decided or cancelled, acked without effect.
+    pub already_decided: AtomicU64,
+    /// Deliveries RabbitMQ marked as redelivered.
+    pub redeliveries: AtomicU64,
+    /// Malformed messages sent to the dead-letter queue.
+    pub poison: AtomicU64,
+    /// Orders rejected because their message was dead-lettered.
+    pub dead_lettered_rejected: AtomicU64,
+    /// Batches abandoned because the partition lease was lost.
+    pub fenced: AtomicU64,
+    /// Reservations expired by this worker's sweeper.
+    pub expired: AtomicU64,
+    /// Partitions this worker holds now.
+    pub partitions_owned: AtomicU64,
+    /// Seconds from recording to decision (database clock).
+    pub decision_latency: Histogram,
+    /// Orders per deciding transaction.
+    pub batch_size: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            already_decided: AtomicU64::new(0),
+            redeliveries: AtomicU64::new(0),
+            poison: AtomicU64::new(0),
+            dead_lettered_rejected: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            partitions_owned: AtomicU64::new(0),
+            decision_latency: Histogram::new(&LATENCY_BOUNDS),
+            batch_size: Histogram::new(&BATCH_BOUNDS),
+        }
+    }
+}
+
+impl Metrics {
+    /// Adds one to `counter`.
+    pub fn inc(counter: &AtomicU64) {
+        prometheus::inc(counter);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut w = Writer::new();
+        w.counter(
+            "flashstock_worker_orders_decided_total",
+            "Orders decided, by outcome.",
+            &[
+                ("outcome=\"accepted\"", &self.accepted),
+                ("outcome=\"rejected\"", &self.rejected),
+            ],
+        );
+        w.counter(
+            "flashstock_worker_already_decided_total",
+            "Deliveries of orders already decided or cancelled, acked without effect.",
+            &[("", &self.already_decided)],
+        );
+        w.counter(
+            "flashstock_worker_redeliveries_total",
+            "Deliveries RabbitMQ marked as redelivered.",
+            &[("", &self.redeliveries)],
+        );
+        w.counter(
+            "flashstock_worker_poison_messages_total",
+            "Malformed messages sent to the dead-letter queue.",
+            &[("", &self.poison)],
+        );
+        w.counter(
+            "flashstock_worker_dead_letters_total",
+            "Orders rejected DEAD_LETTERED after their message passed the delivery limit.",
+            &[("", &self.dead_lettered_rejected)],
+        );
+        w.counter(
+            "flashstock_worker_fenced_batches_total",
+            "Batches abandoned because the partition lease was lost.",
+            &[("", &self.fenced)],
+        );
+        w.counter(
+            "flashstock_worker_expired_total",
+            "Reservations expired by this worker's sweeper.",
+            &[("", &self.expired)],
+        );
+        w.gauge(
+            "flashstock_worker_partitions_owned",
+            "Partitions this worker holds a lease on.",
+            self.partitions_owned.load(Ordering::Relaxed),
+        );
+        w.histogram(
+            "flashstock_worker_decision_latency_seconds",
+            "Seconds from an order's recording to its decision (database clock).",
+            &self.decision_latency,
+        );
+        w.histogram(
+            "flashstock_worker_batch_size",
+            "Orders per deciding transaction.",
+            &self.batch_size,
+        );
+        w.finish()
+    }
+}
