@@ -24,6 +24,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== docker-compose.yml"
+bash scripts/check-compose.sh
+echo "== building the binaries (the multi-process tests start them)"
+cargo build --bins
 echo "== tests"
 results=$(mktemp)
 cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$results"

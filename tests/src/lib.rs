@@ -6,6 +6,7 @@
 //! - [`TestApp`] helpers: `post_json`, `create_product`, `post_order`, `wait_for_decision`, …
 //! - [`proxy::Proxy`]: a TCP proxy the tests can cut, to play "the database is down".
 
+pub mod process;
 pub mod proxy;
 
 use reqwest::{Response, StatusCode};
@@ -65,6 +66,8 @@ pub struct TestApp {
     pub address: String,
     /// The configuration the api and workers run with.
     pub config: Config,
+    /// The environment that configuration was read from, for child processes.
+    pub env: HashMap<String, String>,
     /// A pool on the test's database, for checks.
     pub db: MySqlPool,
     /// A keep-alive HTTP client.
@@ -100,11 +103,11 @@ impl TestApp {
         ]);
         env.extend(options.env);
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test configuration");
-        Self::start(config, options.workers).await
+        Self::start(config, env, options.workers).await
     }
 
-    /// Starts the api and `workers` workers on `config`.
-    pub async fn start(config: Config, workers: usize) -> TestApp {
+    /// Starts the api and `workers` workers on `config` (read from `env`).
+    async fn start(config: Config, env: HashMap<String, String>, workers: usize) -> TestApp {
         let stop = CancellationToken::new();
         let app = api::Application::build(config.clone())
             .await
@@ -130,6 +133,7 @@ impl TestApp {
         TestApp {
             address,
             config,
+            env,
             db,
             client: reqwest::Client::new(),
             worker_metrics_ports,
@@ -150,6 +154,43 @@ impl TestApp {
             let _ = app.run_until_stopped(stop).await;
         }));
         address
+    }
+
+    /// Waits until all `config.order_partitions` partitions are leased (and
+    /// unexpired) and `check` holds for the leases each owner holds; returns
+    /// those loads.
+    pub async fn wait_for_owners(
+        &self,
+        check: impl Fn(&HashMap<String, usize>) -> bool,
+    ) -> HashMap<String, usize> {
+        let partitions = usize::from(self.config.order_partitions);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let owners = shared::db::leases::owners(&self.db).await.unwrap();
+            let mut loads = HashMap::new();
+            for (_, owner, _, _) in &owners {
+                if let Some(o) = owner {
+                    *loads.entry(o.clone()).or_insert(0) += 1;
+                }
+            }
+            let all_owned = owners.len() == partitions
+                && owners
+                    .iter()
+                    .all(|(_, o, _, left)| o.is_some() && *left > 0.0);
+            if all_owned && check(&loads) {
+                return loads;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ownership did not settle: {owners:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts a worker as a process of its own, on this test's configuration.
+    pub fn spawn_worker_process(&self) -> process::WorkerProcess {
+        process::WorkerProcess::start(&self.env)
     }
 
     /// Starts one more in-process worker on `config`.

@@ -162,6 +162,14 @@ async fn orders_of_one_product_are_decided_in_the_order_they_were_recorded() {
     app.assert_invariants().await;
 }
 
+fn test_lease() -> shared::db::leases::Lease {
+    shared::db::leases::Lease {
+        partition: 0,
+        owner: "test".into(),
+        epoch: 1,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_mixed_products_decides_each_against_its_own_stock() {
     let app = TestApp::spawn(Options::default().workers(0)).await;
@@ -186,9 +194,10 @@ async fn a_batch_with_mixed_products_decides_each_against_its_own_stock() {
     };
     messages.push(stranger);
     let mut tx = app.db.begin().await.unwrap();
-    let decisions = worker::decide::decide_batch(&mut tx, &messages, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let decisions =
+        worker::decide::decide_batch(&mut tx, &messages, Duration::from_secs(60), &test_lease())
+            .await
+            .unwrap();
     tx.commit().await.unwrap();
     use worker::decide::Outcome::*;
     let outcomes: Vec<_> = decisions.iter().map(|d| d.outcome.clone()).collect();
@@ -208,9 +217,10 @@ async fn a_batch_with_mixed_products_decides_each_against_its_own_stock() {
 
     // Deciding the same messages again (a redelivery) changes nothing.
     let mut tx = app.db.begin().await.unwrap();
-    let again = worker::decide::decide_batch(&mut tx, &messages, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let again =
+        worker::decide::decide_batch(&mut tx, &messages, Duration::from_secs(60), &test_lease())
+            .await
+            .unwrap();
     tx.commit().await.unwrap();
     assert!(again[..5].iter().all(|d| d.outcome == AlreadyDecided));
     assert_eq!(app.inventory(a).await["reserved_stock"], 2);

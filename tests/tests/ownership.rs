@@ -4,8 +4,7 @@ use flashstock_tests::{Options, TestApp};
 use shared::db::leases;
 use shared::domain::{OrderId, ProductId, Quantity};
 use shared::message::OrderMessage;
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn fast_leases() -> Options {
     Options::default()
@@ -14,43 +13,16 @@ fn fast_leases() -> Options {
         .env("LEASE_DURATION", "1s")
 }
 
-/// Waits until every partition is owned and `check` holds for the loads.
-async fn wait_for_owners(
-    app: &TestApp,
-    check: impl Fn(&HashMap<String, usize>) -> bool,
-) -> HashMap<String, usize> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let owners = leases::owners(&app.db).await.unwrap();
-        let mut loads = HashMap::new();
-        for (_, owner, _, _) in &owners {
-            if let Some(o) = owner {
-                *loads.entry(o.clone()).or_insert(0) += 1;
-            }
-        }
-        let all_owned = owners.len() == 16
-            && owners
-                .iter()
-                .all(|(_, o, _, left)| o.is_some() && *left > 0.0);
-        if all_owned && check(&loads) {
-            return loads;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ownership did not settle: {owners:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_share_sixteen_partitions_and_a_fourth_takes_its_share() {
     let mut app = TestApp::spawn(fast_leases().workers(3)).await;
-    let loads = wait_for_owners(&app, |l| l.len() == 3).await;
-    assert!(loads.values().all(|&n| (4..=7).contains(&n)), "{loads:?}");
+    let loads = app
+        .wait_for_owners(|l| l.len() == 3 && l.values().all(|&n| (4..=7).contains(&n)))
+        .await;
+    assert_eq!(loads.values().sum::<usize>(), 16, "{loads:?}");
 
     app.spawn_worker(app.config.clone()).await;
-    let loads = wait_for_owners(&app, |l| l.len() == 4).await;
+    let loads = app.wait_for_owners(|l| l.len() == 4).await;
     assert!(loads.values().all(|&n| n >= 3), "{loads:?}");
 
     // The system still decides correctly while partitions move.
@@ -65,7 +37,7 @@ async fn three_workers_share_sixteen_partitions_and_a_fourth_takes_its_share() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_stops_releases_its_partitions_at_once() {
     let mut app = TestApp::spawn(fast_leases().workers(1)).await;
-    wait_for_owners(&app, |l| l.len() == 1).await;
+    app.wait_for_owners(|l| l.len() == 1).await;
     app.stop().await;
     let owners = leases::owners(&app.db).await.unwrap();
     assert!(

@@ -313,7 +313,7 @@ async fn handle_dead_letter(
         Ok(order) => {
             let mut delays = retry_policy().build();
             loop {
-                match reject_dead_lettered(&ctx.db, order.order_id).await {
+                match reject_dead_lettered(&ctx.db, order.order_id, &ctx.worker_id).await {
                     Ok(rejected) => {
                         tracing::warn!(order_id = %order.order_id, product_id = %order.product_id, rejected, "order dead-lettered");
                         if rejected {

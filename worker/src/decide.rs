@@ -53,7 +53,8 @@ impl Decision {
     }
 }
 
-/// Decides `orders` (in arrival order) inside the caller's transaction `tx`:
+/// Decides `orders` (in arrival order) inside the caller's transaction `tx`,
+/// recording `decider` (the lease's owner and epoch) on each decision:
 /// locks the order rows and the product rows involved, accepts each order
 /// while the running availability covers it and rejects it otherwise, then
 /// writes every decision and each product's new `reserved_stock`.
@@ -64,6 +65,7 @@ pub async fn decide_batch(
     tx: &mut MySqlConnection,
     orders: &[OrderMessage],
     reservation_ttl: Duration,
+    decider: &Lease,
 ) -> Result<Vec<Decision>, sqlx::Error> {
     if orders.is_empty() {
         return Ok(Vec::new());
@@ -150,7 +152,7 @@ pub async fn decide_batch(
         });
     }
 
-    write_decisions(tx, &decisions, reservation_ttl).await?;
+    write_decisions(tx, &decisions, reservation_ttl, decider).await?;
     for (product, (_, reserved)) in &stock {
         let delta = reserved - before[product];
         if delta > 0 {
@@ -171,6 +173,7 @@ async fn write_decisions(
     tx: &mut MySqlConnection,
     decisions: &[Decision],
     reservation_ttl: Duration,
+    decider: &Lease,
 ) -> Result<(), sqlx::Error> {
     let mut groups: BTreeMap<Option<&'static str>, Vec<Uuid>> = BTreeMap::new();
     for d in decisions {
@@ -185,12 +188,14 @@ async fn write_decisions(
         let result = match reason {
             None => {
                 let sql = format!(
-                    "UPDATE orders SET status = 'ACCEPTED', decided_at = NOW(6), \
+                    "UPDATE orders SET status = 'ACCEPTED', decided_at = NOW(6), decided_by = ?, decided_epoch = ?, \
                      expires_at = NOW(6) + INTERVAL ? MICROSECOND \
                      WHERE status = 'PENDING' AND id IN ({list})"
                 );
-                let mut q =
-                    sqlx::query(AssertSqlSafe(sql)).bind(reservation_ttl.as_micros() as u64);
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .bind(&decider.owner)
+                    .bind(decider.epoch)
+                    .bind(reservation_ttl.as_micros() as u64);
                 for id in &ids {
                     q = q.bind(id);
                 }
@@ -198,10 +203,13 @@ async fn write_decisions(
             }
             Some(reason) => {
                 let sql = format!(
-                    "UPDATE orders SET status = 'REJECTED', reason = ?, decided_at = NOW(6) \
-                     WHERE status = 'PENDING' AND id IN ({list})"
+                    "UPDATE orders SET status = 'REJECTED', reason = ?, decided_at = NOW(6), \
+                     decided_by = ?, decided_epoch = ? WHERE status = 'PENDING' AND id IN ({list})"
                 );
-                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(reason);
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .bind(reason)
+                    .bind(&decider.owner)
+                    .bind(decider.epoch);
                 for id in &ids {
                     q = q.bind(id);
                 }
@@ -234,7 +242,7 @@ pub async fn decide_fenced(
     if !leases::check_fence(&mut tx, lease).await? {
         return Ok(None);
     }
-    let decisions = decide_batch(&mut tx, orders, reservation_ttl).await?;
+    let decisions = decide_batch(&mut tx, orders, reservation_ttl, lease).await?;
     tx.commit().await?;
     Ok(Some(decisions))
 }
@@ -243,12 +251,14 @@ pub async fn decide_fenced(
 pub async fn reject_dead_lettered(
     db: &sqlx::MySqlPool,
     order: OrderId,
+    decider: &str,
 ) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(
-        "UPDATE orders SET status = 'REJECTED', reason = ?, decided_at = NOW(6) \
+        "UPDATE orders SET status = 'REJECTED', reason = ?, decided_at = NOW(6), decided_by = ? \
          WHERE id = ? AND status = 'PENDING'",
     )
     .bind(reason::DEAD_LETTERED)
+    .bind(decider)
     .bind(order.uuid())
     .execute(db)
     .await?;
