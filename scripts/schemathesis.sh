@@ -20,7 +20,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 name="fs_test_st_$(date +%s)_$$"
 port=$((20000 + RANDOM % 20000))
 export DATABASE_URL="mysql://root@127.0.0.1:3306/$name" BROKER_NAMESPACE="$name" ORDER_PARTITIONS=2 \
-  API_ADDR="127.0.0.1:$port" RUST_LOG=warn
+  API_ADDR="127.0.0.1:$port" WORKER_METRICS_ADDR=127.0.0.1:0 RUST_LOG=warn
 logs=$(mktemp -d)
 "$target_dir/debug/worker" >"$logs/worker.log" 2>&1 &
 worker_pid=$!
