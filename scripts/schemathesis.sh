@@ -50,7 +50,10 @@ status=0
   --max-examples "$MAX_EXAMPLES" \
   --seed 1 \
   --no-color || status=$?
-if grep -q ' ERROR \| panicked' "$logs/api.log" "$logs/worker.log"; then
-  echo "== errors in the server logs:"; grep ' ERROR \| panicked' "$logs"/*.log | head -20; status=1
+# lapin logs the broker's answer to the passive declares of the start-up
+# partition check (NOT_FOUND) as an error; anything else is one.
+errors=$(grep -hE ' ERROR |panicked' "$logs/api.log" "$logs/worker.log" | grep -v "NOT_FOUND - no queue" || true)
+if [[ -n "$errors" ]]; then
+  echo "== errors in the server logs:"; echo "$errors" | head -20; status=1
 fi
 exit $status

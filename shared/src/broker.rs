@@ -150,7 +150,9 @@ impl Topology {
             FieldTable::default(),
         )
         .await?;
-        for p in 0..self.partitions {
+        // Highest first: queue 0 exists only once every other one does, so a
+        // process starting alongside sees either no partition queues or all.
+        for p in (0..self.partitions).rev() {
             ch.queue_declare(
                 self.partition_queue(p).into(),
                 durable_queue,
@@ -197,8 +199,9 @@ impl Topology {
         args
     }
 
-    /// Partition queues are numbered `0..n`: queue `n` must not exist, and
-    /// when queue `0` exists (an earlier declaration), queue `n-1` must too.
+    /// Partition queues are numbered `0..n` and declared from the highest
+    /// down: queue `n` must not exist, and when queue `0` exists (a finished
+    /// declaration), queue `n-1` must too.
     async fn check_partition_count(&self, conn: &Connection) -> Result<(), BrokerError> {
         let n = self.partitions;
         let mismatch = |declared: String| BrokerError::PartitionMismatch {

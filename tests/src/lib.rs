@@ -428,6 +428,29 @@ impl Drop for TestApp {
 
 /// Drops the test's database and deletes its broker objects.
 async fn cleanup(database_url: &str, topology: &Topology) {
+    delete_broker_objects(topology).await;
+    let name = database_url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if name.starts_with("fs_test_")
+        && let Ok(pool) = MySqlPool::connect(&database_server()).await
+    {
+        let _ = sqlx::query("SET SESSION lock_wait_timeout = 5")
+            .execute(&pool)
+            .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{name}`"
+        )))
+        .execute(&pool)
+        .await;
+        pool.close().await;
+    }
+}
+
+/// Deletes the queues and exchanges of `topology` from the broker.
+pub async fn delete_broker_objects(topology: &Topology) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     if let Ok(conn) = shared::broker::connect(&amqp_url(), "flashstock test cleanup").await
         && let Ok(ch) = conn.create_channel().await
@@ -451,23 +474,5 @@ async fn cleanup(database_url: &str, topology: &Topology) {
                 .await;
         }
         let _ = conn.close(200, "cleaned".into()).await;
-    }
-    let name = database_url
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    if name.starts_with("fs_test_")
-        && let Ok(pool) = MySqlPool::connect(&database_server()).await
-    {
-        let _ = sqlx::query("SET SESSION lock_wait_timeout = 5")
-            .execute(&pool)
-            .await;
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS `{name}`"
-        )))
-        .execute(&pool)
-        .await;
-        pool.close().await;
     }
 }

@@ -125,3 +125,48 @@ async fn worker_metrics_count_decisions_and_owned_partitions() {
     }
     assert!(text.contains("flashstock_worker_batch_size_bucket{le=\"+Inf\"}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_together_agree_and_a_different_partition_count_is_refused() {
+    let app = TestApp::spawn(Options::default().workers(0).env("ORDER_PARTITIONS", "16")).await;
+    // A fresh namespace declared by several processes at once: none of them
+    // may mistake the others' half-done declaration for a mismatch.
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(
+            shared::broker::connect(&flashstock_tests::amqp_url(), "declarer")
+                .await
+                .unwrap(),
+        );
+    }
+    for round in 0..10 {
+        let mut config = app.config.clone();
+        config.broker_namespace = format!("{}_r{round}", app.config.broker_namespace);
+        let topology = shared::broker::Topology::from_config(&config);
+        // Staggered, so later ones check while earlier ones are declaring.
+        let declared = futures::future::join_all(conns.iter().enumerate().map(|(i, c)| {
+            let topology = &topology;
+            async move {
+                tokio::time::sleep(Duration::from_millis(i as u64 * 4 * (round + 1))).await;
+                topology.declare(c).await
+            }
+        }))
+        .await;
+        let failures: Vec<String> = declared
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+            .collect();
+        flashstock_tests::delete_broker_objects(&topology).await;
+        assert!(failures.is_empty(), "round {round}: {failures:?}");
+    }
+    // Another partition count on the same namespace is refused, both ways.
+    for partitions in [8, 32] {
+        let mut other = app.config.clone();
+        other.order_partitions = partitions;
+        let err = match worker::Worker::build(other).await {
+            Ok(_) => panic!("a worker with ORDER_PARTITIONS={partitions} started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("ORDER_PARTITIONS"), "{err}");
+    }
+}
