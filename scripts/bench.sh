@@ -25,7 +25,7 @@ bin="$target_dir/$profile"
 name="fs_bench_$(date +%s)_$$"
 port=$((20000 + RANDOM % 20000))
 export DATABASE_URL="mysql://root@127.0.0.1:3306/$name" BROKER_NAMESPACE="$name" \
-  API_ADDR="127.0.0.1:$port" RUST_LOG=warn DATABASE_MAX_CONNECTIONS=${DATABASE_MAX_CONNECTIONS:-16}
+  API_ADDR="127.0.0.1:$port" RUST_LOG=${RUST_LOG:-warn} DATABASE_MAX_CONNECTIONS=${DATABASE_MAX_CONNECTIONS:-16}
 logs=$(mktemp -d)
 pids=()
 cleanup() {

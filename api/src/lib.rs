@@ -2,6 +2,7 @@
 //!
 //! - [`startup`]: `Application::build(config)` wires everything; `run_until_stopped` serves.
 //! - [`routes`]: one module per resource (products, inventory, orders, health).
+//! - [`recorder`]: recording orders in batches, one commit for many.
 //! - [`publisher`]: publishing orders with confirms, the relay, decision notices.
 //! - [`error`], [`envelope`], [`extract`]: the response envelope and our extractors.
 //! - [`metrics`]: counters served at `/metrics`.
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pagination;
 pub mod publisher;
+pub mod recorder;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -1,9 +1,11 @@
 //! Getting recorded orders onto the broker, and decisions back.
 //!
 //! - [`Publisher`]: publishes an order message with publisher confirms on the
-//!   partition of its product, then notes `published_at` in batches.
-//! - [`run_relay`]: republishes orders recorded but never confirmed (the api
-//!   crashed between commit and publish, or the broker was down).
+//!   partition of its product; a message that was not confirmed is kept in
+//!   memory for the relay.
+//! - [`run_relay`]: republishes those at once when the broker is back, and
+//!   every round scans for PENDING orders older than `RELAY_AFTER` (the api
+//!   crashed between commit and publish, so memory was lost).
 //! - [`run_decision_listener`]: hears the workers' decision announcements and
 //!   wakes the requests waiting on them ([`Waiters`]).
 
@@ -17,13 +19,13 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use shared::broker::{BrokerLink, Topology, confirm_channel};
 use shared::db;
 use shared::domain::OrderId;
-use shared::message::{DecidedOrder, DecisionNotice, OrderMessage};
+use shared::message::{DecidedOrder, DecisionNotice, OrderBatch, OrderMessage};
 use shared::partition::partition_of;
 use sqlx::MySqlPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How long one publish may wait for the broker's confirm.
@@ -56,26 +58,28 @@ pub struct Publisher {
     link: BrokerLink,
     topology: Topology,
     channel: Arc<tokio::sync::Mutex<Option<Channel>>>,
-    published: mpsc::UnboundedSender<OrderId>,
+    /// Recorded orders whose publish failed, for the relay.
+    deferred: Arc<Mutex<Vec<OrderMessage>>>,
 }
 
 impl Publisher {
-    /// A publisher over `link`; confirmed orders get `published_at` set by a
-    /// background task writing to `db` until `shutdown`.
-    pub fn new(
-        link: BrokerLink,
-        topology: Topology,
-        db: MySqlPool,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(mark_published(db, rx, shutdown));
+    /// A publisher over `link`.
+    pub fn new(link: BrokerLink, topology: Topology) -> Self {
         Self {
             metrics: Arc::default(),
             link,
             topology,
             channel: Arc::default(),
-            published: tx,
+            deferred: Arc::default(),
+        }
+    }
+
+    /// Publishes `order`; when that fails, keeps it for the relay to
+    /// publish once the broker is back.
+    pub async fn publish_or_defer(&self, order: OrderMessage) -> Result<(), PublishError> {
+        match self.publish_all(vec![order]).await.pop() {
+            Some((_, Err(e))) => Err(e),
+            _ => Ok(()),
         }
     }
 
@@ -84,11 +88,48 @@ impl Publisher {
         self.link.is_connected()
     }
 
-    /// Publishes `order` to its partition and waits for the broker's confirm.
-    pub async fn publish(&self, order: &OrderMessage) -> Result<(), PublishError> {
+    /// Publishes `orders` as one message per partition (arrival order kept
+    /// within each) and waits for the confirms together. Orders whose message
+    /// failed are kept for the relay. Returns each message's orders and result.
+    pub async fn publish_all(
+        &self,
+        orders: Vec<OrderMessage>,
+    ) -> Vec<(Vec<OrderMessage>, Result<(), PublishError>)> {
+        let mut by_partition: std::collections::BTreeMap<u16, Vec<OrderMessage>> =
+            Default::default();
+        for order in orders {
+            let p = partition_of(order.product_id, self.topology.partitions());
+            by_partition.entry(p).or_default().push(order);
+        }
+        let results =
+            futures::future::join_all(by_partition.into_iter().map(|(p, batch)| async move {
+                let result = self.publish_batch(p, &batch).await;
+                (batch, result)
+            }))
+            .await;
+        for (batch, result) in &results {
+            if result.is_err() {
+                self.deferred
+                    .lock()
+                    .expect("deferred lock")
+                    .extend(batch.iter().copied());
+            }
+        }
+        results
+    }
+
+    /// Publishes one message holding `orders` to `partition` and waits for
+    /// the broker's confirm.
+    async fn publish_batch(
+        &self,
+        partition: u16,
+        orders: &[OrderMessage],
+    ) -> Result<(), PublishError> {
         let channel = self.channel().await?;
-        let partition = partition_of(order.product_id, self.topology.partitions());
-        let payload = serde_json::to_vec(order).expect("an order message serializes");
+        let payload = serde_json::to_vec(&OrderBatch {
+            orders: orders.to_vec(),
+        })
+        .expect("an order batch serializes");
         let confirm = channel
             .basic_publish(
                 self.topology.orders_exchange().into(),
@@ -108,10 +149,7 @@ impl Publisher {
             }
         };
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-            Ok(Ok(Confirmation::Ack(_))) => {
-                let _ = self.published.send(order.order_id);
-                Ok(())
-            }
+            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
             Ok(Ok(_)) => Err(PublishError::Nacked),
             Ok(Err(e)) => {
                 self.forget(&channel).await;
@@ -143,43 +181,17 @@ impl Publisher {
     }
 }
 
-/// Sets `published_at` for confirmed orders, many per statement. A mark
-/// that is lost only means the relay publishes that order once more, which
-/// the worker ignores.
-async fn mark_published(
-    db: MySqlPool,
-    mut rx: mpsc::UnboundedReceiver<OrderId>,
-    shutdown: CancellationToken,
-) {
-    let mut ids = Vec::with_capacity(512);
-    loop {
-        ids.clear();
-        tokio::select! {
-            n = rx.recv_many(&mut ids, 512) => if n == 0 { return },
-            _ = shutdown.cancelled() => {
-                // Drain what is already queued, then stop.
-                while let Ok(id) = rx.try_recv() { ids.push(id) }
-                let _ = db::orders::mark_published(&db, &ids).await;
-                return;
-            }
-        }
-        if let Err(e) = db::orders::mark_published(&db, &ids).await {
-            tracing::warn!(error = %e, count = ids.len(), "could not mark orders published; the relay will republish them");
-        }
-    }
-}
-
-/// Every `interval`, republishes PENDING orders whose message was never
-/// confirmed, oldest first. Runs until `shutdown`.
+/// Every `interval`, while the broker is reachable: publishes the orders
+/// this api could not publish, then the PENDING orders older than `after`
+/// that nobody relayed within `after` (in batches while a batch fills).
+/// Runs until `shutdown`.
 pub async fn run_relay(
     db: MySqlPool,
     publisher: Publisher,
     interval: Duration,
+    after: Duration,
     shutdown: CancellationToken,
 ) {
-    // Younger orders may still be on their way through the normal path (a
-    // second publish of one would be harmless, only wasted).
-    let min_age_ms = interval.as_millis() as u64 * 2;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -188,28 +200,51 @@ pub async fn run_relay(
         if !publisher.is_connected() {
             continue;
         }
-        let orders = match db::orders::unpublished(&db, min_age_ms, RELAY_BATCH).await {
-            Ok(orders) => orders,
-            Err(e) => {
-                tracing::warn!(error = %e, "relay could not read unpublished orders");
-                continue;
-            }
-        };
-        if orders.is_empty() {
-            continue;
+        let deferred = std::mem::take(&mut *publisher.deferred.lock().expect("deferred lock"));
+        if !deferred.is_empty() {
+            republish(&publisher, deferred).await;
         }
-        let results = futures::future::join_all(orders.iter().map(|o| publisher.publish(o))).await;
-        let failed = results.iter().filter(|r| r.is_err()).count();
-        publisher.metrics.relay_republished.fetch_add(
-            (orders.len() - failed) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        tracing::info!(
-            republished = orders.len() - failed,
-            failed,
-            "relay republished orders recorded but not confirmed"
-        );
+        loop {
+            let stale = match db::orders::stale_pending(&db, after, RELAY_BATCH).await {
+                Ok(orders) => orders,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay could not read stale orders");
+                    break;
+                }
+            };
+            let full = stale.len() == RELAY_BATCH as usize;
+            let ids: Vec<OrderId> = stale.iter().map(|o| o.order_id).collect();
+            let failed = republish(&publisher, stale).await;
+            if let Err(e) = db::orders::mark_relayed(&db, &ids).await {
+                tracing::warn!(error = %e, "relay could not mark orders relayed");
+            }
+            if !full || failed > 0 || shutdown.is_cancelled() {
+                break;
+            }
+        }
     }
+}
+
+/// Publishes `orders` (any that fail are kept for the next round) and
+/// returns how many failed.
+async fn republish(publisher: &Publisher, orders: Vec<OrderMessage>) -> usize {
+    if orders.is_empty() {
+        return 0;
+    }
+    let (mut published, mut failed) = (0, 0);
+    for (batch, result) in publisher.publish_all(orders).await {
+        *if result.is_ok() {
+            &mut published
+        } else {
+            &mut failed
+        } += batch.len();
+    }
+    publisher
+        .metrics
+        .relay_republished
+        .fetch_add(published as u64, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(published, failed, "relay republished orders");
+    failed
 }
 
 /// Requests waiting for decisions (`Prefer: wait`), by order id.

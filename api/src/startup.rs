@@ -3,12 +3,14 @@
 use crate::envelope::{ErrorBody, respond};
 use crate::openapi;
 use crate::publisher::{self, Publisher, Waiters};
+use crate::recorder::Recorder;
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use shared::Config;
 use shared::broker::{BrokerLink, Topology};
 use std::sync::Arc;
@@ -40,8 +42,7 @@ impl Application {
             shutdown.clone(),
         )
         .await?;
-        let publisher =
-            Publisher::new(link.clone(), topology.clone(), db.clone(), shutdown.clone());
+        let publisher = Publisher::new(link.clone(), topology.clone());
         let waiters = Waiters::default();
         tokio::spawn(publisher::run_decision_listener(
             link.clone(),
@@ -54,10 +55,12 @@ impl Application {
             db.clone(),
             publisher.clone(),
             config.relay_interval,
+            config.relay_after,
             shutdown.clone(),
         ));
         let listener = TcpListener::bind(config.api_addr).await?;
         let state = AppState {
+            recorder: Recorder::start(db.clone(), publisher.clone()),
             db,
             publisher,
             waiters,
@@ -79,7 +82,11 @@ impl Application {
     /// Serves until `stop` fires, then stops accepting, drains in-flight
     /// requests and stops the background tasks.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
-        let result = axum::serve(self.listener, self.router)
+        // Answers are small and latency matters: no Nagle delay.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let result = axum::serve(listener, self.router)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await;
         self.shutdown.cancel();

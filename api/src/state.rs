@@ -1,6 +1,7 @@
 //! The one state value every handler receives.
 
 use crate::publisher::{Publisher, Waiters};
+use crate::recorder::Recorder;
 use shared::Config;
 use shared::domain::ProductId;
 use sqlx::MySqlPool;
@@ -12,6 +13,8 @@ use std::sync::{Arc, RwLock};
 pub struct AppState {
     /// The database pool.
     pub db: MySqlPool,
+    /// Records orders in batches.
+    pub recorder: Recorder,
     /// Publishes orders to the broker.
     pub publisher: Publisher,
     /// Requests waiting for decisions.

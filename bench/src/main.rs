@@ -132,13 +132,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ensure_loopback(&cli.base_url)?;
     let deadline = Instant::now() + Duration::from_secs(cli.max_seconds);
-    let api = Api {
-        base: cli.base_url.trim_end_matches('/').to_owned(),
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(cli.clients)
-            .timeout(Duration::from_secs(30 + cli.wait))
-            .build()?,
-    };
+    let api = Api::new(&cli.base_url, cli.wait)?;
 
     // The world: products and their stock.
     let (stocks, plan): (Vec<(u64, i64)>, Vec<usize>) = match &cli.scenario {
@@ -180,8 +174,9 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..cli.clients {
+        // Each client its own connection, as separate buyers would have.
         let (api, next, plan, products, progress) = (
-            api.clone(),
+            Api::new(&cli.base_url, cli.wait)?,
             next.clone(),
             plan.clone(),
             products.clone(),
@@ -429,6 +424,16 @@ struct Api {
 }
 
 impl Api {
+    fn new(base: &str, wait: u64) -> anyhow::Result<Self> {
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(30 + wait))
+                .build()?,
+        })
+    }
+
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let body: Value = self
             .http

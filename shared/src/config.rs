@@ -39,8 +39,11 @@ pub struct Config {
     pub max_wait: Duration,
     /// `DATABASE_MAX_CONNECTIONS`: size of each process's connection pool.
     pub database_max_connections: u32,
-    /// `RELAY_INTERVAL`: how often the relay looks for orders recorded but not published.
+    /// `RELAY_INTERVAL`: how often the relay publishes what this api could not.
     pub relay_interval: Duration,
+    /// `RELAY_AFTER`: age after which a still-PENDING order is republished
+    /// (covers an api that crashed between recording and publishing).
+    pub relay_after: Duration,
     /// `WORKER_BATCH_SIZE`: most orders one deciding transaction takes.
     pub worker_batch_size: u16,
     /// `SWEEP_INTERVAL`: how often each worker expires overdue reservations.
@@ -84,7 +87,8 @@ impl Config {
             max_order_total: number(get("MAX_ORDER_TOTAL", "1000"), 1, 1_000_000)?,
             max_wait: duration(get("MAX_WAIT", "30s"))?,
             database_max_connections: number(get("DATABASE_MAX_CONNECTIONS", "10"), 1, 1000)?,
-            relay_interval: duration(get("RELAY_INTERVAL", "2s"))?,
+            relay_interval: duration(get("RELAY_INTERVAL", "1s"))?,
+            relay_after: duration(get("RELAY_AFTER", "30s"))?,
             worker_batch_size: number(get("WORKER_BATCH_SIZE", "500"), 1, 10_000)?,
             delivery_limit: number(get("DELIVERY_LIMIT", "20"), 1, 1000)?,
             sweep_interval: duration(get("SWEEP_INTERVAL", "1s"))?,

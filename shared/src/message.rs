@@ -17,6 +17,29 @@ pub struct OrderMessage {
     pub total: Quantity,
 }
 
+/// What one message on a partition queue carries: the orders of one
+/// recording batch that fall in that partition, in arrival order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderBatch {
+    /// The orders, first come first.
+    pub orders: Vec<OrderMessage>,
+}
+
+/// Reads a partition message: an [`OrderBatch`], or a single
+/// [`OrderMessage`] (as earlier versions and hand-made tools publish).
+pub fn parse_orders(bytes: &[u8]) -> Result<Vec<OrderMessage>, serde_json::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Batch(OrderBatch),
+        One(OrderMessage),
+    }
+    Ok(match serde_json::from_slice::<Wire>(bytes)? {
+        Wire::Batch(batch) => batch.orders,
+        Wire::One(order) => vec![order],
+    })
+}
+
 /// Decisions a worker committed, announced on the decisions fanout so that
 /// api instances can answer requests waiting with `Prefer: wait`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,4 +57,19 @@ pub struct DecidedOrder {
     pub status: OrderStatus,
     /// Why it was rejected, when it was.
     pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_and_single_orders_both_parse() {
+        let one = r#"{"order_id":"0190c7a4-5d1e-7bb2-9d1f-3c2a1b0e9f10","product_id":3,"total":2}"#;
+        assert_eq!(parse_orders(one.as_bytes()).unwrap().len(), 1);
+        let batch = format!(r#"{{"orders":[{one},{one}]}}"#);
+        assert_eq!(parse_orders(batch.as_bytes()).unwrap().len(), 2);
+        assert!(parse_orders(b"{\"order_id\": 5}").is_err());
+        assert!(parse_orders(b"\x00").is_err());
+    }
 }

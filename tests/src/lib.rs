@@ -99,6 +99,7 @@ impl TestApp {
             ("API_ADDR".into(), "127.0.0.1:0".into()),
             ("DATABASE_MAX_CONNECTIONS".into(), "6".into()),
             ("RELAY_INTERVAL".into(), "250ms".into()),
+            ("RELAY_AFTER".into(), "1s".into()),
             ("WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
         ]);
         env.extend(options.env);

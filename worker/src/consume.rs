@@ -15,7 +15,7 @@ use shared::Config;
 use shared::broker::{BrokerLink, Topology, retry_policy};
 use shared::db;
 use shared::db::leases::Lease;
-use shared::message::{DecidedOrder, DecisionNotice, OrderMessage};
+use shared::message::{DecidedOrder, DecisionNotice, parse_orders};
 use sqlx::MySqlPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,11 +93,9 @@ async fn partition_session(
 ) -> Result<(), SessionError> {
     let batch_size = usize::from(ctx.config.worker_batch_size);
     let ch = conn.create_channel().await?;
-    ch.basic_qos(
-        (batch_size * 2).min(u16::MAX as usize) as u16,
-        BasicQosOptions::default(),
-    )
-    .await?;
+    // Each message may carry many orders: a modest prefetch suffices.
+    ch.basic_qos((batch_size * 2).min(256) as u16, BasicQosOptions::default())
+        .await?;
     let mut consumer = ch
         .basic_consume(
             queue.into(),
@@ -149,8 +147,8 @@ async fn process_batch(
         if d.redelivered {
             Metrics::inc(&ctx.metrics.redeliveries);
         }
-        match serde_json::from_slice::<OrderMessage>(&d.data) {
-            Ok(order) => orders.push(order),
+        match parse_orders(&d.data) {
+            Ok(batch) => orders.extend(batch),
             Err(e) => {
                 Metrics::inc(&ctx.metrics.poison);
                 // Poison: straight to the dead-letter queue, the partition flows on.
@@ -164,46 +162,27 @@ async fn process_batch(
         return Ok(());
     }
 
-    let mut delays = retry_policy().build();
-    let mut permanent_failures = 0;
-    let decisions = loop {
-        match decide_fenced(&ctx.db, &orders, ctx.config.reservation_ttl, lease).await {
-            Ok(Some(decisions)) => break decisions,
-            Ok(None) => {
-                Metrics::inc(&ctx.metrics.fenced);
-                return Err(SessionError::Fenced);
-            }
-            Err(e) => {
-                if !db::is_transient(&e) {
-                    permanent_failures += 1;
-                    tracing::error!(error = %e, orders = orders.len(), "deciding a batch failed");
-                    if permanent_failures >= MAX_PERMANENT_FAILURES {
-                        ch.basic_nack(
-                            last_tag,
-                            BasicNackOptions {
-                                multiple: true,
-                                requeue: true,
-                            },
-                        )
-                        .await?;
-                        return Ok(());
-                    }
-                } else {
-                    tracing::warn!(error = %e, "database unavailable while deciding; retrying");
-                }
-                if !ch.status().connected() {
-                    // Unacked deliveries go back to the queue; nothing was committed.
-                    return Err(SessionError::Closed);
-                }
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tokio::select! {
-                    // Nothing committed: the broker redelivers these later.
-                    _ = shutdown.cancelled() => return Err(SessionError::Closed),
-                    _ = tokio::time::sleep(delay) => {}
-                }
+    // Messages carry several orders each: decide at most a batch per
+    // transaction, and acknowledge only once every one has committed.
+    let mut decisions = Vec::with_capacity(orders.len());
+    for chunk in orders.chunks(usize::from(ctx.config.worker_batch_size)) {
+        match decide_with_retry(ctx, ch, chunk, lease, shutdown).await? {
+            Some(decided) => decisions.extend(decided),
+            None => {
+                // Not decidable now: back to the queue, where the delivery
+                // limit dead-letters a message that never succeeds.
+                ch.basic_nack(
+                    last_tag,
+                    BasicNackOptions {
+                        multiple: true,
+                        requeue: true,
+                    },
+                )
+                .await?;
+                return Ok(());
             }
         }
-    };
+    }
     // Committed: now, and only now, acknowledge.
     ch.basic_ack(last_tag, BasicAckOptions { multiple: true })
         .await?;
@@ -215,6 +194,51 @@ async fn process_batch(
     )
     .await;
     Ok(())
+}
+
+/// One fenced deciding transaction for `orders`, retried with backoff while
+/// the database is unavailable. `None` after repeated failures that are not
+/// transient.
+async fn decide_with_retry(
+    ctx: &Context,
+    ch: &Channel,
+    orders: &[shared::message::OrderMessage],
+    lease: &Lease,
+    shutdown: &CancellationToken,
+) -> Result<Option<Vec<Decision>>, SessionError> {
+    let mut delays = retry_policy().build();
+    let mut permanent_failures = 0;
+    loop {
+        match decide_fenced(&ctx.db, orders, ctx.config.reservation_ttl, lease).await {
+            Ok(Some(decisions)) => return Ok(Some(decisions)),
+            Ok(None) => {
+                Metrics::inc(&ctx.metrics.fenced);
+                return Err(SessionError::Fenced);
+            }
+            Err(e) => {
+                if !db::is_transient(&e) {
+                    permanent_failures += 1;
+                    tracing::error!(error = %e, orders = orders.len(), "deciding a batch failed");
+                    if permanent_failures >= MAX_PERMANENT_FAILURES {
+                        return Ok(None);
+                    }
+                } else {
+                    tracing::warn!(error = %e, "database unavailable while deciding; retrying");
+                }
+                if !ch.status().connected() {
+                    // Unacked deliveries go back to the queue; nothing of this
+                    // transaction was committed.
+                    return Err(SessionError::Closed);
+                }
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! {
+                    // Nothing committed: the broker redelivers these later.
+                    _ = shutdown.cancelled() => return Err(SessionError::Closed),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
 }
 
 fn record(metrics: &Metrics, decisions: &[Decision]) {
@@ -304,36 +328,39 @@ async fn handle_dead_letter(
     delivery: &Delivery,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
-    match serde_json::from_slice::<OrderMessage>(&delivery.data) {
+    let orders = match parse_orders(&delivery.data) {
+        Ok(orders) => orders,
         Err(e) => {
             let preview = String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(200)])
                 .into_owned();
             tracing::error!(error = %e, %preview, "dropping an unreadable dead-lettered message");
+            Vec::new()
         }
-        Ok(order) => {
-            let mut delays = retry_policy().build();
-            loop {
-                match reject_dead_lettered(&ctx.db, order.order_id, &ctx.worker_id).await {
-                    Ok(rejected) => {
-                        tracing::warn!(order_id = %order.order_id, product_id = %order.product_id, rejected, "order dead-lettered");
-                        if rejected {
-                            Metrics::inc(&ctx.metrics.dead_lettered_rejected);
-                            let notice = DecidedOrder {
-                                order_id: order.order_id,
-                                status: shared::domain::OrderStatus::Rejected,
-                                reason: Some(shared::domain::reason::DEAD_LETTERED.to_owned()),
-                            };
-                            announce(ch, &ctx.topology, vec![notice]).await;
-                        }
-                        break;
+    };
+    for order in orders {
+        let mut delays = retry_policy().build();
+        loop {
+            match reject_dead_lettered(&ctx.db, order.order_id, &ctx.worker_id).await {
+                Ok(rejected) => {
+                    tracing::warn!(order_id = %order.order_id, product_id = %order.product_id, rejected, "order dead-lettered");
+                    if rejected {
+                        Metrics::inc(&ctx.metrics.dead_lettered_rejected);
+                        let notice = DecidedOrder {
+                            order_id: order.order_id,
+                            status: shared::domain::OrderStatus::Rejected,
+                            reason: Some(shared::domain::reason::DEAD_LETTERED.to_owned()),
+                        };
+                        announce(ch, &ctx.topology, vec![notice]).await;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not reject a dead-lettered order; retrying");
-                        let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(delay) => {}
-                        }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not reject a dead-lettered order; retrying");
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tokio::select! {
+                        // Unacked: the message stays in the dead-letter queue.
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }

@@ -130,12 +130,24 @@ pub async fn create_order(
     let new_id = OrderId::generate();
     // Register before publishing so a fast decision cannot slip past.
     let waiting = wait.map(|_| state.waiters.register(new_id));
-    let recorded = db::orders::record(&state.db, new_id, product, total, key.as_ref())
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_foreign_key_violation() => product_not_found(product),
-            _ => e.into(),
-        })?;
+    // Without a key, the recorder batches the insert and the publish;
+    // with one, the unique key decides first and we publish a new order here.
+    let (recorded, published) = match &key {
+        None => {
+            let (row, published) = state
+                .recorder
+                .record(new_id, product, total)
+                .await
+                .map_err(|e| order_error(e, product))?;
+            (Recorded::New(row), Some(published))
+        }
+        Some(key) => (
+            db::orders::record(&state.db, new_id, product, total, Some(key))
+                .await
+                .map_err(|e| order_error(e, product))?,
+            None,
+        ),
+    };
     let (row, replayed) = match recorded {
         Recorded::New(row) => (row, false),
         Recorded::Existing(row) => (row, true),
@@ -153,27 +165,27 @@ pub async fn create_order(
         other => other,
     };
     let metrics = &state.publisher.metrics;
-    Metrics::inc(if replayed {
-        &metrics.orders_replayed
+    if replayed {
+        Metrics::inc(&metrics.orders_replayed);
     } else {
-        &metrics.orders_recorded
-    });
-    if !replayed {
-        let message = OrderMessage {
-            order_id: id,
-            product_id: product,
-            total,
+        Metrics::inc(&metrics.orders_recorded);
+        let published = match published {
+            Some(published) => published,
+            None => {
+                let message = OrderMessage {
+                    order_id: id,
+                    product_id: product,
+                    total,
+                };
+                state.publisher.publish_or_defer(message).await.is_ok()
+            }
         };
-        let published = state.publisher.publish(&message).await;
-        Metrics::inc(if published.is_ok() {
+        // Not confirmed: recorded all the same; the relay publishes it.
+        Metrics::inc(if published {
             &metrics.orders_published
         } else {
             &metrics.publish_failures
         });
-        if let Err(e) = published {
-            // Recorded: the relay publishes it once the broker is back.
-            tracing::warn!(order_id = %id, product_id = %product, error = %e, "order recorded but not yet published");
-        }
     }
 
     let mut order = Order::from(row);
@@ -200,6 +212,15 @@ pub async fn create_order(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// A recording failure as the client sees it: a product deleted meanwhile
+/// is a 404, a database that is down a 503.
+fn order_error(e: sqlx::Error, product: ProductId) -> ApiError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => product_not_found(product),
+        _ => e.into(),
+    }
 }
 
 /// The `Idempotency-Key` header, scoped and hashed with the request.

@@ -48,6 +48,17 @@ pub async fn connect(config: &Config) -> Result<MySqlPool, ConnectError> {
     let pool = MySqlPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        // Every invariant here rests on row locks and conditional updates,
+        // not on repeatable snapshots; READ COMMITTED takes no gap locks, so
+        // recording new orders never waits on a deciding transaction.
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
         .connect_with(options)
         .await?;
     migrate(&pool).await?;

@@ -1,6 +1,6 @@
 //! The `orders` table. The order row is the outbox: it is written as PENDING
-//! before the api answers, and `published_at` records that the broker
-//! confirmed its message.
+//! before the api answers; `relayed_at` records when the relay last
+//! republished it.
 
 use super::placeholders;
 use crate::domain::{OrderId, OrderStatus, ProductId, Quantity};
@@ -58,6 +58,44 @@ pub async fn insert(
     Ok(row)
 }
 
+/// Records many new PENDING orders in one transaction (one multi-row
+/// INSERT), returning their rows in the order given.
+pub async fn insert_many(
+    pool: &MySqlPool,
+    orders: &[(OrderId, ProductId, Quantity)],
+) -> Result<Vec<OrderRow>, sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = pool.begin().await?;
+    let values = vec!["(?, ?, ?)"; orders.len()].join(", ");
+    let mut insert = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO orders (id, product_id, total) VALUES {values}"
+    )));
+    for (id, product, total) in orders {
+        insert = insert.bind(id.uuid()).bind(product.get()).bind(total.get());
+    }
+    insert.execute(&mut *tx).await?;
+    let mut select = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM orders WHERE id IN ({})",
+        placeholders(orders.len())
+    )));
+    for (id, _, _) in orders {
+        select = select.bind(id.uuid());
+    }
+    let mut rows: std::collections::HashMap<Uuid, OrderRow> = select
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    tx.commit().await?;
+    orders
+        .iter()
+        .map(|(id, _, _)| rows.remove(&id.uuid()).ok_or(sqlx::Error::RowNotFound))
+        .collect()
+}
+
 /// One order, if it exists.
 pub async fn fetch<'e>(
     exec: impl MySqlExecutor<'e>,
@@ -71,37 +109,24 @@ pub async fn fetch<'e>(
     .await
 }
 
-/// Notes that the broker confirmed these orders' messages.
-pub async fn mark_published(pool: &MySqlPool, ids: &[OrderId]) -> Result<(), sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
-        "UPDATE orders SET published_at = NOW(6) WHERE published_at IS NULL AND id IN ({})",
-        placeholders(ids.len())
-    );
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for id in ids {
-        q = q.bind(id.uuid());
-    }
-    q.execute(pool).await?;
-    Ok(())
-}
-
-/// PENDING orders whose message the broker never confirmed, oldest first,
-/// recorded at least `min_age_ms` ago (younger ones may still be in flight).
-pub async fn unpublished(
+/// PENDING orders recorded more than `after` ago and not relayed within
+/// `after`, oldest first: orders the api crashed on between recording and
+/// publishing (or whose messages were lost some other way). Republishing
+/// one that is merely queued is harmless: the worker acks it without effect.
+pub async fn stale_pending(
     pool: &MySqlPool,
-    min_age_ms: u64,
+    after: std::time::Duration,
     limit: u32,
 ) -> Result<Vec<OrderMessage>, sqlx::Error> {
+    let micros = after.as_micros() as u64;
     let rows: Vec<(Uuid, u64, u32)> = sqlx::query_as(
         "SELECT id, product_id, total FROM orders \
-         WHERE status = 'PENDING' AND published_at IS NULL \
-           AND created_at < NOW(6) - INTERVAL ? MICROSECOND \
+         WHERE status = 'PENDING' AND created_at < NOW(6) - INTERVAL ? MICROSECOND \
+           AND (relayed_at IS NULL OR relayed_at < NOW(6) - INTERVAL ? MICROSECOND) \
          ORDER BY seq LIMIT ?",
     )
-    .bind(min_age_ms * 1000)
+    .bind(micros)
+    .bind(micros)
     .bind(limit)
     .fetch_all(pool)
     .await?;
@@ -115,6 +140,23 @@ pub async fn unpublished(
             })
         })
         .collect())
+}
+
+/// Notes that the relay republished these orders now.
+pub async fn mark_relayed(pool: &MySqlPool, ids: &[OrderId]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE orders SET relayed_at = NOW(6) WHERE status = 'PENDING' AND id IN ({})",
+        placeholders(ids.len())
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(id.uuid());
+    }
+    q.execute(pool).await?;
+    Ok(())
 }
 
 /// A retried submission's key, already scoped and hashed, with the hash of
