@@ -33,6 +33,9 @@ results=$(mktemp)
 cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$results"
 echo "== contract check"
 bash scripts/schemathesis.sh
+echo "== benchmark smoke run (the harness and its checks, not a speed gate)"
+bash scripts/bench.sh --debug -- --json --max-seconds 120 flash-sale --stock 500 --orders 3000 --clients 32
+bash scripts/bench.sh --debug -- --json --max-seconds 120 many-products --products 8 --stock 100 --orders 2000 --skewed
 echo "== done"
 grep -E '^ *Summary .* tests run' "$results" | tail -1
 echo "scripts/test.sh finished in $((SECONDS - started))s"
