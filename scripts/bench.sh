@@ -23,7 +23,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 bin="$target_dir/$profile"
 
 name="fs_bench_$(date +%s)_$$"
-port=$((20000 + RANDOM % 20000))
+port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 export DATABASE_URL="mysql://root@127.0.0.1:3306/$name" BROKER_NAMESPACE="$name" \
   API_ADDR="127.0.0.1:$port" RUST_LOG=${RUST_LOG:-warn} DATABASE_MAX_CONNECTIONS=${DATABASE_MAX_CONNECTIONS:-16}
 logs=$(mktemp -d)

@@ -18,7 +18,7 @@ cargo build -q --bin api --bin worker
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 name="fs_test_st_$(date +%s)_$$"
-port=$((20000 + RANDOM % 20000))
+port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 export DATABASE_URL="mysql://root@127.0.0.1:3306/$name" BROKER_NAMESPACE="$name" ORDER_PARTITIONS=2 \
   API_ADDR="127.0.0.1:$port" WORKER_METRICS_ADDR=127.0.0.1:0 RUST_LOG=warn
 logs=$(mktemp -d)
