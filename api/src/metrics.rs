@@ -8,6 +8,8 @@ use std::sync::atomic::AtomicU64;
 pub struct Metrics {
     /// Orders recorded as PENDING (new, not idempotent replays).
     pub orders_recorded: AtomicU64,
+    /// Orders rejected at submission because the product was sold out.
+    pub orders_rejected_sold_out: AtomicU64,
     /// Submissions answered from an earlier order with the same idempotency key.
     pub orders_replayed: AtomicU64,
     /// Orders published and confirmed by the broker on the first try.
@@ -35,6 +37,11 @@ impl Metrics {
             "flashstock_api_orders_recorded_total",
             "Orders recorded as PENDING.",
             &[("", &self.orders_recorded)],
+        );
+        w.counter(
+            "flashstock_api_orders_rejected_sold_out_total",
+            "Orders rejected at submission: the product was sold out (checked in the database), so they were never queued.",
+            &[("", &self.orders_rejected_sold_out)],
         );
         w.counter(
             "flashstock_api_orders_replayed_total",

@@ -10,12 +10,13 @@
 //!   wakes the requests waiting on them ([`Waiters`]).
 
 use crate::metrics::Metrics;
+use crate::recorder::SoldOut;
 use futures::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use shared::broker::{BrokerLink, Topology, confirm_channel};
 use shared::db;
 use shared::domain::OrderId;
@@ -49,6 +50,16 @@ pub enum PublishError {
     #[error("broker confirm timed out")]
     Timeout,
 }
+
+/// Messages sent and awaiting their confirms: each message's orders, and
+/// its channel and confirm (or why it could not be sent).
+pub struct Sent(Vec<(Vec<OrderMessage>, Result<InFlight, PublishError>)>);
+
+/// A sent message: its channel and the confirm to wait for.
+type InFlight = (Channel, PublisherConfirm);
+
+/// Each message's orders and whether the broker confirmed it.
+pub type Published = Vec<(Vec<OrderMessage>, Result<(), PublishError>)>;
 
 /// Publishes order messages with confirms. Cheap to clone.
 #[derive(Clone)]
@@ -91,19 +102,38 @@ impl Publisher {
     /// Publishes `orders` as one message per partition (arrival order kept
     /// within each) and waits for the confirms together. Orders whose message
     /// failed are kept for the relay. Returns each message's orders and result.
-    pub async fn publish_all(
-        &self,
-        orders: Vec<OrderMessage>,
-    ) -> Vec<(Vec<OrderMessage>, Result<(), PublishError>)> {
+    pub async fn publish_all(&self, orders: Vec<OrderMessage>) -> Published {
+        let sent = self.send_all(orders).await;
+        self.confirm_all(sent).await
+    }
+
+    /// Sends `orders` as one message per partition, without waiting for the
+    /// confirms: the caller may record the next batch meanwhile, and the
+    /// order of messages on the channel is the order of these calls.
+    pub async fn send_all(&self, orders: Vec<OrderMessage>) -> Sent {
         let mut by_partition: std::collections::BTreeMap<u16, Vec<OrderMessage>> =
             Default::default();
         for order in orders {
             let p = partition_of(order.product_id, self.topology.partitions());
             by_partition.entry(p).or_default().push(order);
         }
+        let mut sent = Vec::with_capacity(by_partition.len());
+        for (p, batch) in by_partition {
+            let confirm = self.send_batch(p, &batch).await;
+            sent.push((batch, confirm));
+        }
+        Sent(sent)
+    }
+
+    /// Waits for the confirms of `sent`; orders whose message failed are
+    /// kept for the relay.
+    pub async fn confirm_all(&self, sent: Sent) -> Published {
         let results =
-            futures::future::join_all(by_partition.into_iter().map(|(p, batch)| async move {
-                let result = self.publish_batch(p, &batch).await;
+            futures::future::join_all(sent.0.into_iter().map(|(batch, sent)| async move {
+                let result = match sent {
+                    Ok((channel, confirm)) => self.confirmed(&channel, confirm).await,
+                    Err(e) => Err(e),
+                };
                 (batch, result)
             }))
             .await;
@@ -118,13 +148,12 @@ impl Publisher {
         results
     }
 
-    /// Publishes one message holding `orders` to `partition` and waits for
-    /// the broker's confirm.
-    async fn publish_batch(
+    /// Sends one message holding `orders` to `partition`.
+    async fn send_batch(
         &self,
         partition: u16,
         orders: &[OrderMessage],
-    ) -> Result<(), PublishError> {
+    ) -> Result<InFlight, PublishError> {
         let channel = self.channel().await?;
         let payload = serde_json::to_vec(&OrderBatch {
             orders: orders.to_vec(),
@@ -141,18 +170,26 @@ impl Publisher {
                     .with_content_type("application/json".into()),
             )
             .await;
-        let confirm = match confirm {
-            Ok(c) => c,
+        match confirm {
+            Ok(c) => Ok((channel, c)),
             Err(e) => {
                 self.forget(&channel).await;
-                return Err(e.into());
+                Err(e.into())
             }
-        };
+        }
+    }
+
+    /// Waits for the broker's confirm of one message.
+    async fn confirmed(
+        &self,
+        channel: &Channel,
+        confirm: PublisherConfirm,
+    ) -> Result<(), PublishError> {
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
             Ok(Ok(Confirmation::Ack(_))) => Ok(()),
             Ok(Ok(_)) => Err(PublishError::Nacked),
             Ok(Err(e)) => {
-                self.forget(&channel).await;
+                self.forget(channel).await;
                 Err(e.into())
             }
             Err(_) => Err(PublishError::Timeout),
@@ -298,7 +335,7 @@ impl Waiters {
     }
 
     /// Wakes everyone waiting on the orders in `notice`.
-    pub fn notify(&self, notice: DecisionNotice, metrics: &Metrics) {
+    pub fn notify(&self, notice: &DecisionNotice, metrics: &Metrics) {
         for d in &notice.decisions {
             match d.status {
                 shared::domain::OrderStatus::Accepted => Metrics::inc(&metrics.notified_accepted),
@@ -309,7 +346,7 @@ impl Waiters {
         if map.is_empty() {
             return;
         }
-        for decided in notice.decisions {
+        for decided in &notice.decisions {
             if let Some(list) = map.remove(&decided.order_id) {
                 for tx in list {
                     let _ = tx.send(decided.clone());
@@ -325,6 +362,7 @@ pub async fn run_decision_listener(
     link: BrokerLink,
     topology: Topology,
     waiters: Waiters,
+    sold_out: SoldOut,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -374,7 +412,10 @@ pub async fn run_decision_listener(
                 _ = shutdown.cancelled() => return,
                 delivery = consumer.next() => match delivery {
                     Some(Ok(d)) => match serde_json::from_slice::<DecisionNotice>(&d.data) {
-                        Ok(notice) => waiters.notify(notice, &metrics),
+                        Ok(notice) => {
+                            sold_out.mark(&notice.sold_out);
+                            waiters.notify(&notice, &metrics);
+                        }
                         Err(e) => tracing::warn!(error = %e, "ignoring a malformed decision notice"),
                     },
                     _ => break,

@@ -11,6 +11,7 @@ use shared::domain::{OrderId, ProductId, Quantity};
 use shared::message::OrderMessage;
 use sqlx::MySqlPool;
 use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most orders one recording transaction takes.
@@ -27,6 +28,47 @@ struct Job {
     reply: Reply,
 }
 
+/// Products the workers reported sold out. Only a hint: for these the
+/// recorder reads the stock before queueing, and an order for one that
+/// still has nothing available is rejected on the spot; a product found
+/// with stock again leaves the set.
+#[derive(Clone, Default)]
+pub struct SoldOut(Arc<RwLock<HashSet<ProductId>>>);
+
+impl SoldOut {
+    /// Notes products the workers found with nothing available.
+    pub fn mark(&self, products: &[ProductId]) {
+        if !products.is_empty() {
+            self.0
+                .write()
+                .expect("sold-out lock")
+                .extend(products.iter().copied());
+        }
+    }
+
+    /// The hinted products among `products`, once each.
+    fn among(&self, products: impl Iterator<Item = ProductId>) -> Vec<ProductId> {
+        let hinted = self.0.read().expect("sold-out lock");
+        if hinted.is_empty() {
+            return Vec::new();
+        }
+        let mut found: Vec<ProductId> = products.filter(|p| hinted.contains(p)).collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
+    /// Forgets products found with stock available.
+    fn clear(&self, products: &[ProductId]) {
+        if !products.is_empty() {
+            let mut hinted = self.0.write().expect("sold-out lock");
+            for p in products {
+                hinted.remove(p);
+            }
+        }
+    }
+}
+
 /// Hands orders to the batching task. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
@@ -36,9 +78,9 @@ pub struct Recorder {
 impl Recorder {
     /// Starts the batching task on `db` and `publisher`; it ends when every
     /// `Recorder` is dropped.
-    pub fn start(db: MySqlPool, publisher: Publisher) -> Self {
+    pub fn start(db: MySqlPool, publisher: Publisher, sold_out: SoldOut) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(db, publisher, rx));
+        tokio::spawn(run(db, publisher, sold_out, rx));
         Self { jobs: tx }
     }
 
@@ -62,13 +104,22 @@ impl Recorder {
     }
 }
 
-async fn run(db: MySqlPool, publisher: Publisher, mut jobs: mpsc::Receiver<Job>) {
+async fn run(
+    db: MySqlPool,
+    publisher: Publisher,
+    sold_out: SoldOut,
+    mut jobs: mpsc::Receiver<Job>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let orders: Vec<_> = batch.iter().map(|j| j.order).collect();
+        let check = sold_out.among(orders.iter().map(|(_, p, _)| *p));
         let mut rows = Vec::with_capacity(batch.len());
-        match db::orders::insert_many(&db, &orders).await {
-            Ok(recorded) => rows.extend(recorded.into_iter().map(Ok)),
+        match db::orders::insert_many(&db, &orders, &check).await {
+            Ok(inserted) => {
+                sold_out.clear(&inserted.available);
+                rows.extend(inserted.rows.into_iter().map(Ok));
+            }
             Err(e) if batch.len() == 1 => rows.push(Err(e)),
             // One bad order must not fail the others: record them one by one.
             Err(_) => {
@@ -77,27 +128,34 @@ async fn run(db: MySqlPool, publisher: Publisher, mut jobs: mpsc::Receiver<Job>)
                 }
             }
         }
-        // Publish what was recorded, one message per partition.
+        // Publish what was recorded as PENDING, one message per partition.
         let messages: Vec<OrderMessage> = orders
             .iter()
             .zip(&rows)
-            .filter(|(_, row)| row.is_ok())
+            .filter(|(_, row)| row.as_ref().is_ok_and(|r| r.status == "PENDING"))
             .map(|((id, product, total), _)| OrderMessage {
                 order_id: *id,
                 product_id: *product,
                 total: *total,
             })
             .collect();
-        let mut unconfirmed = HashSet::new();
-        for (sent, result) in publisher.publish_all(messages).await {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, orders = sent.len(), "orders recorded but not yet published; the relay has them");
-                unconfirmed.extend(sent.iter().map(|o| o.order_id));
+        // Send now, in order; wait for the confirms (and answer) on the side
+        // while the next batch is recorded.
+        let sent = publisher.send_all(messages).await;
+        let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            let mut unconfirmed = HashSet::new();
+            for (sent, result) in publisher.confirm_all(sent).await {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, orders = sent.len(), "orders recorded but not yet published; the relay has them");
+                    unconfirmed.extend(sent.iter().map(|o| o.order_id));
+                }
             }
-        }
-        for (job, row) in batch.drain(..).zip(rows) {
-            let published = !unconfirmed.contains(&job.order.0);
-            let _ = job.reply.send(row.map(|r| (r, published)));
-        }
+            for (job, row) in jobs.into_iter().zip(rows) {
+                let published = !unconfirmed.contains(&job.order.0);
+                let _ = job.reply.send(row.map(|r| (r, published)));
+            }
+        });
     }
 }

@@ -3,7 +3,7 @@
 use crate::envelope::{ErrorBody, respond};
 use crate::openapi;
 use crate::publisher::{self, Publisher, Waiters};
-use crate::recorder::Recorder;
+use crate::recorder::{Recorder, SoldOut};
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -44,10 +44,12 @@ impl Application {
         .await?;
         let publisher = Publisher::new(link.clone(), topology.clone());
         let waiters = Waiters::default();
+        let sold_out = SoldOut::default();
         tokio::spawn(publisher::run_decision_listener(
             link.clone(),
             topology,
             waiters.clone(),
+            sold_out.clone(),
             publisher.metrics.clone(),
             shutdown.clone(),
         ));
@@ -60,7 +62,7 @@ impl Application {
         ));
         let listener = TcpListener::bind(config.api_addr).await?;
         let state = AppState {
-            recorder: Recorder::start(db.clone(), publisher.clone()),
+            recorder: Recorder::start(db.clone(), publisher.clone(), sold_out),
             db,
             publisher,
             waiters,

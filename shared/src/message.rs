@@ -46,6 +46,10 @@ pub fn parse_orders(bytes: &[u8]) -> Result<Vec<OrderMessage>, serde_json::Error
 pub struct DecisionNotice {
     /// Every order decided in one committed transaction.
     pub decisions: Vec<DecidedOrder>,
+    /// Products left with nothing available (a hint: the api then checks
+    /// the stock before queueing more orders for them).
+    #[serde(default)]
+    pub sold_out: Vec<ProductId>,
 }
 
 /// One decided order in a [`DecisionNotice`].

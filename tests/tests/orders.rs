@@ -200,7 +200,11 @@ async fn a_batch_with_mixed_products_decides_each_against_its_own_stock() {
             .unwrap();
     tx.commit().await.unwrap();
     use worker::decide::Outcome::*;
-    let outcomes: Vec<_> = decisions.iter().map(|d| d.outcome.clone()).collect();
+    let outcomes: Vec<_> = decisions
+        .decisions
+        .iter()
+        .map(|d| d.outcome.clone())
+        .collect();
     assert_eq!(
         outcomes,
         [
@@ -222,7 +226,11 @@ async fn a_batch_with_mixed_products_decides_each_against_its_own_stock() {
             .await
             .unwrap();
     tx.commit().await.unwrap();
-    assert!(again[..5].iter().all(|d| d.outcome == AlreadyDecided));
+    assert!(
+        again.decisions[..5]
+            .iter()
+            .all(|d| d.outcome == AlreadyDecided)
+    );
     assert_eq!(app.inventory(a).await["reserved_stock"], 2);
     app.assert_invariants().await;
 }
@@ -533,10 +541,11 @@ async fn metrics_count_recorded_published_and_decided_orders() {
     );
     let text = r.text().await.unwrap();
     for line in [
-        "flashstock_api_orders_recorded_total 2",
-        "flashstock_api_orders_published_total 2",
+        // The second order found the product sold out and never queued.
+        "flashstock_api_orders_recorded_total 1",
+        "flashstock_api_orders_published_total 1",
+        "flashstock_api_orders_rejected_sold_out_total 1",
         "flashstock_api_decisions_notified_total{status=\"ACCEPTED\"} 1",
-        "flashstock_api_decisions_notified_total{status=\"REJECTED\"} 1",
         "flashstock_api_broker_up 1",
     ] {
         assert!(
@@ -544,4 +553,66 @@ async fn metrics_count_recorded_published_and_decided_orders() {
             "missing {line:?} in:\n{text}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_for_a_sold_out_product_are_rejected_at_once_until_it_is_restocked() {
+    let app = spawn_app().await;
+    let product = app.create_product("Kaos", 2).await;
+    for _ in 0..2 {
+        assert_eq!(
+            app.post_order(product, 1, Some(10)).await.0,
+            StatusCode::CREATED
+        );
+    }
+    // The worker reported the product sold out: the api checks the stock and
+    // decides on the spot, without the queue.
+    let (status, body) = app.post_order(product, 1, Some(10)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["data"]["reason"], "OUT_OF_STOCK");
+    let (status, body) = app.post_order(product, 1, None).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "asynchronous submissions stay 202"
+    );
+    assert_eq!(body["data"]["status"], "REJECTED");
+    let (by_api,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE decided_by = 'api'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(by_api, 2);
+
+    // Stock comes back: the next order is checked, found available, and queued.
+    let r = app
+        .send_json(
+            reqwest::Method::PUT,
+            &format!("/api/products/{product}/inventory"),
+            &json!({"stock": 3}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, body) = app.post_order(product, 1, Some(10)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = app.post_order(product, 1, Some(10)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "sold out again");
+    let inv = app.inventory(product).await;
+    assert_eq!(
+        (inv["stored_stock"].clone(), inv["reserved_stock"].clone()),
+        (json!(3), json!(3))
+    );
+
+    // A cancellation frees a unit; the hint does not stand in its way.
+    let ids: Vec<(uuid::Uuid,)> =
+        sqlx::query_as("SELECT id FROM orders WHERE status = 'ACCEPTED' LIMIT 1")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let (status, _) = app.order_action(&ids[0].0.to_string(), "cancel").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        app.post_order(product, 1, Some(10)).await.0,
+        StatusCode::CREATED
+    );
+    app.assert_invariants().await;
 }

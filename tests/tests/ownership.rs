@@ -93,7 +93,7 @@ async fn a_worker_whose_lease_was_taken_cannot_commit() {
         .await
         .unwrap();
     assert_eq!(
-        decided.unwrap()[0].outcome,
+        decided.unwrap().decisions[0].outcome,
         worker::decide::Outcome::Accepted
     );
     app.assert_invariants().await;
@@ -103,7 +103,8 @@ async fn a_worker_whose_lease_was_taken_cannot_commit() {
 async fn worker_metrics_count_decisions_and_owned_partitions() {
     let app = TestApp::spawn(Options::default()).await;
     let product = app.create_product("Kaos", 1).await;
-    app.post_order(product, 1, Some(10)).await;
+    // Rejected by the worker (2 > 1 available), then accepted.
+    app.post_order(product, 2, Some(10)).await;
     app.post_order(product, 1, Some(10)).await;
     let port = app.worker_metrics_ports[0];
     let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))

@@ -1,7 +1,7 @@
 //! The consume loops: one per owned partition, plus the dead-letter queue.
 //! They only receive, call [`decide_batch`], commit, ack and announce.
 
-use crate::decide::{Decision, Outcome, decide_fenced, reject_dead_lettered};
+use crate::decide::{Decided, Decision, Outcome, decide_fenced, reject_dead_lettered};
 use crate::metrics::Metrics;
 use backon::BackoffBuilder;
 use futures::{FutureExt, StreamExt};
@@ -165,9 +165,13 @@ async fn process_batch(
     // Messages carry several orders each: decide at most a batch per
     // transaction, and acknowledge only once every one has committed.
     let mut decisions = Vec::with_capacity(orders.len());
+    let mut sold_out = Vec::new();
     for chunk in orders.chunks(usize::from(ctx.config.worker_batch_size)) {
         match decide_with_retry(ctx, ch, chunk, lease, shutdown).await? {
-            Some(decided) => decisions.extend(decided),
+            Some(decided) => {
+                decisions.extend(decided.decisions);
+                sold_out.extend(decided.sold_out);
+            }
             None => {
                 // Not decidable now: back to the queue, where the delivery
                 // limit dead-letters a message that never succeeds.
@@ -187,10 +191,15 @@ async fn process_batch(
     ch.basic_ack(last_tag, BasicAckOptions { multiple: true })
         .await?;
     record(&ctx.metrics, &decisions);
+    sold_out.sort_unstable();
+    sold_out.dedup();
     announce(
         ch,
         &ctx.topology,
-        decisions.iter().filter_map(Decision::notice).collect(),
+        DecisionNotice {
+            decisions: decisions.iter().filter_map(Decision::notice).collect(),
+            sold_out,
+        },
     )
     .await;
     Ok(())
@@ -205,7 +214,7 @@ async fn decide_with_retry(
     orders: &[shared::message::OrderMessage],
     lease: &Lease,
     shutdown: &CancellationToken,
-) -> Result<Option<Vec<Decision>>, SessionError> {
+) -> Result<Option<Decided>, SessionError> {
     let mut delays = retry_policy().build();
     let mut permanent_failures = 0;
     loop {
@@ -260,11 +269,11 @@ fn record(metrics: &Metrics, decisions: &[Decision]) {
 
 /// Announces committed decisions on the decisions fanout, best effort:
 /// waiting requests fall back to reading the order.
-async fn announce(ch: &Channel, topology: &Topology, decisions: Vec<DecidedOrder>) {
-    if decisions.is_empty() {
+async fn announce(ch: &Channel, topology: &Topology, notice: DecisionNotice) {
+    if notice.decisions.is_empty() && notice.sold_out.is_empty() {
         return;
     }
-    let payload = serde_json::to_vec(&DecisionNotice { decisions }).expect("a notice serializes");
+    let payload = serde_json::to_vec(&notice).expect("a notice serializes");
     if let Err(e) = ch
         .basic_publish(
             topology.decisions_exchange().into(),
@@ -350,7 +359,11 @@ async fn handle_dead_letter(
                             status: shared::domain::OrderStatus::Rejected,
                             reason: Some(shared::domain::reason::DEAD_LETTERED.to_owned()),
                         };
-                        announce(ch, &ctx.topology, vec![notice]).await;
+                        let notice = DecisionNotice {
+                            decisions: vec![notice],
+                            sold_out: Vec::new(),
+                        };
+                        announce(ch, &ctx.topology, notice).await;
                     }
                     break;
                 }

@@ -4,7 +4,7 @@
 
 use shared::db::leases::{self, Lease};
 use shared::db::placeholders;
-use shared::domain::{OrderId, OrderStatus, reason};
+use shared::domain::{OrderId, OrderStatus, ProductId, reason};
 use shared::message::{DecidedOrder, OrderMessage};
 use sqlx::{AssertSqlSafe, MySqlConnection};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -53,6 +53,16 @@ impl Decision {
     }
 }
 
+/// What one deciding transaction did.
+#[derive(Debug, Default)]
+pub struct Decided {
+    /// One per distinct order, in arrival order.
+    pub decisions: Vec<Decision>,
+    /// Products left with nothing available: the hint the api uses to check
+    /// stock before queueing further orders for them.
+    pub sold_out: Vec<ProductId>,
+}
+
 /// Decides `orders` (in arrival order) inside the caller's transaction `tx`,
 /// recording `decider` (the lease's owner and epoch) on each decision:
 /// locks the order rows and the product rows involved, accepts each order
@@ -66,9 +76,9 @@ pub async fn decide_batch(
     orders: &[OrderMessage],
     reservation_ttl: Duration,
     decider: &Lease,
-) -> Result<Vec<Decision>, sqlx::Error> {
+) -> Result<Decided, sqlx::Error> {
     if orders.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Decided::default());
     }
     // The database row is the truth; the message only names the order.
     let ids: Vec<Uuid> = {
@@ -165,7 +175,15 @@ pub async fn decide_batch(
             .await?;
         }
     }
-    Ok(decisions)
+    let sold_out = stock
+        .iter()
+        .filter(|(_, (stored, reserved))| stored - reserved <= 0)
+        .filter_map(|(p, _)| ProductId::new(*p as i64).ok())
+        .collect();
+    Ok(Decided {
+        decisions,
+        sold_out,
+    })
 }
 
 /// One conditional UPDATE per outcome: the accepted, and the rejected per reason.
@@ -237,7 +255,7 @@ pub async fn decide_fenced(
     orders: &[OrderMessage],
     reservation_ttl: Duration,
     lease: &Lease,
-) -> Result<Option<Vec<Decision>>, sqlx::Error> {
+) -> Result<Option<Decided>, sqlx::Error> {
     let mut tx = db.begin().await?;
     if !leases::check_fence(&mut tx, lease).await? {
         return Ok(None);

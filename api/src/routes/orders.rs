@@ -106,7 +106,7 @@ pub enum OrderOrError {
     ),
     responses(
         (status = 201, description = "Decided and accepted (with `Prefer: wait`)", body = Envelope<Order>),
-        (status = 202, description = "Recorded, not yet decided; poll `Location`", body = Envelope<Order>,
+        (status = 202, description = "Recorded; poll `Location`. Usually PENDING; already REJECTED when the product was sold out at submission", body = Envelope<Order>,
             headers(("Location" = String, description = "/api/orders/{id}"))),
         (status = 400, description = "Decided and rejected (with `Prefer: wait`; `data` is the order with its reason), or malformed JSON (`data` is an error)", body = Envelope<OrderOrError>),
         (status = 404, description = "No such product", body = Envelope<ErrorBody>),
@@ -161,12 +161,17 @@ pub async fn create_order(
     };
     let id = OrderId::from(row.id);
     let waiting = match waiting {
-        Some(_) if replayed => (row.status == "PENDING").then(|| state.waiters.register(id)),
+        // Decided already (sold out, or a replay of a decided order): nothing to wait for.
+        Some(_) if row.status != "PENDING" => None,
+        Some(_) if replayed => Some(state.waiters.register(id)),
         other => other,
     };
     let metrics = &state.publisher.metrics;
     if replayed {
         Metrics::inc(&metrics.orders_replayed);
+    } else if row.status() == OrderStatus::Rejected {
+        // Sold out: decided on the spot by the recorder, never queued.
+        Metrics::inc(&metrics.orders_rejected_sold_out);
     } else {
         Metrics::inc(&metrics.orders_recorded);
         let published = match published {
@@ -197,9 +202,11 @@ pub async fn create_order(
             order = Order::from(row);
         }
     }
-    let status = match order.status {
-        OrderStatus::Pending => StatusCode::ACCEPTED,
-        OrderStatus::Rejected => StatusCode::BAD_REQUEST,
+    // Asynchronous submissions are always 202 (the order, whatever its
+    // status, is in `data`); only a client that waited gets the decision's code.
+    let status = match (wait, order.status) {
+        (None, _) | (_, OrderStatus::Pending) => StatusCode::ACCEPTED,
+        (_, OrderStatus::Rejected) => StatusCode::BAD_REQUEST,
         _ => StatusCode::CREATED,
     };
     let mut response = respond(status, order);

@@ -58,22 +58,59 @@ pub async fn insert(
     Ok(row)
 }
 
-/// Records many new PENDING orders in one transaction (one multi-row
-/// INSERT), returning their rows in the order given.
+/// What [`insert_many`] wrote.
+#[derive(Debug, Default)]
+pub struct Inserted {
+    /// The rows, in the order given: PENDING, or REJECTED `OUT_OF_STOCK`
+    /// for a product that was checked and had nothing available.
+    pub rows: Vec<OrderRow>,
+    /// Checked products that do have stock available.
+    pub available: Vec<ProductId>,
+}
+
+/// Records many new orders in one transaction (one multi-row INSERT).
+///
+/// Products in `check` (those the workers reported sold out) have their
+/// availability read first; an order for one with nothing available is
+/// recorded as already REJECTED (`OUT_OF_STOCK`, decided by `api`) instead
+/// of PENDING, so it never needs the queue. That is the decision the worker
+/// would make: only a restock, cancel or expiry raises availability, and
+/// the read sees every one committed before it.
 pub async fn insert_many(
     pool: &MySqlPool,
     orders: &[(OrderId, ProductId, Quantity)],
-) -> Result<Vec<OrderRow>, sqlx::Error> {
+    check: &[ProductId],
+) -> Result<Inserted, sqlx::Error> {
     if orders.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Inserted::default());
     }
     let mut tx = pool.begin().await?;
-    let values = vec!["(?, ?, ?)"; orders.len()].join(", ");
+    let mut sold_out = std::collections::HashSet::new();
+    if !check.is_empty() {
+        let mut q = sqlx::query_as::<_, (u64,)>(AssertSqlSafe(format!(
+            "SELECT product_id FROM inventories \
+             WHERE stored_stock - reserved_stock <= 0 AND product_id IN ({})",
+            placeholders(check.len())
+        )));
+        for p in check {
+            q = q.bind(p.get());
+        }
+        sold_out.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(p,)| p));
+    }
+    let values = vec!["(?, ?, ?, ?, ?, IF(?, NOW(6), NULL), ?)"; orders.len()].join(", ");
     let mut insert = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO orders (id, product_id, total) VALUES {values}"
+        "INSERT INTO orders (id, product_id, total, status, reason, decided_at, decided_by) VALUES {values}"
     )));
     for (id, product, total) in orders {
-        insert = insert.bind(id.uuid()).bind(product.get()).bind(total.get());
+        let rejected = sold_out.contains(&product.get());
+        insert = insert
+            .bind(id.uuid())
+            .bind(product.get())
+            .bind(total.get())
+            .bind(if rejected { "REJECTED" } else { "PENDING" })
+            .bind(rejected.then_some(crate::domain::reason::OUT_OF_STOCK))
+            .bind(rejected)
+            .bind(rejected.then_some("api"));
     }
     insert.execute(&mut *tx).await?;
     let mut select = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(format!(
@@ -90,10 +127,18 @@ pub async fn insert_many(
         .map(|r| (r.id, r))
         .collect();
     tx.commit().await?;
-    orders
+    let rows = orders
         .iter()
         .map(|(id, _, _)| rows.remove(&id.uuid()).ok_or(sqlx::Error::RowNotFound))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(Inserted {
+        rows,
+        available: check
+            .iter()
+            .filter(|p| !sold_out.contains(&p.get()))
+            .copied()
+            .collect(),
+    })
 }
 
 /// One order, if it exists.
@@ -123,7 +168,7 @@ pub async fn stale_pending(
         "SELECT id, product_id, total FROM orders \
          WHERE status = 'PENDING' AND created_at < NOW(6) - INTERVAL ? MICROSECOND \
            AND (relayed_at IS NULL OR relayed_at < NOW(6) - INTERVAL ? MICROSECOND) \
-         ORDER BY seq LIMIT ?",
+         ORDER BY created_at LIMIT ?",
     )
     .bind(micros)
     .bind(micros)
