@@ -115,7 +115,10 @@ async fn run(
         let orders: Vec<_> = batch.iter().map(|j| j.order).collect();
         let check = sold_out.among(orders.iter().map(|(_, p, _)| *p));
         let mut rows = Vec::with_capacity(batch.len());
-        match db::orders::insert_many(&db, &orders, &check).await {
+        let started = std::time::Instant::now();
+        let inserted = db::orders::insert_many(&db, &orders, &check).await;
+        let recorded_in = started.elapsed();
+        match inserted {
             Ok(inserted) => {
                 sold_out.clear(&inserted.available);
                 rows.extend(inserted.rows.into_iter().map(Ok));
@@ -142,6 +145,7 @@ async fn run(
         // Send now, in order; wait for the confirms (and answer) on the side
         // while the next batch is recorded.
         let sent = publisher.send_all(messages).await;
+        tracing::debug!(orders = orders.len(), ?recorded_in, sent_in = ?(started.elapsed() - recorded_in), "batch recorded and sent");
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
         let publisher = publisher.clone();
         tokio::spawn(async move {

@@ -92,7 +92,7 @@ pub async fn decide_batch(
     let sql = format!(
         "SELECT id, product_id, total, status, \
                 CAST(TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS SIGNED) \
-         FROM orders WHERE id IN ({}) FOR UPDATE",
+         FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({}) FOR UPDATE",
         placeholders(ids.len())
     );
     let mut q = sqlx::query_as::<_, (Uuid, u64, u32, String, i64)>(AssertSqlSafe(sql));

@@ -114,7 +114,7 @@ pub async fn insert_many(
     }
     insert.execute(&mut *tx).await?;
     let mut select = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM orders WHERE id IN ({})",
+        "SELECT {COLUMNS} FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({})",
         placeholders(orders.len())
     )));
     for (id, _, _) in orders {
