@@ -14,6 +14,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
+/// Recording loops: while one waits on the database, the other records.
+const LOOPS: usize = 2;
 /// Most orders one recording transaction takes.
 const MAX_BATCH: usize = 500;
 
@@ -80,7 +82,15 @@ impl Recorder {
     /// `Recorder` is dropped.
     pub fn start(db: MySqlPool, publisher: Publisher, sold_out: SoldOut) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(db, publisher, sold_out, rx));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..LOOPS {
+            tokio::spawn(run(
+                db.clone(),
+                publisher.clone(),
+                sold_out.clone(),
+                rx.clone(),
+            ));
+        }
         Self { jobs: tx }
     }
 
@@ -108,10 +118,10 @@ async fn run(
     db: MySqlPool,
     publisher: Publisher,
     sold_out: SoldOut,
-    mut jobs: mpsc::Receiver<Job>,
+    jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while jobs.lock().await.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let orders: Vec<_> = batch.iter().map(|j| j.order).collect();
         let check = sold_out.among(orders.iter().map(|(_, p, _)| *p));
         let mut rows = Vec::with_capacity(batch.len());

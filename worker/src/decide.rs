@@ -3,7 +3,7 @@
 //! Plain database code, callable from tests without RabbitMQ.
 
 use shared::db::leases::{self, Lease};
-use shared::db::placeholders;
+use shared::db::{padded, padded_len, placeholders};
 use shared::domain::{OrderId, OrderStatus, ProductId, reason};
 use shared::message::{DecidedOrder, OrderMessage};
 use sqlx::{AssertSqlSafe, MySqlConnection};
@@ -93,10 +93,10 @@ pub async fn decide_batch(
         "SELECT id, product_id, total, status, \
                 CAST(TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS SIGNED) \
          FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({}) FOR UPDATE",
-        placeholders(ids.len())
+        placeholders(padded_len(ids.len()))
     );
     let mut q = sqlx::query_as::<_, (Uuid, u64, u32, String, i64)>(AssertSqlSafe(sql));
-    for id in &ids {
+    for id in padded(&ids) {
         q = q.bind(id);
     }
     let mut waited: HashMap<Uuid, Duration> = HashMap::new();
@@ -124,10 +124,10 @@ pub async fn decide_batch(
         let sql = format!(
             "SELECT product_id, stored_stock, reserved_stock FROM inventories \
              WHERE product_id IN ({}) ORDER BY product_id FOR UPDATE",
-            placeholders(products.len())
+            placeholders(padded_len(products.len()))
         );
         let mut q = sqlx::query_as::<_, (u64, i64, i64)>(AssertSqlSafe(sql));
-        for p in &products {
+        for p in padded(&products) {
             q = q.bind(p);
         }
         for (product, stored, reserved) in q.fetch_all(&mut *tx).await? {
@@ -202,7 +202,7 @@ async fn write_decisions(
         }
     }
     for (reason, ids) in groups {
-        let list = placeholders(ids.len());
+        let list = placeholders(padded_len(ids.len()));
         let result = match reason {
             None => {
                 let sql = format!(
@@ -214,7 +214,7 @@ async fn write_decisions(
                     .bind(&decider.owner)
                     .bind(decider.epoch)
                     .bind(reservation_ttl.as_micros() as u64);
-                for id in &ids {
+                for id in padded(&ids) {
                     q = q.bind(id);
                 }
                 q.execute(&mut *tx).await?
@@ -228,7 +228,7 @@ async fn write_decisions(
                     .bind(reason)
                     .bind(&decider.owner)
                     .bind(decider.epoch);
-                for id in &ids {
+                for id in padded(&ids) {
                     q = q.bind(id);
                 }
                 q.execute(&mut *tx).await?

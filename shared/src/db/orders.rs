@@ -2,7 +2,7 @@
 //! before the api answers; `relayed_at` records when the relay last
 //! republished it.
 
-use super::placeholders;
+use super::{padded, padded_len, placeholders, power_of_two_chunks};
 use crate::domain::{OrderId, OrderStatus, ProductId, Quantity};
 use crate::message::OrderMessage;
 use chrono::{DateTime, Utc};
@@ -90,34 +90,39 @@ pub async fn insert_many(
         let mut q = sqlx::query_as::<_, (u64,)>(AssertSqlSafe(format!(
             "SELECT product_id FROM inventories \
              WHERE stored_stock - reserved_stock <= 0 AND product_id IN ({})",
-            placeholders(check.len())
+            placeholders(padded_len(check.len()))
         )));
-        for p in check {
+        for p in padded(check) {
             q = q.bind(p.get());
         }
         sold_out.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(p,)| p));
     }
-    let values = vec!["(?, ?, ?, ?, ?, IF(?, NOW(6), NULL), ?)"; orders.len()].join(", ");
-    let mut insert = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO orders (id, product_id, total, status, reason, decided_at, decided_by) VALUES {values}"
-    )));
-    for (id, product, total) in orders {
-        let rejected = sold_out.contains(&product.get());
-        insert = insert
-            .bind(id.uuid())
-            .bind(product.get())
-            .bind(total.get())
-            .bind(if rejected { "REJECTED" } else { "PENDING" })
-            .bind(rejected.then_some(crate::domain::reason::OUT_OF_STOCK))
-            .bind(rejected)
-            .bind(rejected.then_some("api"));
+    let mut rest = orders;
+    for size in power_of_two_chunks(orders.len()) {
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        let values = vec!["(?, ?, ?, ?, ?, IF(?, NOW(6), NULL), ?)"; size].join(", ");
+        let mut insert = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO orders (id, product_id, total, status, reason, decided_at, decided_by) VALUES {values}"
+        )));
+        for (id, product, total) in chunk {
+            let rejected = sold_out.contains(&product.get());
+            insert = insert
+                .bind(id.uuid())
+                .bind(product.get())
+                .bind(total.get())
+                .bind(if rejected { "REJECTED" } else { "PENDING" })
+                .bind(rejected.then_some(crate::domain::reason::OUT_OF_STOCK))
+                .bind(rejected)
+                .bind(rejected.then_some("api"));
+        }
+        insert.execute(&mut *tx).await?;
     }
-    insert.execute(&mut *tx).await?;
     let mut select = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({})",
-        placeholders(orders.len())
+        placeholders(padded_len(orders.len()))
     )));
-    for (id, _, _) in orders {
+    for (id, _, _) in padded(orders) {
         select = select.bind(id.uuid());
     }
     let mut rows: std::collections::HashMap<Uuid, OrderRow> = select
@@ -194,10 +199,10 @@ pub async fn mark_relayed(pool: &MySqlPool, ids: &[OrderId]) -> Result<(), sqlx:
     }
     let sql = format!(
         "UPDATE orders SET relayed_at = NOW(6) WHERE status = 'PENDING' AND id IN ({})",
-        placeholders(ids.len())
+        placeholders(padded_len(ids.len()))
     );
     let mut q = sqlx::query(AssertSqlSafe(sql));
-    for id in ids {
+    for id in padded(ids) {
         q = q.bind(id.uuid());
     }
     q.execute(pool).await?;
@@ -380,10 +385,10 @@ async fn release(
     }
     let sql = format!(
         "UPDATE orders SET status = ?, closed_at = NOW(6) WHERE status = 'ACCEPTED' AND id IN ({})",
-        placeholders(orders.len())
+        placeholders(padded_len(orders.len()))
     );
     let mut q = sqlx::query(AssertSqlSafe(sql)).bind(status);
-    for (id, _, _) in orders {
+    for (id, _, _) in padded(orders) {
         q = q.bind(id);
     }
     let changed = q.execute(&mut *tx).await?.rows_affected();
