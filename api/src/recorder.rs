@@ -1,5 +1,5 @@
 //! Recording and publishing orders in batches: concurrent requests hand
-//! their order to one background task, which writes everything that has
+//! their order to one of two background loops, which writes everything that has
 //! queued up meanwhile in a single transaction (one multi-row INSERT, one
 //! commit), publishes it as one message per partition with confirms, and
 //! answers each request. Under load this turns one commit and one message
