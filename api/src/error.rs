@@ -117,13 +117,21 @@ impl IntoResponse for ApiError {
                 status,
                 code,
                 message,
-            } => respond(
-                status,
-                ErrorBody {
-                    error: code.to_owned(),
-                    message,
-                },
-            ),
+            } => {
+                let mut response = respond(
+                    status,
+                    ErrorBody {
+                        error: code.to_owned(),
+                        message,
+                    },
+                );
+                if status == StatusCode::UNAUTHORIZED {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
+                response
+            }
             Self::Unavailable(message) => {
                 let mut response = respond(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -4,10 +4,12 @@
 //! - [`routes`]: one module per resource (products, inventory, orders, health).
 //! - [`recorder`]: recording orders in batches, one commit for many.
 //! - [`publisher`]: publishing orders with confirms, the relay, decision notices.
+//! - [`auth`]: the admin boundary (`ADMIN_TOKEN`).
 //! - [`error`], [`envelope`], [`extract`]: the response envelope and our extractors.
 //! - [`metrics`]: counters served at `/metrics`.
 //! - [`openapi`]: the OpenAPI document derived from the handlers.
 
+pub mod auth;
 pub mod envelope;
 pub mod error;
 pub mod extract;

@@ -60,6 +60,9 @@ impl Application {
             config.relay_after,
             shutdown.clone(),
         ));
+        if config.admin_token.is_none() {
+            tracing::warn!("ADMIN_TOKEN is not set: anyone can create products and change stock");
+        }
         let listener = TcpListener::bind(config.api_addr).await?;
         let state = AppState {
             recorder: Recorder::start(db.clone(), publisher.clone(), sold_out),
@@ -67,6 +70,7 @@ impl Application {
             publisher,
             waiters,
             known_products: Arc::default(),
+            waiting_slots: Arc::new(tokio::sync::Semaphore::new(config.max_waiting as usize)),
             config: Arc::new(config),
         };
         Ok(Self {

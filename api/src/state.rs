@@ -22,6 +22,9 @@ pub struct AppState {
     /// Products known to exist (products are never deleted through the api),
     /// so a flood of orders does not ask the database each time.
     pub known_products: Arc<RwLock<HashSet<ProductId>>>,
+    /// Slots for requests waiting with `Prefer: wait` (`MAX_WAITING`), so a
+    /// flood of slow clients cannot pile up without bound.
+    pub waiting_slots: Arc<tokio::sync::Semaphore>,
     /// Configuration.
     pub config: Arc<Config>,
 }

@@ -57,6 +57,29 @@ pub struct Config {
     pub delivery_limit: u32,
     /// `LOG_FORMAT`: `json` for JSON logs, anything else for human-readable ones.
     pub log_json: bool,
+    /// `ADMIN_TOKEN`: when set, product creation, inventory writes and the
+    /// admin endpoints require `Authorization: Bearer <token>`.
+    pub admin_token: Option<Secret>,
+    /// `MAX_WAITING`: most requests waiting with `Prefer: wait` at once;
+    /// beyond it a request is answered at once (202) instead of waiting.
+    pub max_waiting: u32,
+}
+
+/// A value that must never be printed: its `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for comparing; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Config {
@@ -95,6 +118,10 @@ impl Config {
             lease_duration: duration(get("LEASE_DURATION", "5s"))?,
             heartbeat_interval: duration(get("HEARTBEAT_INTERVAL", "1s"))?,
             log_json: get("LOG_FORMAT", "text").1.eq_ignore_ascii_case("json"),
+            admin_token: Some(get("ADMIN_TOKEN", "").1)
+                .filter(|t| !t.is_empty())
+                .map(Secret),
+            max_waiting: number(get("MAX_WAITING", "1000"), 1, 1_000_000)?,
         };
         if config.heartbeat_interval * 2 > config.lease_duration {
             return Err(ConfigError {
@@ -190,6 +217,18 @@ mod tests {
         let err =
             Config::from_lookup(|n| (n == "BROKER_NAMESPACE").then(|| "a b".into())).unwrap_err();
         assert_eq!(err.variable, "BROKER_NAMESPACE");
+    }
+
+    #[test]
+    fn the_admin_token_never_prints() {
+        let c =
+            Config::from_lookup(|n| (n == "ADMIN_TOKEN").then(|| "s3cret-token".into())).unwrap();
+        assert_eq!(
+            c.admin_token.as_ref().map(Secret::expose),
+            Some("s3cret-token")
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(Config::from_lookup(|_| None).unwrap().admin_token.is_none());
     }
 
     #[test]

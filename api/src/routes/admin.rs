@@ -1,5 +1,6 @@
 //! `/api/admin`: operator endpoints.
 
+use crate::auth::Admin;
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -29,10 +30,14 @@ pub struct InvariantReport {
 /// <= stored`, `reserved` = the sum of ACCEPTED totals, decisions consistent.
 #[utoipa::path(get, path = "/admin/invariants", tag = "admin",
     responses(
+        (status = 401, description = "ADMIN_TOKEN is set and the request lacks `Authorization: Bearer <token>`", body = Envelope<ErrorBody>),
         (status = 200, description = "The report (`ok` false lists the violations)", body = Envelope<InvariantReport>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
-pub async fn get_invariants(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn get_invariants(
+    _admin: Admin,
+    State(state): State<AppState>,
+) -> Result<Response, ApiError> {
     let violations = invariants::check(&state.db).await?;
     if !violations.is_empty() {
         tracing::error!(?violations, "stock invariants are broken");

@@ -2,6 +2,7 @@
 
 use super::parse_product_id;
 use super::products::product_not_found;
+use crate::auth::Admin;
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
 use crate::extract::{AppJson, AppPath};
@@ -85,6 +86,7 @@ pub async fn get_inventory(
     params(("id" = u64, Path, description = "Product id")),
     request_body = SetInventory,
     responses(
+        (status = 401, description = "ADMIN_TOKEN is set and the request lacks `Authorization: Bearer <token>`", body = Envelope<ErrorBody>),
         (status = 200, description = "The inventory after the change", body = Envelope<Inventory>),
         (status = 400, description = "Not a product id, or malformed JSON", body = Envelope<ErrorBody>),
         (status = 404, description = "No such product", body = Envelope<ErrorBody>),
@@ -95,6 +97,7 @@ pub async fn get_inventory(
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn put_inventory(
+    _admin: Admin,
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
     AppJson(body): AppJson<SetInventory>,

@@ -123,7 +123,11 @@ pub async fn create_order(
 ) -> Result<Response, ApiError> {
     let product = ProductId::new(body.product_id)?;
     let total = Quantity::new(body.total, state.config.max_order_total)?;
-    let wait = preferred_wait(&headers).map(|w| w.min(state.config.max_wait));
+    // A request waits only if a waiting slot is free; otherwise it is
+    // answered at once, as without the preference.
+    let slot = preferred_wait(&headers)
+        .and_then(|w| Some((w, state.waiting_slots.clone().try_acquire_owned().ok()?)));
+    let wait = slot.as_ref().map(|(w, _)| (*w).min(state.config.max_wait));
     let key = idempotency_key(&headers, product, total)?;
     ensure_product_exists(&state, product).await?;
 

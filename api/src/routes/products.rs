@@ -1,6 +1,7 @@
 //! `/api/products`: create, list, read.
 
 use super::parse_product_id;
+use crate::auth::Admin;
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
 use crate::extract::{AppJson, AppPath, AppQuery};
@@ -61,6 +62,7 @@ impl From<ProductRow> for Product {
 #[utoipa::path(post, path = "/products", tag = "products",
     request_body = CreateProduct,
     responses(
+        (status = 401, description = "ADMIN_TOKEN is set and the request lacks `Authorization: Bearer <token>`", body = Envelope<ErrorBody>),
         (status = 201, description = "Created", body = Envelope<Product>),
         (status = 400, description = "Malformed JSON", body = Envelope<ErrorBody>),
         (status = 413, description = "Body too large", body = Envelope<ErrorBody>),
@@ -69,6 +71,7 @@ impl From<ProductRow> for Product {
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn create_product(
+    _admin: Admin,
     State(state): State<AppState>,
     AppJson(body): AppJson<CreateProduct>,
 ) -> Result<Response, ApiError> {

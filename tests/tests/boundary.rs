@@ -1,0 +1,123 @@
+//! The admin boundary and the cap on waiting requests.
+
+use flashstock_tests::{Options, TestApp};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seller_endpoints_need_the_admin_token_and_buyers_do_not() {
+    let app = TestApp::spawn(Options::default().env("ADMIN_TOKEN", "let-me-in-0123456789")).await;
+    let url = |p: &str| format!("{}{p}", app.address);
+    let body = json!({"name": "Kaos", "stock": 5});
+    for auth in [
+        None,
+        Some("Bearer wrong-token"),
+        Some("let-me-in-0123456789"),
+        Some("Basic let-me-in-0123456789"),
+    ] {
+        let mut req = app.client.post(url("/api/products")).json(&body);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["data"]["error"], "UNAUTHORIZED");
+    }
+    let listed: Value = app.get("/api/products").await.json().await.unwrap();
+    assert_eq!(listed["data"]["total_items"], 0, "nothing was created");
+
+    let admin = "Bearer let-me-in-0123456789";
+    let r = app
+        .client
+        .post(url("/api/products"))
+        .header("Authorization", admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let product = r.json::<Value>().await.unwrap()["data"]["id"]
+        .as_u64()
+        .unwrap();
+    let inventory = url(&format!("/api/products/{product}/inventory"));
+    let r = app
+        .client
+        .put(&inventory)
+        .json(&json!({"stock": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = app
+        .client
+        .put(&inventory)
+        .header("Authorization", admin)
+        .json(&json!({"stock": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/api/admin/invariants").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let r = app
+        .client
+        .get(url("/api/admin/invariants"))
+        .header("Authorization", admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["data"]["ok"], true);
+
+    // Buyers need no token.
+    assert_eq!(
+        app.get(&format!("/api/products/{product}/inventory"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let (status, body) = app.post_order(product, 1, Some(10)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["data"]["id"].as_str().unwrap();
+    assert_eq!(app.order_action(id, "pay").await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_waiting_a_request_is_answered_without_waiting() {
+    // No worker: nothing gets decided, so a waiting request waits its full time.
+    let app = std::sync::Arc::new(
+        TestApp::spawn(Options::default().workers(0).env("MAX_WAITING", "1")).await,
+    );
+    let product = app.create_product("Kaos", 5).await;
+    let started = Instant::now();
+    let waits = futures::future::join_all((0..2).map(|_| {
+        let app = app.clone();
+        async move {
+            let sent = Instant::now();
+            let (status, _) = app.post_order(product, 1, Some(3)).await;
+            (status, sent.elapsed())
+        }
+    }))
+    .await;
+    assert!(
+        waits.iter().all(|(s, _)| *s == StatusCode::ACCEPTED),
+        "{waits:?}"
+    );
+    let (fast, slow) = (
+        waits.iter().map(|w| w.1).min().unwrap(),
+        waits.iter().map(|w| w.1).max().unwrap(),
+    );
+    assert!(
+        slow >= Duration::from_millis(2900),
+        "one request held the slot and waited: {waits:?}"
+    );
+    assert!(
+        fast < Duration::from_millis(2000),
+        "the other did not wait: {waits:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
