@@ -31,6 +31,9 @@ cargo build --bins
 echo "== tests"
 results=$(mktemp)
 cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$results"
+echo "== fault suite (stops and restarts MariaDB and RabbitMQ: alone, after the rest)"
+faults=$(mktemp)
+cargo nextest run --workspace --profile faults --no-fail-fast --no-capture 2>&1 | tee "$faults"
 echo "== contract check"
 bash scripts/schemathesis.sh
 echo "== benchmark smoke run (the harness and its checks, not a speed gate)"
@@ -38,4 +41,6 @@ bash scripts/bench.sh --debug -- --json --max-seconds 120 flash-sale --stock 500
 bash scripts/bench.sh --debug -- --json --max-seconds 120 many-products --products 8 --stock 100 --orders 2000 --skewed
 echo "== done"
 grep -E '^ *Summary .* tests run' "$results" | tail -1
+grep -E '^ *Summary .* tests run' "$faults" | tail -1
+grep '^fault report: ' "$faults" || true
 echo "scripts/test.sh finished in $((SECONDS - started))s"

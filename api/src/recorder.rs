@@ -141,6 +141,7 @@ async fn run(
                 }
             }
         }
+        shared::fault::point(shared::fault::API_AFTER_RECORD);
         // Publish what was recorded as PENDING, one message per partition.
         let messages: Vec<OrderMessage> = orders
             .iter()

@@ -7,11 +7,13 @@
 //! - [`partition`]: which partition a product's orders go to.
 //! - [`message`]: what travels over the broker.
 //! - [`telemetry`]: logging setup.
+//! - [`fault`]: fault points for the fault-injection tests (debug builds only).
 
 pub mod broker;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod fault;
 pub mod message;
 pub mod partition;
 pub mod prometheus;

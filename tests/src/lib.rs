@@ -5,9 +5,14 @@
 //! - [`spawn_app`] / [`TestApp::spawn`]: the whole system, in-process.
 //! - [`TestApp`] helpers: `post_json`, `create_product`, `post_order`, `wait_for_decision`, …
 //! - [`proxy::Proxy`]: a TCP proxy the tests can cut, to play "the database is down".
+//! - [`process`]: the api and worker binaries as processes, to kill and pause.
+//! - [`checker`]: load that records every submission, and the check of what must hold after a fault.
+//! - [`services`]: stopping and starting the shared MariaDB and RabbitMQ (fault tests only).
 
+pub mod checker;
 pub mod process;
 pub mod proxy;
+pub mod services;
 
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -191,7 +196,19 @@ impl TestApp {
 
     /// Starts a worker as a process of its own, on this test's configuration.
     pub fn spawn_worker_process(&self) -> process::WorkerProcess {
-        process::WorkerProcess::start(&self.env)
+        process::WorkerProcess::start(&self.env, &[])
+    }
+
+    /// Starts a worker process with `extra` variables on top of this test's
+    /// configuration (such as `FLASHSTOCK_FAULT`).
+    pub fn spawn_worker_process_with(&self, extra: &[(&str, String)]) -> process::WorkerProcess {
+        process::WorkerProcess::start(&self.env, extra)
+    }
+
+    /// Starts an api as a process of its own, with `extra` variables on top
+    /// of this test's configuration, and waits until it answers.
+    pub async fn spawn_api_process(&self, extra: &[(&str, String)]) -> process::ApiProcess {
+        process::ApiProcess::start(&self.env, extra).await
     }
 
     /// Starts one more in-process worker on `config`.

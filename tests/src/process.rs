@@ -1,27 +1,29 @@
-//! Real worker processes, for the tests that kill, pause and resume them.
+//! Real api and worker processes, for the tests that kill, pause and resume them.
 
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-/// The `worker` binary next to the test executable (`target/<profile>/worker`).
+/// The binary `name` next to the test executable (`target/<profile>/<name>`).
 /// `scripts/test.sh` builds it before the tests run.
-pub fn worker_binary() -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("worker");
+    let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build --bin worker` first (scripts/test.sh does)",
+        "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
         bin.display()
     );
     bin
 }
 
-/// A free port on 127.0.0.1, for a child's `/metrics`.
+/// A free port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -29,35 +31,34 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A worker running as its own process; killed when dropped.
-pub struct WorkerProcess {
+/// A child process of ours, logging to a file in the temporary directory;
+/// resumed and killed when dropped.
+pub struct Process {
     child: Child,
-    /// Where its `/metrics` is served.
-    pub metrics_port: u16,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
 }
 
-impl WorkerProcess {
-    /// Starts `worker` with exactly `env` (plus `PATH`), logging to a file in
-    /// the temporary directory.
-    pub fn start(env: &HashMap<String, String>) -> WorkerProcess {
-        let metrics_port = free_port();
-        let log = std::env::temp_dir().join(format!("flashstock-worker-{metrics_port}.log"));
-        let log = std::fs::File::create(&log).expect("worker log file");
-        let child = Command::new(worker_binary())
+impl Process {
+    /// Starts binary `name` with exactly `env` and then `extra` (plus `PATH`).
+    pub fn start(name: &str, env: &HashMap<String, String>, extra: &[(&str, String)]) -> Process {
+        let log = std::env::temp_dir().join(format!(
+            "flashstock-{name}-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary(name))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env)
-            .env("WORKER_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("RUST_LOG", "info,sqlx=warn")
+            .envs(env)
+            .envs(extra.iter().map(|(k, v)| (*k, v)))
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
             .spawn()
-            .expect("the worker process starts");
-        WorkerProcess {
-            child,
-            metrics_port,
-        }
+            .unwrap_or_else(|e| panic!("the {name} process starts: {e}"));
+        Process { child, log }
     }
 
     /// The process id.
@@ -81,26 +82,137 @@ impl WorkerProcess {
         let _ = self.child.wait();
     }
 
-    /// Waits for the process to exit (after a SIGTERM), up to `timeout`.
-    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        None
+    }
+
+    /// What it has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
-impl Drop for WorkerProcess {
+impl Drop for Process {
     fn drop(&mut self) {
         // A paused process must be resumed for SIGKILL to be reaped promptly.
         let _ = Command::new("kill")
             .arg("-CONT")
             .arg(self.pid().to_string())
+            .stderr(Stdio::null())
             .status();
         self.kill();
     }
+}
+
+/// A worker running as its own process.
+pub struct WorkerProcess {
+    process: Process,
+    /// Where its `/metrics` is served.
+    pub metrics_port: u16,
+}
+
+impl WorkerProcess {
+    /// Starts `worker` with `env` and then `extra`, serving `/metrics` on a free port.
+    pub fn start(env: &HashMap<String, String>, extra: &[(&str, String)]) -> WorkerProcess {
+        let metrics_port = free_port();
+        let mut vars = vec![("WORKER_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))];
+        vars.extend(extra.iter().cloned());
+        WorkerProcess {
+            process: Process::start("worker", env, &vars),
+            metrics_port,
+        }
+    }
+
+    /// The value of counter `name` on its `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric(self.metrics_port, name).await
+    }
+}
+
+impl Deref for WorkerProcess {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl DerefMut for WorkerProcess {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+/// An api running as its own process.
+pub struct ApiProcess {
+    process: Process,
+    /// `http://127.0.0.1:{port}`.
+    pub address: String,
+}
+
+impl ApiProcess {
+    /// Starts `api` with `env` and then `extra` on a free port, and waits
+    /// (up to 30 s) until `/healthz` answers.
+    pub async fn start(env: &HashMap<String, String>, extra: &[(&str, String)]) -> ApiProcess {
+        let port = free_port();
+        let mut vars = vec![("API_ADDR", format!("127.0.0.1:{port}"))];
+        vars.extend(extra.iter().cloned());
+        let mut process = Process::start("api", env, &vars);
+        let address = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = client
+                .get(format!("{address}/healthz"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if up {
+                break;
+            }
+            if let Some(status) = process.wait_exit(Duration::ZERO) {
+                panic!("the api exited ({status}): {}", process.log_text());
+            }
+            assert!(Instant::now() < deadline, "the api did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ApiProcess { process, address }
+    }
+}
+
+impl Deref for ApiProcess {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl DerefMut for ApiProcess {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+/// The value of the unlabelled sample `name` at `127.0.0.1:{port}/metrics`
+/// (0 when absent or unreachable).
+pub async fn metric(port: u16, name: &str) -> f64 {
+    let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .filter_map(|value| value.trim().parse().ok())
+        .next()
+        .unwrap_or(0.0)
 }

@@ -188,6 +188,7 @@ async fn process_batch(
         }
     }
     // Committed: now, and only now, acknowledge.
+    shared::fault::point(shared::fault::WORKER_AFTER_COMMIT);
     ch.basic_ack(last_tag, BasicAckOptions { multiple: true })
         .await?;
     record(&ctx.metrics, &decisions);

@@ -261,6 +261,7 @@ pub async fn decide_fenced(
         return Ok(None);
     }
     let decisions = decide_batch(&mut tx, orders, reservation_ttl, lease).await?;
+    shared::fault::point(shared::fault::WORKER_BEFORE_COMMIT);
     tx.commit().await?;
     Ok(Some(decisions))
 }

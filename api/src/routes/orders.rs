@@ -181,6 +181,7 @@ pub async fn create_order(
         let published = match published {
             Some(published) => published,
             None => {
+                shared::fault::point(shared::fault::API_AFTER_RECORD);
                 let message = OrderMessage {
                     order_id: id,
                     product_id: product,
@@ -279,19 +280,26 @@ fn idempotency_key(
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
+    let request = Sha256::digest(format!("{}:{}", product.get(), total.get()));
+    Ok(Some(db::orders::IdempotencyKey {
+        key: scoped_key(scope, key),
+        request_hash: request.into(),
+    }))
+}
+
+/// What is stored for a client's `Idempotency-Key` sent with `Authorization`
+/// `scope` (empty without one): a hex SHA-256, never the key itself.
+pub fn scoped_key(scope: &[u8], key: &str) -> String {
+    use sha2::{Digest, Sha256};
     let mut scoped = Sha256::new();
     scoped.update(b"flashstock idempotency v1\n");
     scoped.update(Sha256::digest(scope));
     scoped.update(key.as_bytes());
-    let request = Sha256::digest(format!("{}:{}", product.get(), total.get()));
-    Ok(Some(db::orders::IdempotencyKey {
-        key: scoped
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        request_hash: request.into(),
-    }))
+    scoped
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The `wait` preference of RFC 7240 (`Prefer: wait=N`, N in seconds), if

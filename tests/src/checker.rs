@@ -1,0 +1,679 @@
+//! The fault tests' model of what must hold.
+//!
+//! [`Load`] submits orders through the public api and records every
+//! submission with the answer it got. Half its clients are careful: one
+//! `Idempotency-Key` per order, retried on errors and 5xx until it gets an
+//! answer or gives up. The other half send no key (the api's batching path)
+//! and so cannot retry safely: an error leaves their order unanswered.
+//! [`Sampler`] reads the stock invariant while faults happen. After
+//! the fault is healed and the load stopped, [`check`] waits for the backlog
+//! to drain and compares the database with the record:
+//!
+//! - no oversell: `0 <= reserved <= stored` in every sample and at the end,
+//!   and no product accepted more than its stock;
+//! - no lost order: every order answered 2xx is in the database, decided;
+//!   nothing is PENDING;
+//! - no duplicate effect: one order per submission, `reserved` equals the sum
+//!   over ACCEPTED orders and `stored` is untouched;
+//! - no unexpected order: every order in the database is one a client
+//!   submitted, for the product and total it asked for (a keyless order that
+//!   got no answer may or may not have been recorded: such orders may exist
+//!   up to the number of those submissions);
+//! - honest answers: an order rejected as sold out asked for more than was
+//!   left (stock only falls during these tests, so what is left at the end
+//!   is at most what was left when it was decided).
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::MySqlPool;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The api address the load sends to; a test switches it when it replaces
+/// a killed api.
+#[derive(Debug, Clone)]
+pub struct Target(Arc<RwLock<String>>);
+
+impl Target {
+    /// Sends to `address` (`http://host:port`).
+    pub fn new(address: &str) -> Target {
+        Target(Arc::new(RwLock::new(address.to_owned())))
+    }
+
+    /// Sends to `address` from now on.
+    pub fn switch(&self, address: &str) {
+        *self.0.write().expect("target lock") = address.to_owned();
+    }
+
+    fn get(&self) -> String {
+        self.0.read().expect("target lock").clone()
+    }
+}
+
+/// The answer a submission finally got.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// 2xx: the order is recorded and will be decided.
+    Acknowledged {
+        /// The HTTP status.
+        status: u16,
+        /// The order's id.
+        id: Uuid,
+    },
+    /// 4xx: refused; nothing was promised.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The envelope's error code.
+        error: String,
+    },
+    /// No answer before the client gave up (connection errors, 5xx).
+    Unanswered {
+        /// The last error seen.
+        last: String,
+    },
+}
+
+/// One order a client submitted, however many attempts it took.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub key: Option<String>,
+    /// The product asked for.
+    pub product: u64,
+    /// The units asked for.
+    pub total: i64,
+    /// Requests sent for it.
+    pub attempts: u32,
+    /// What it finally got.
+    pub answer: Answer,
+}
+
+/// What the load does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Products to order, in turn.
+    pub products: Vec<u64>,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Each client's pause between submissions.
+    pub pause: Duration,
+    /// How long a submission in hand is still retried once the load stops.
+    pub give_up: Duration,
+}
+
+/// Clients submitting orders until stopped.
+pub struct Load {
+    stop: CancellationToken,
+    clients: Vec<JoinHandle<Vec<Submission>>>,
+    acknowledged: Arc<AtomicUsize>,
+}
+
+impl Load {
+    /// Starts `plan.clients` clients sending to `target`.
+    pub fn start(target: &Target, plan: Plan) -> Load {
+        let stop = CancellationToken::new();
+        let acknowledged = Arc::new(AtomicUsize::new(0));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
+        let clients = (0..plan.clients)
+            .map(|n| {
+                let client = Client {
+                    http: http.clone(),
+                    target: target.clone(),
+                    stop: stop.clone(),
+                    acknowledged: acknowledged.clone(),
+                    give_up: plan.give_up,
+                };
+                let plan = plan.clone();
+                tokio::spawn(async move { client.run(n, &plan).await })
+            })
+            .collect();
+        Load {
+            stop,
+            clients,
+            acknowledged,
+        }
+    }
+
+    /// Submissions answered 2xx so far.
+    pub fn acknowledged(&self) -> usize {
+        self.acknowledged.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more submissions than now have been answered 2xx
+    /// (panics after `timeout`).
+    pub async fn wait_for_more(&self, n: usize, timeout: Duration) {
+        let target = self.acknowledged() + n;
+        let deadline = Instant::now() + timeout;
+        while self.acknowledged() < target {
+            assert!(
+                Instant::now() < deadline,
+                "the load made no progress: {} of {target} acknowledged",
+                self.acknowledged()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops starting submissions, lets those in hand finish (or give up),
+    /// and returns every submission.
+    pub async fn stop(self) -> Vec<Submission> {
+        self.stop.cancel();
+        let mut all = Vec::new();
+        for client in self.clients {
+            all.extend(client.await.expect("a load client"));
+        }
+        all
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    target: Target,
+    stop: CancellationToken,
+    acknowledged: Arc<AtomicUsize>,
+    give_up: Duration,
+}
+
+impl Client {
+    async fn run(&self, n: usize, plan: &Plan) -> Vec<Submission> {
+        let mut done = Vec::new();
+        let mut i = n;
+        while !self.stop.is_cancelled() {
+            let product = plan.products[i % plan.products.len()];
+            let total = 1 + (i / plan.products.len() % 3) as i64;
+            i += plan.clients;
+            done.push(self.submit(product, total, n.is_multiple_of(2)).await);
+            tokio::select! {
+                _ = self.stop.cancelled() => {}
+                _ = tokio::time::sleep(plan.pause) => {}
+            }
+        }
+        done
+    }
+
+    /// Submits one order; with a key, retries until it is answered.
+    async fn submit(&self, product: u64, total: i64, keyed: bool) -> Submission {
+        let key = keyed.then(|| format!("fault-check-{}", Uuid::new_v4().simple()));
+        let body = json!({"product_id": product, "total": total});
+        let mut attempts = 0;
+        let mut give_up_at = None;
+        let answer = loop {
+            attempts += 1;
+            let mut request = self
+                .http
+                .post(format!("{}/api/orders", self.target.get()))
+                .json(&body);
+            if let Some(key) = &key {
+                request = request.header("Idempotency-Key", key);
+            }
+            let sent = request.send().await;
+            let last = match sent {
+                Ok(response) => {
+                    let status = response.status();
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    if status.is_success() {
+                        let id = body["data"]["id"]
+                            .as_str()
+                            .and_then(|id| id.parse().ok())
+                            .unwrap_or_else(|| panic!("a 2xx without an order id: {body}"));
+                        self.acknowledged.fetch_add(1, Ordering::Relaxed);
+                        break Answer::Acknowledged {
+                            status: status.as_u16(),
+                            id,
+                        };
+                    }
+                    if status.is_client_error() {
+                        break Answer::Refused {
+                            status: status.as_u16(),
+                            error: body["error"].as_str().unwrap_or_default().to_owned(),
+                        };
+                    }
+                    format!("{status}: {body}")
+                }
+                Err(e) => e.to_string(),
+            };
+            if key.is_none() {
+                break Answer::Unanswered { last };
+            }
+            if self.stop.is_cancelled() {
+                let at = *give_up_at.get_or_insert_with(|| Instant::now() + self.give_up);
+                if Instant::now() > at {
+                    break Answer::Unanswered { last };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        Submission {
+            key,
+            product,
+            total,
+            attempts,
+            answer,
+        }
+    }
+}
+
+/// Reads `0 <= reserved <= stored` every 100 ms on a connection of its own,
+/// while the database is up.
+pub struct Sampler {
+    stop: CancellationToken,
+    task: JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Sampler {
+    /// Starts sampling the database at `database_url`.
+    pub fn start(database_url: &str) -> Sampler {
+        let stop = CancellationToken::new();
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(1))
+            .connect_lazy(database_url)
+            .expect("the sampler's pool");
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let (mut samples, mut violations) = (0, Vec::new());
+                while !stop.is_cancelled() {
+                    let read: Result<Vec<(u64, i64, i64)>, _> = sqlx::query_as(
+                        "SELECT product_id, stored_stock, reserved_stock FROM inventories \
+                         WHERE reserved_stock < 0 OR reserved_stock > stored_stock",
+                    )
+                    .fetch_all(&pool)
+                    .await;
+                    // While the database is down there is nothing to read.
+                    if let Ok(rows) = read {
+                        samples += 1;
+                        violations.extend(rows.into_iter().map(|(product, stored, reserved)| {
+                            format!("product {product}: reserved {reserved}, stored {stored}")
+                        }));
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                pool.close().await;
+                (samples, violations)
+            }
+        });
+        Sampler { stop, task }
+    }
+
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.cancel();
+        self.task.await.expect("the sampler")
+    }
+}
+
+/// What one fault test saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The fault injected.
+    pub fault: String,
+    /// Orders the clients submitted (distinct idempotency keys).
+    pub submitted: usize,
+    /// Submissions answered 2xx.
+    pub answered_2xx: usize,
+    /// Submissions answered 4xx.
+    pub refused: usize,
+    /// Submissions that got no answer before the client gave up.
+    pub unanswered: usize,
+    /// Requests sent beyond the first, over all submissions.
+    pub retries: u64,
+    /// Orders in the database with a final decision.
+    pub decided: usize,
+    /// Of those, accepted.
+    pub accepted: usize,
+    /// Of those, rejected.
+    pub rejected: usize,
+    /// Acknowledged orders missing, different, or still PENDING after the drain.
+    pub lost: usize,
+    /// Submissions with more than one order, plus units by which `reserved`
+    /// differs from the ACCEPTED orders or `stored` from the stock.
+    pub duplicated: usize,
+    /// Orders in the database no client submitted (as stored).
+    pub unexpected: usize,
+    /// Orders rejected as sold out while enough was left for them.
+    pub dishonest: usize,
+    /// Invariant samples taken during the run.
+    pub samples: u64,
+    /// Samples (and final reads) with `reserved` outside `0..=stored`.
+    pub oversold: usize,
+    /// From the end of the load to nothing PENDING, in milliseconds.
+    pub drain_ms: u128,
+    /// What broke, one line each (empty when everything held).
+    pub findings: Vec<String>,
+}
+
+impl Report {
+    /// Panics with the findings unless every property held.
+    pub fn assert_holds(&self) {
+        eprintln!(
+            "fault report: {}",
+            serde_json::to_string(self).expect("report json")
+        );
+        assert!(
+            self.findings.is_empty(),
+            "{}: {} findings:\n{}",
+            self.fault,
+            self.findings.len(),
+            self.findings.join("\n")
+        );
+        assert!(
+            self.answered_2xx > 0,
+            "{}: nothing was acknowledged",
+            self.fault
+        );
+    }
+}
+
+/// Waits (up to `drain_timeout`) for nothing to be PENDING, then checks the
+/// database against `submissions`; `stock` is each product's starting stock.
+pub async fn check(
+    fault: &str,
+    db: &MySqlPool,
+    submissions: &[Submission],
+    stock: &HashMap<u64, i64>,
+    sampler: Sampler,
+    drain_timeout: Duration,
+) -> Report {
+    let mut report = Report {
+        fault: fault.to_owned(),
+        submitted: submissions.len(),
+        ..Report::default()
+    };
+    let drain_started = Instant::now();
+    loop {
+        let pending: Result<(i64,), _> =
+            sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status = 'PENDING'")
+                .fetch_one(db)
+                .await;
+        if matches!(pending, Ok((0,))) || drain_started.elapsed() > drain_timeout {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    report.drain_ms = drain_started.elapsed().as_millis();
+    let (samples, violations) = sampler.finish().await;
+    report.samples = samples;
+    report.oversold = violations.len();
+    report
+        .findings
+        .extend(violations.into_iter().map(|v| format!("oversold: {v}")));
+
+    let orders: Vec<StoredOrder> = sqlx::query_as(
+        "SELECT id, product_id, CAST(total AS SIGNED) AS total, status, reason, idempotency_key FROM orders",
+    )
+    .fetch_all(db)
+    .await
+    .expect("reading the orders");
+    match_orders(submissions, &orders, &mut report);
+    check_stock(db, &orders, stock, &mut report).await;
+    if let Ok(violations) = shared::db::invariants::check(db).await {
+        report
+            .findings
+            .extend(violations.into_iter().map(|v| format!("invariant: {v:?}")));
+    }
+    report
+}
+
+/// Matches the orders in the database with the submissions: counts the
+/// decisions and finds lost, duplicated and unexpected orders.
+fn match_orders(submissions: &[Submission], orders: &[StoredOrder], report: &mut Report) {
+    let stored_key = |s: &Submission| {
+        s.key
+            .as_ref()
+            .map(|k| api::routes::orders::scoped_key(b"", k))
+    };
+    let keyed: HashMap<String, &Submission> = submissions
+        .iter()
+        .filter_map(|s| Some((stored_key(s)?, s)))
+        .collect();
+    let acknowledged: HashMap<Uuid, &Submission> = submissions
+        .iter()
+        .filter_map(|s| match s.answer {
+            Answer::Acknowledged { id, .. } => Some((id, s)),
+            _ => None,
+        })
+        .collect();
+    // A keyless submission that got no answer may have left one order.
+    let mut maybe_recorded: HashMap<(u64, i64), usize> = HashMap::new();
+    for s in submissions {
+        if s.key.is_none() && matches!(s.answer, Answer::Unanswered { .. }) {
+            *maybe_recorded.entry((s.product, s.total)).or_default() += 1;
+        }
+    }
+
+    let mut per_key: HashMap<&str, usize> = HashMap::new();
+    for order in orders {
+        let asked = |s: &Submission| s.product == order.product_id && s.total == order.total;
+        let submitted = match order.idempotency_key.as_deref() {
+            Some(key) => match keyed.get_key_value(key) {
+                Some((key, s)) if asked(s) => {
+                    *per_key.entry(key.as_str()).or_default() += 1;
+                    true
+                }
+                _ => false,
+            },
+            None => match acknowledged.get(&order.id) {
+                Some(s) => s.key.is_none() && asked(s),
+                None => maybe_recorded
+                    .get_mut(&(order.product_id, order.total))
+                    .is_some_and(|left| {
+                        let some = *left > 0;
+                        *left = left.saturating_sub(1);
+                        some
+                    }),
+            },
+        };
+        if !submitted {
+            report.unexpected += 1;
+            report.findings.push(format!(
+                "unexpected: order {} ({}, {}, {}) matches no submission",
+                order.id, order.product_id, order.total, order.status
+            ));
+        }
+        match order.status.as_str() {
+            "PENDING" => {}
+            "ACCEPTED" => report.accepted += 1,
+            "REJECTED" => report.rejected += 1,
+            other => report.findings.push(format!(
+                "order {} ended {other}, {:?}: nothing here pays or cancels",
+                order.id, order.reason
+            )),
+        }
+        if order.status != "PENDING" {
+            report.decided += 1;
+        }
+    }
+    for (key, n) in per_key.iter().filter(|(_, n)| **n > 1) {
+        report.duplicated += n - 1;
+        report.findings.push(format!(
+            "duplicated: {n} orders for one submission (key {key})"
+        ));
+    }
+
+    let by_id: HashMap<Uuid, &StoredOrder> = orders.iter().map(|o| (o.id, o)).collect();
+    for s in submissions {
+        report.retries += u64::from(s.attempts - 1);
+        match &s.answer {
+            Answer::Acknowledged { id, status } => {
+                report.answered_2xx += 1;
+                let found = by_id.get(id);
+                let problem = match found {
+                    None => Some("missing from the database"),
+                    Some(o) if o.idempotency_key != stored_key(s) => Some("another submission's"),
+                    Some(o) if o.status == "PENDING" => Some("still PENDING"),
+                    Some(_) => None,
+                };
+                if let Some(problem) = problem {
+                    report.lost += 1;
+                    report
+                        .findings
+                        .push(format!("lost: order {id} (answered {status}) is {problem}"));
+                }
+            }
+            Answer::Refused { status, error } => {
+                report.refused += 1;
+                report
+                    .findings
+                    .push(format!("refused: a valid order got {status} {error}"));
+            }
+            Answer::Unanswered { .. } => report.unanswered += 1,
+        }
+    }
+}
+
+/// An order as the database holds it.
+#[derive(Debug, sqlx::FromRow)]
+struct StoredOrder {
+    id: Uuid,
+    product_id: u64,
+    total: i64,
+    status: String,
+    reason: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// Per product: the stock adds up, nothing oversold, every sold-out
+/// rejection honest.
+async fn check_stock(
+    db: &MySqlPool,
+    orders: &[StoredOrder],
+    stock: &HashMap<u64, i64>,
+    report: &mut Report,
+) {
+    let inventories: Vec<(u64, i64, i64)> =
+        sqlx::query_as("SELECT product_id, stored_stock, reserved_stock FROM inventories")
+            .fetch_all(db)
+            .await
+            .expect("reading the inventories");
+    for (product, stored, reserved) in inventories {
+        let Some(&initial) = stock.get(&product) else {
+            continue;
+        };
+        let ours = || orders.iter().filter(move |o| o.product_id == product);
+        let accepted: i64 = ours()
+            .filter(|o| o.status == "ACCEPTED")
+            .map(|o| o.total)
+            .sum();
+        if !(0..=stored).contains(&reserved) || accepted > initial {
+            report.oversold += 1;
+            report.findings.push(format!(
+                "oversold: product {product}: stock {initial}, stored {stored}, reserved {reserved}, accepted {accepted}"
+            ));
+        }
+        let off = (reserved - accepted).unsigned_abs() + (stored - initial).unsigned_abs();
+        if off > 0 {
+            report.duplicated += off as usize;
+            report.findings.push(format!(
+                "effect: product {product}: stock {initial}, stored {stored}, reserved {reserved}, accepted orders hold {accepted}"
+            ));
+        }
+        let left = stored - reserved;
+        for o in
+            ours().filter(|o| o.reason.as_deref() == Some(shared::domain::reason::OUT_OF_STOCK))
+        {
+            if o.total <= left {
+                report.dishonest += 1;
+                report.findings.push(format!(
+                    "dishonest: order {} for {} rejected sold out with {left} left",
+                    o.id, o.total
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(key: Option<&str>, answer: Answer) -> Submission {
+        Submission {
+            key: key.map(str::to_owned),
+            product: 1,
+            total: 2,
+            attempts: 1,
+            answer,
+        }
+    }
+
+    fn order(id: Uuid, key: Option<&str>, status: &str) -> StoredOrder {
+        StoredOrder {
+            id,
+            product_id: 1,
+            total: 2,
+            status: status.to_owned(),
+            reason: None,
+            idempotency_key: key.map(|k| api::routes::orders::scoped_key(b"", k)),
+        }
+    }
+
+    fn acknowledged(id: Uuid) -> Answer {
+        Answer::Acknowledged { status: 202, id }
+    }
+
+    fn unanswered() -> Answer {
+        Answer::Unanswered {
+            last: "connection reset".into(),
+        }
+    }
+
+    #[test]
+    fn the_checker_finds_lost_duplicated_and_unexpected_orders() {
+        let (a, b, c, d, e) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let submissions = [
+            submission(Some("key-a-0123456789"), acknowledged(a)),
+            submission(Some("key-b-0123456789"), acknowledged(b)),
+            submission(None, acknowledged(c)),
+            submission(None, unanswered()),
+        ];
+        let clean = [
+            order(a, Some("key-a-0123456789"), "ACCEPTED"),
+            order(b, Some("key-b-0123456789"), "REJECTED"),
+            order(c, None, "ACCEPTED"),
+            // The unanswered keyless submission was recorded after all.
+            order(d, None, "ACCEPTED"),
+        ];
+        let mut report = Report::default();
+        match_orders(&submissions, &clean, &mut report);
+        assert!(report.findings.is_empty(), "{:?}", report.findings);
+        assert_eq!(
+            (report.decided, report.answered_2xx, report.unanswered),
+            (4, 3, 1)
+        );
+
+        // b still PENDING, c missing, a second keyless order nobody sent, a's key twice.
+        let broken = [
+            order(a, Some("key-a-0123456789"), "ACCEPTED"),
+            order(b, Some("key-b-0123456789"), "PENDING"),
+            order(d, None, "ACCEPTED"),
+            order(e, None, "ACCEPTED"),
+            order(Uuid::now_v7(), Some("key-a-0123456789"), "ACCEPTED"),
+        ];
+        let mut report = Report::default();
+        match_orders(&submissions, &broken, &mut report);
+        assert_eq!(
+            (report.lost, report.unexpected, report.duplicated),
+            (2, 1, 1),
+            "{:?}",
+            report.findings
+        );
+    }
+}

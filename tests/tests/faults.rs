@@ -1,0 +1,316 @@
+//! The fault suite: load through the public api, one fault injected while it
+//! runs, the fault healed, the backlog drained, and then the checker's model
+//! (`flashstock_tests::checker`): nothing oversold, nothing acknowledged
+//! lost, nothing decided twice, nothing nobody submitted.
+//!
+//! Some of these stop the MariaDB and RabbitMQ every other test uses, so
+//! this binary runs alone, one test at a time, after the rest:
+//! `cargo nextest run --profile faults` (the default profile leaves it out).
+//! Each test restarts what it stopped, even when it fails.
+
+use flashstock_tests::checker::{self, Load, Plan, Report, Sampler, Target};
+use flashstock_tests::process::{Process, WorkerProcess};
+use flashstock_tests::services::{Outage, Server};
+use flashstock_tests::{Options, TestApp};
+use shared::fault;
+use shared::message::{OrderBatch, OrderMessage};
+use shared::partition::partition_of;
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+/// How long the backlog may take to drain once the fault is healed.
+const DRAIN: Duration = Duration::from_secs(120);
+/// How long progress may stall while a fault is on.
+const PROGRESS: Duration = Duration::from_secs(60);
+
+/// A system with no in-process worker, 8 partitions and short leases, and
+/// its products: four that never sell out and two that do.
+async fn world(options: Options) -> (TestApp, HashMap<u64, i64>) {
+    let app = TestApp::spawn(
+        options
+            .workers(0)
+            .env("ORDER_PARTITIONS", "8")
+            .env("HEARTBEAT_INTERVAL", "200ms")
+            .env("LEASE_DURATION", "1s"),
+    )
+    .await;
+    let mut stock = HashMap::new();
+    for (i, units) in [1_000_000, 1_000_000, 1_000_000, 1_000_000, 150, 150]
+        .into_iter()
+        .enumerate()
+    {
+        stock.insert(
+            app.create_product(&format!("fault {i}"), units).await,
+            units,
+        );
+    }
+    (app, stock)
+}
+
+fn plan(stock: &HashMap<u64, i64>) -> Plan {
+    let mut products: Vec<u64> = stock.keys().copied().collect();
+    products.sort_unstable();
+    Plan {
+        products,
+        clients: 16,
+        pause: Duration::from_millis(5),
+        give_up: Duration::from_secs(30),
+    }
+}
+
+/// Stops the load, checks the outcome, prints the report, and panics with
+/// the findings unless every property held.
+async fn finish(
+    fault: &str,
+    app: &TestApp,
+    load: Load,
+    sampler: Sampler,
+    stock: &HashMap<u64, i64>,
+) -> Report {
+    let submissions = load.stop().await;
+    let report = checker::check(fault, &app.db, &submissions, stock, sampler, DRAIN).await;
+    report.assert_holds();
+    report
+}
+
+/// Waits (without blocking the runtime) for `process` to kill itself at
+/// its fault point.
+async fn killed_at_fault_point(process: &mut Process) {
+    let deadline = Instant::now() + PROGRESS;
+    let status = loop {
+        if let Some(status) = process.wait_exit(Duration::ZERO) {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process never reached its fault point"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.signal(), Some(9), "{status}: {}", process.log_text());
+}
+
+/// Two worker processes, the second armed to SIGKILL itself at fault
+/// `point`; load started; returns once it has died.
+async fn kill_a_worker_at(
+    point: &str,
+) -> (TestApp, HashMap<u64, i64>, WorkerProcess, Load, Sampler) {
+    let (app, stock) = world(Options::default()).await;
+    let steady = app.spawn_worker_process();
+    let mut doomed = app.spawn_worker_process_with(&[("FLASHSTOCK_FAULT", format!("{point}@40"))]);
+    app.wait_for_owners(|l| l.len() == 2).await;
+    let sampler = Sampler::start(&app.config.database_url);
+    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    killed_at_fault_point(&mut doomed).await;
+    (app, stock, steady, load, sampler)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_nothing() {
+    // It writes its 40th batch of decisions and dies before the commit.
+    let (app, stock, _steady, load, sampler) = kill_a_worker_at(fault::WORKER_BEFORE_COMMIT).await;
+    load.wait_for_more(500, PROGRESS).await;
+    let _replacement = app.spawn_worker_process();
+    load.wait_for_more(500, PROGRESS).await;
+    finish("SIGKILL worker mid-batch", &app, load, sampler, &stock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_commit_before_ack_decides_nothing_twice() {
+    // Its 40th batch is committed; the messages are not acknowledged.
+    let (app, stock, steady, load, sampler) = kill_a_worker_at(fault::WORKER_AFTER_COMMIT).await;
+    load.wait_for_more(1000, PROGRESS).await;
+    finish(
+        "SIGKILL worker after commit, before ack",
+        &app,
+        load,
+        sampler,
+        &stock,
+    )
+    .await;
+    // The survivor took the partitions over and got the unacknowledged
+    // messages again: their orders were decided already, and stayed so.
+    assert!(
+        steady
+            .metric("flashstock_worker_already_decided_total")
+            .await
+            > 0.0,
+        "the redelivered orders reached the survivor"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_killed_between_recording_and_publishing_loses_nothing() {
+    let (app, stock) = world(Options::default()).await;
+    let _worker = app.spawn_worker_process();
+    app.wait_for_owners(|l| l.len() == 1).await;
+    let mut doomed = app
+        .spawn_api_process(&[(
+            "FLASHSTOCK_FAULT",
+            format!("{}@30", fault::API_AFTER_RECORD),
+        )])
+        .await;
+    let target = Target::new(&doomed.address);
+    let sampler = Sampler::start(&app.config.database_url);
+    let load = Load::start(&target, plan(&stock));
+
+    // Its 30th batch is committed and never published; its clients get no
+    // answer and retry, with the same keys, on the api that replaces it.
+    killed_at_fault_point(&mut doomed).await;
+    let replacement = app.spawn_api_process(&[]).await;
+    target.switch(&replacement.address);
+    load.wait_for_more(1000, PROGRESS).await;
+    finish(
+        "SIGKILL api between recording and publishing",
+        &app,
+        load,
+        sampler,
+        &stock,
+    )
+    .await;
+    // What the dead api recorded and never published, the relay published.
+    let (relayed,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM orders WHERE relayed_at IS NOT NULL")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(relayed > 0, "no order needed the relay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_stopped_and_started_under_load_loses_nothing() {
+    let (app, stock) = world(Options::default()).await;
+    let _worker = app.spawn_worker_process();
+    app.wait_for_owners(|l| l.len() == 1).await;
+    let sampler = Sampler::start(&app.config.database_url);
+    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    load.wait_for_more(500, PROGRESS).await;
+
+    let mut outage = Outage::begin(Server::RabbitMq).await;
+    // The api goes on recording (the outbox) and acknowledging.
+    load.wait_for_more(300, PROGRESS).await;
+    outage.heal().await;
+    load.wait_for_more(500, PROGRESS).await;
+    finish("RabbitMQ stop_app / start_app", &app, load, sampler, &stock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_stopped_and_started_under_load_loses_nothing() {
+    let (app, stock) = world(Options::default()).await;
+    let _worker = app.spawn_worker_process();
+    app.wait_for_owners(|l| l.len() == 1).await;
+    let sampler = Sampler::start(&app.config.database_url);
+    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    load.wait_for_more(500, PROGRESS).await;
+
+    let mut outage = Outage::begin(Server::MariaDb).await;
+    // Nothing can be recorded: requests wait, then fail (503 or the
+    // client's 5 s timeout); clients with a key retry, the others give up.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    outage.heal().await;
+    load.wait_for_more(500, PROGRESS).await;
+    let report = finish("MariaDB stopped and started", &app, load, sampler, &stock).await;
+    assert!(
+        report.retries > 0 && report.unanswered > 0,
+        "the outage went unnoticed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_messages_have_no_effect() {
+    let (app, stock) = world(Options::default()).await;
+    let _worker = app.spawn_worker_process();
+    app.wait_for_owners(|l| l.len() == 1).await;
+    let sampler = Sampler::start(&app.config.database_url);
+    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    load.wait_for_more(500, PROGRESS).await;
+
+    // Publish every order recorded so far once more, as a broker
+    // redelivering or a producer retrying would.
+    let topology = app.topology();
+    let recorded: Vec<(uuid::Uuid, u64, u32)> =
+        sqlx::query_as("SELECT id, product_id, total FROM orders")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let mut batches: HashMap<u16, Vec<OrderMessage>> = HashMap::new();
+    for (id, product, total) in &recorded {
+        let product = shared::domain::ProductId::new(*product as i64).unwrap();
+        batches
+            .entry(partition_of(product, topology.partitions()))
+            .or_default()
+            .push(OrderMessage {
+                order_id: shared::domain::OrderId::from(*id),
+                product_id: product,
+                total: shared::domain::Quantity::new(i64::from(*total), u32::MAX).unwrap(),
+            });
+    }
+    for (partition, orders) in batches {
+        let payload = serde_json::to_vec(&OrderBatch { orders }).unwrap();
+        app.publish_raw("", &topology.partition_queue(partition), &payload)
+            .await;
+    }
+    load.wait_for_more(500, PROGRESS).await;
+    let report = finish("duplicate messages", &app, load, sampler, &stock).await;
+    assert!(report.decided >= recorded.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_set_aside_and_the_partitions_flow_on() {
+    let (app, stock) = world(Options::default()).await;
+    let worker = app.spawn_worker_process();
+    app.wait_for_owners(|l| l.len() == 1).await;
+    let sampler = Sampler::start(&app.config.database_url);
+    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    load.wait_for_more(300, PROGRESS).await;
+
+    let topology = app.topology();
+    let poison: [&[u8]; 4] = [
+        b"\x00\xff not json",
+        br#"{"order_id": 5}"#,
+        br#"{"orders": [{"order_id": "not-a-uuid", "product_id": 1, "total": 1}]}"#,
+        br#"{"order_id": "0190c7a4-5d1e-7bb2-9d1f-3c2a1b0e9f10", "product_id": -1, "total": 0}"#,
+    ];
+    for partition in 0..topology.partitions() {
+        for payload in poison {
+            app.publish_raw("", &topology.partition_queue(partition), payload)
+                .await;
+        }
+    }
+    load.wait_for_more(500, PROGRESS).await;
+    finish("poison messages", &app, load, sampler, &stock).await;
+    let expected = f64::from(topology.partitions()) * poison.len() as f64;
+    assert_eq!(
+        worker
+            .metric("flashstock_worker_poison_messages_total")
+            .await,
+        expected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_paused_past_its_lease_loses_nothing() {
+    let (app, stock) = world(Options::default()).await;
+    let _steady = app.spawn_worker_process();
+    let paused = app.spawn_worker_process();
+    app.wait_for_owners(|l| l.len() == 2).await;
+    let sampler = Sampler::start(&app.config.database_url);
+    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    load.wait_for_more(500, PROGRESS).await;
+
+    paused.signal("STOP");
+    // Three lease durations: the other worker takes its partitions over,
+    // though the broker still holds the paused one's deliveries.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    paused.signal("CONT");
+    load.wait_for_more(500, PROGRESS).await;
+    finish(
+        "SIGSTOP worker past its lease, SIGCONT",
+        &app,
+        load,
+        sampler,
+        &stock,
+    )
+    .await;
+}
