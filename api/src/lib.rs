@@ -1,6 +1,7 @@
 //! The flashstock HTTP api.
 //!
 //! - [`startup`]: `Application::build(config)` wires everything; `run_until_stopped` serves.
+//! - [`serve`]: the accept loop, with a deadline on request headers.
 //! - [`routes`]: one module per resource (products, inventory, orders, health).
 //! - [`recorder`]: recording orders in batches, one commit for many.
 //! - [`publisher`]: publishing orders with confirms, the relay, decision notices.
@@ -19,6 +20,7 @@ pub mod pagination;
 pub mod publisher;
 pub mod recorder;
 pub mod routes;
+pub mod serve;
 pub mod startup;
 pub mod state;
 

@@ -10,7 +10,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use shared::Config;
 use shared::broker::{BrokerLink, Topology};
 use std::sync::Arc;
@@ -24,6 +23,7 @@ const BODY_LIMIT: usize = 64 * 1024;
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    header_read_timeout: std::time::Duration,
     shutdown: CancellationToken,
 }
 
@@ -64,6 +64,7 @@ impl Application {
             tracing::warn!("ADMIN_TOKEN is not set: anyone can create products and change stock");
         }
         let listener = TcpListener::bind(config.api_addr).await?;
+        let header_read_timeout = config.header_read_timeout;
         let state = AppState {
             recorder: Recorder::start(db.clone(), publisher.clone(), sold_out),
             db,
@@ -76,6 +77,7 @@ impl Application {
         Ok(Self {
             listener,
             router: router(state),
+            header_read_timeout,
             shutdown,
         })
     }
@@ -88,20 +90,15 @@ impl Application {
     /// Serves until `stop` fires, then stops accepting, drains in-flight
     /// requests and stops the background tasks.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
-        // Answers are small and latency matters: no Nagle delay.
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let result = axum::serve(listener, self.router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
+        crate::serve::serve(self.listener, self.router, self.header_read_timeout, stop).await;
         self.shutdown.cancel();
-        result
+        Ok(())
     }
 }
 
 /// The whole router: every route, the spec, the envelope for 404 and 405.
 pub fn router(state: AppState) -> Router {
+    let request_timeout = state.config.request_timeout;
     let (routes, _) = crate::routes::router().split_for_parts();
     let spec = openapi::document_json();
     routes
@@ -143,6 +140,37 @@ pub fn router(state: AppState) -> Router {
             .into_response()
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                // A body trickled in or a handler stuck: answer rather than hold on.
+                let mut response = match tokio::time::timeout(request_timeout, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => respond(
+                        StatusCode::REQUEST_TIMEOUT,
+                        ErrorBody {
+                            error: "REQUEST_TIMEOUT".into(),
+                            message: format!(
+                                "the request was not completed within {request_timeout:?} (REQUEST_TIMEOUT)"
+                            ),
+                        },
+                    )
+                    .into_response(),
+                };
+                // Answered before the body was read: hyper closes the
+                // connection after this response, so say so, or a client may
+                // send its next request down a connection about to close.
+                if matches!(
+                    response.status(),
+                    StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+                ) {
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                response
+            },
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

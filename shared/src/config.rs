@@ -63,6 +63,12 @@ pub struct Config {
     /// `MAX_WAITING`: most requests waiting with `Prefer: wait` at once;
     /// beyond it a request is answered at once (202) instead of waiting.
     pub max_waiting: u32,
+    /// `REQUEST_TIMEOUT`: longest an api request may take, body and
+    /// handling together (408 after it); must exceed `MAX_WAIT`.
+    pub request_timeout: Duration,
+    /// `HEADER_READ_TIMEOUT`: longest a connection may take to send a
+    /// request's headers before the api closes it.
+    pub header_read_timeout: Duration,
 }
 
 /// A value that must never be printed: its `Debug` shows `***`.
@@ -122,7 +128,18 @@ impl Config {
                 .filter(|t| !t.is_empty())
                 .map(Secret),
             max_waiting: number(get("MAX_WAITING", "1000"), 1, 1_000_000)?,
+            request_timeout: duration(get("REQUEST_TIMEOUT", "60s"))?,
+            header_read_timeout: duration(get("HEADER_READ_TIMEOUT", "10s"))?,
         };
+        if config.request_timeout <= config.max_wait {
+            return Err(ConfigError {
+                variable: "REQUEST_TIMEOUT",
+                message: format!(
+                    "{:?} must exceed MAX_WAIT ({:?}) so a waiting request can be answered",
+                    config.request_timeout, config.max_wait
+                ),
+            });
+        }
         if config.heartbeat_interval * 2 > config.lease_duration {
             return Err(ConfigError {
                 variable: "LEASE_DURATION",
@@ -229,6 +246,19 @@ mod tests {
         );
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(Config::from_lookup(|_| None).unwrap().admin_token.is_none());
+    }
+
+    #[test]
+    fn a_request_timeout_must_outlast_the_longest_wait() {
+        let err = Config::from_lookup(|n| match n {
+            "MAX_WAIT" => Some("30s".into()),
+            "REQUEST_TIMEOUT" => Some("30s".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(err.variable, "REQUEST_TIMEOUT");
+        let c = Config::from_lookup(|_| None).unwrap();
+        assert!(c.request_timeout > c.max_wait);
     }
 
     #[test]

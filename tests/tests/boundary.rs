@@ -121,3 +121,83 @@ async fn beyond_max_waiting_a_request_is_answered_without_waiting() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// Sends `head` (and nothing more) on a raw connection and returns what the
+/// api answered and how long it took to answer or hang up.
+async fn send_raw_and_read(address: &str, head: &[u8]) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    // One answer is enough; don't wait for keep-alive to end.
+                    if String::from_utf8_lossy(&answer).contains("\r\n\r\n{") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the api held a slow connection open past 10 s"
+    );
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_change_nothing() {
+    let app = TestApp::spawn(
+        Options::default()
+            .env("HEADER_READ_TIMEOUT", "500ms")
+            .env("REQUEST_TIMEOUT", "1s")
+            .env("MAX_WAIT", "500ms"),
+    )
+    .await;
+    let product = app.create_product("Kaos", 5).await;
+
+    // Headers that never end: the connection is closed.
+    let (answer, after) = send_raw_and_read(
+        &app.address,
+        b"POST /api/orders HTTP/1.1\r\nHost: flashstock\r\nContent-Type: application/json\r\n",
+    )
+    .await;
+    assert!(after >= Duration::from_millis(400), "{after:?}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+
+    // A body that never ends: 408 in the envelope.
+    let body = format!(r#"{{"product_id": {product}, "total": 1}}"#);
+    let head = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: flashstock\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len() + 10,
+        body
+    );
+    let (answer, after) = send_raw_and_read(&app.address, head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"REQUEST_TIMEOUT""#), "{answer}");
+    assert!(after >= Duration::from_millis(900), "{after:?}");
+
+    // Meanwhile and afterwards everyone else is served, and nothing was recorded.
+    let (status, _) = app.post_order(product, 1, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (orders,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(orders, 1);
+}

@@ -109,7 +109,7 @@ async fn hostile_requests_get_a_4xx_envelope_and_change_nothing() {
             .body(body.clone())
             .send()
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{method} {path} ({} bytes): {e:?}", body.len()));
         let status = r.status();
         let text = r.text().await.unwrap();
         let what = format!("{method} {path} {}", &body[..body.len().min(60)]);
