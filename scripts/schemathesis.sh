@@ -2,10 +2,17 @@
 # Contract check: runs schemathesis (from PyPI, in .venv) against a running
 # api + worker on a throwaway database and namespace, with a bounded number
 # of examples. Fails on any 5xx or any response that breaks apispec.json.
-#   bash scripts/schemathesis.sh [MAX_EXAMPLES]
+#   bash scripts/schemathesis.sh [MAX_EXAMPLES [MAX_SECONDS]]
+# With no arguments, 25 examples per operation (a quick check); CI runs
+#   bash scripts/schemathesis.sh 100 120
+# and the deeper run RELIABILITY.md reports is
+#   bash scripts/schemathesis.sh 200 300
+# (MAX_SECONDS: fuzzing and the stateful phase, which follows the spec's
+# links from product to order to payment, repeat until it is spent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAX_EXAMPLES=${1:-${SCHEMATHESIS_EXAMPLES:-25}}
+MAX_SECONDS=${2:-}
 SCHEMATHESIS_VERSION=4.32.5
 
 if [[ ! -x .venv/bin/st ]] || ! .venv/bin/st --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
@@ -42,9 +49,9 @@ for _ in $(seq 60); do
 done
 curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$logs/api.log"; exit 1; }
 
-echo "== schemathesis: $MAX_EXAMPLES examples per operation against apispec.json"
+echo "== schemathesis: $MAX_EXAMPLES examples per operation against apispec.json${MAX_SECONDS:+, for $MAX_SECONDS s}"
 status=0
-.venv/bin/st run apispec.json \
+.venv/bin/st run apispec.json ${MAX_SECONDS:+--max-time "$MAX_SECONDS"} \
   --url "http://127.0.0.1:$port" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
   --max-examples "$MAX_EXAMPLES" \

@@ -35,7 +35,7 @@ echo "== fault suite (stops and restarts MariaDB and RabbitMQ: alone, after the 
 faults=$(mktemp)
 cargo nextest run --workspace --profile faults --no-fail-fast --no-capture 2>&1 | tee "$faults"
 echo "== contract check"
-bash scripts/schemathesis.sh
+bash scripts/schemathesis.sh 100 120
 echo "== benchmark smoke run (the harness and its checks, not a speed gate)"
 bash scripts/bench.sh --debug -- --json --max-seconds 120 flash-sale --stock 500 --orders 3000 --clients 32
 bash scripts/bench.sh --debug -- --json --max-seconds 120 many-products --products 8 --stock 100 --orders 2000 --skewed

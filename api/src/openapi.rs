@@ -28,7 +28,70 @@ pub fn document() -> utoipa::openapi::OpenApi {
     )
     .merge(routes::router())
     .split_for_parts();
+    let mut api = api;
+    add_links(&mut api);
     api
+}
+
+/// OpenAPI links: where the id a response carries can be used next. They
+/// tell clients (and schemathesis' stateful phase) how the operations chain:
+/// create a product, then order it; create an order, then poll, pay or
+/// cancel it.
+fn add_links(api: &mut utoipa::openapi::OpenApi) {
+    use serde_json::json;
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::link::{Link, LinkBuilder};
+    let id = "$response.body#/data/id";
+    let to = |operation: &str| {
+        LinkBuilder::new()
+            .operation_id(operation)
+            .parameter("id", id)
+            .build()
+    };
+    let product = [
+        ("GetProduct", to("get_product")),
+        ("GetInventory", to("get_inventory")),
+        ("PutInventory", to("put_inventory")),
+        ("GetOrderSummary", to("get_order_summary")),
+        (
+            "CreateOrder",
+            LinkBuilder::new()
+                .operation_id("create_order")
+                .request_body(Some(json!({"product_id": id})))
+                .build(),
+        ),
+    ];
+    let order = [
+        ("GetOrder", to("get_order")),
+        ("PayOrder", to("pay_order")),
+        ("CancelOrder", to("cancel_order")),
+    ];
+    type Links<'a> = &'a [(&'a str, Link)];
+    let targets: [(&str, &[&str], Links); 4] = [
+        ("/api/products", &["201"], &product),
+        ("/api/orders", &["201", "202"], &order),
+        ("/api/orders/{id}/pay", &["200"], &order[..1]),
+        ("/api/orders/{id}/cancel", &["200"], &order[..1]),
+    ];
+    for (path, statuses, links) in targets {
+        let Some(operation) = api
+            .paths
+            .paths
+            .get_mut(path)
+            .and_then(|item| item.post.as_mut())
+        else {
+            continue;
+        };
+        for status in statuses {
+            if let Some(RefOr::T(response)) = operation.responses.responses.get_mut(*status) {
+                for (name, link) in links {
+                    response
+                        .links
+                        .insert((*name).to_owned(), RefOr::T(link.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// The document as the pretty JSON committed in `apispec.json`.

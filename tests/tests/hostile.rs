@@ -180,3 +180,70 @@ async fn an_idempotency_key_storm_records_one_order_per_key() {
     );
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_duplicate_headers_get_a_4xx_envelope_and_change_nothing() {
+    use reqwest::header::{HeaderMap, HeaderValue};
+    let app = spawn_app().await;
+    let product = app.create_product("Kaos", 10).await;
+    let body = json!({"product_id": product, "total": 1}).to_string();
+    let key = |v: &'static [u8]| HeaderValue::from_bytes(v).unwrap();
+    type Headers = Vec<(&'static str, HeaderValue)>;
+    let cases: Vec<(&str, Headers, StatusCode)> = vec![
+        (
+            "no content type",
+            vec![],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "two idempotency keys",
+            vec![
+                ("idempotency-key", key(b"first-key-0123456789")),
+                ("idempotency-key", key(b"second-key-0123456789")),
+            ],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "a short idempotency key",
+            vec![("idempotency-key", key(b"short"))],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "a non-ASCII idempotency key",
+            vec![("idempotency-key", key(b"key-\xff\xfe-0123456789abcdef"))],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "an idempotency key with spaces inside",
+            vec![("idempotency-key", key(b"key with spaces 0123456789"))],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (what, headers, expected) in cases {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(name, value);
+        }
+        if what != "no content type" {
+            map.insert("content-type", HeaderValue::from_static("application/json"));
+        }
+        let r = app
+            .client
+            .post(format!("{}/api/orders", app.address))
+            .headers(map)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(status, expected, "{what}: {v}");
+        assert_eq!(v["code"], status.as_u16(), "{what}");
+        assert!(v["data"]["error"].is_string(), "{what}: {v}");
+    }
+    assert!(
+        app.status_counts(product).await.is_empty(),
+        "no order recorded"
+    );
+    app.assert_invariants().await;
+}
