@@ -58,6 +58,13 @@ ensure_mariadb() {
 }
 
 ensure_rabbitmq() {
+  if ! port_open 5672 && rabbitmqctl ping >/dev/null 2>&1; then
+    # The node runs but its app was stopped (`rabbitmqctl stop_app`, as the
+    # fault suite does): start the app, not a second node.
+    log "starting the RabbitMQ app"
+    rabbitmqctl start_app >/dev/null 2>&1 || true
+    wait_for 120 port_open 5672 || { log "RabbitMQ did not start"; exit 1; }
+  fi
   if ! port_open 5672; then
     if ! command -v rabbitmq-server >/dev/null 2>&1 && [[ ! -x /usr/sbin/rabbitmq-server ]]; then
       apt_install rabbitmq-server

@@ -22,8 +22,12 @@ async fn three_workers_share_sixteen_partitions_and_a_fourth_takes_its_share() {
     assert_eq!(loads.values().sum::<usize>(), 16, "{loads:?}");
 
     app.spawn_worker(app.config.clone()).await;
-    let loads = app.wait_for_owners(|l| l.len() == 4).await;
-    assert!(loads.values().all(|&n| n >= 3), "{loads:?}");
+    // Settles (within the harness's deadline) with none below 3; right after
+    // joining, the newcomer may hold fewer while the others release.
+    let loads = app
+        .wait_for_owners(|l| l.len() == 4 && l.values().all(|&n| n >= 3))
+        .await;
+    assert_eq!(loads.values().sum::<usize>(), 16, "{loads:?}");
 
     // The system still decides correctly while partitions move.
     let product = app.create_product("Kaos", 3).await;
