@@ -141,7 +141,6 @@ async fn run(
                 }
             }
         }
-        shared::fault::point(shared::fault::API_AFTER_RECORD);
         // Publish what was recorded as PENDING, one message per partition.
         let messages: Vec<OrderMessage> = orders
             .iter()
@@ -153,6 +152,9 @@ async fn run(
                 total: *total,
             })
             .collect();
+        if !messages.is_empty() {
+            shared::fault::point(shared::fault::API_AFTER_RECORD);
+        }
         // Send now, in order; wait for the confirms (and answer) on the side
         // while the next batch is recorded.
         let sent = publisher.send_all(messages).await;

@@ -7,8 +7,8 @@
 //! SIGKILL. Only debug builds have them: in a release build [`point`] is an
 //! empty function and the variable is never read.
 
-/// The api recorded orders (committed) and has not published them: a
-/// recording batch, or one order sent with an `Idempotency-Key`.
+/// The api recorded PENDING orders (committed) and has not published them:
+/// a recording batch, or one order sent with an `Idempotency-Key`.
 pub const API_AFTER_RECORD: &str = "api-after-record";
 /// A worker wrote its decisions and has not committed them.
 pub const WORKER_BEFORE_COMMIT: &str = "worker-before-commit";

@@ -135,7 +135,7 @@ impl WorkerProcess {
 
     /// The value of counter `name` on its `/metrics` (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
-        metric(self.metrics_port, name).await
+        metric(&format!("http://127.0.0.1:{}", self.metrics_port), name).await
     }
 }
 
@@ -203,10 +203,10 @@ impl DerefMut for ApiProcess {
     }
 }
 
-/// The value of the unlabelled sample `name` at `127.0.0.1:{port}/metrics`
-/// (0 when absent or unreachable).
-pub async fn metric(port: u16, name: &str) -> f64 {
-    let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+/// The value of the unlabelled sample `name` at `{base}/metrics` (0 when
+/// absent or unreachable).
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let Ok(response) = reqwest::get(format!("{base}/metrics")).await else {
         return 0.0;
     };
     let text = response.text().await.unwrap_or_default();
