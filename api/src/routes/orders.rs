@@ -102,7 +102,7 @@ pub enum OrderOrError {
     request_body = CreateOrder,
     params(
         ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (capped by MAX_WAIT) for the decision"),
-        ("Idempotency-Key" = Option<String>, Header, description = "16 to 255 visible ASCII characters (a random UUID is ideal): resending the same key with the same body returns the same order; with another body, 422"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters (a random UUID is ideal): resending the same key with the same body returns the same order; with another body, 422"),
     ),
     responses(
         (status = 201, description = "Decided and accepted (with `Prefer: wait`)", body = Envelope<Order>),
