@@ -17,6 +17,15 @@ pub enum Server {
     MariaDb,
 }
 
+impl Server {
+    fn port(self) -> u16 {
+        match self {
+            Server::RabbitMq => 5672,
+            Server::MariaDb => 3306,
+        }
+    }
+}
+
 /// A server stopped by a test; started again by [`Outage::heal`] or on drop.
 #[derive(Debug)]
 pub struct Outage {
@@ -52,7 +61,7 @@ impl Outage {
             .unwrap_or_else(|e| panic!("{program} runs: {e}"));
         assert!(status.success(), "{program} {args:?}: {status}");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while port_open(outage.port()) {
+        while port_open(server.port()) {
             assert!(Instant::now() < deadline, "{server:?} did not stop");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -68,13 +77,6 @@ impl Outage {
             .expect("starting the server");
         if let Err(e) = started {
             panic!("{e}");
-        }
-    }
-
-    fn port(&self) -> u16 {
-        match self.server {
-            Server::RabbitMq => 5672,
-            Server::MariaDb => 3306,
         }
     }
 }
@@ -102,12 +104,8 @@ fn start(server: Server) -> Result<(), String> {
     if !status.as_ref().is_ok_and(|s| s.success()) {
         eprintln!("{program} {args:?}: {status:?}");
     }
-    let port = match server {
-        Server::RabbitMq => 5672,
-        Server::MariaDb => 3306,
-    };
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !port_open(port) {
+    while !port_open(server.port()) {
         if Instant::now() > deadline {
             return Err(format!("{server:?} did not start again"));
         }

@@ -26,9 +26,9 @@ const PROGRESS: Duration = Duration::from_secs(60);
 
 /// A system with no in-process worker, 8 partitions and short leases, and
 /// its products: four that never sell out and two that do.
-async fn world(options: Options) -> (TestApp, HashMap<u64, i64>) {
+async fn world() -> (TestApp, HashMap<u64, i64>) {
     let app = TestApp::spawn(
-        options
+        Options::default()
             .workers(0)
             .env("ORDER_PARTITIONS", "8")
             .env("HEARTBEAT_INTERVAL", "200ms")
@@ -46,6 +46,20 @@ async fn world(options: Options) -> (TestApp, HashMap<u64, i64>) {
         );
     }
     (app, stock)
+}
+
+/// [`world`] with one worker process, once it owns every partition.
+async fn world_with_one_worker() -> (TestApp, HashMap<u64, i64>, WorkerProcess) {
+    let (app, stock) = world().await;
+    let worker = app.spawn_worker_process();
+    app.wait_for_owners(|l| l.len() == 1).await;
+    (app, stock, worker)
+}
+
+/// Starts sampling the stock invariant and the load, sending to `target`.
+fn start_load(app: &TestApp, stock: &HashMap<u64, i64>, target: &Target) -> (Load, Sampler) {
+    let sampler = Sampler::start(&app.config.database_url);
+    (Load::start(target, plan(stock)), sampler)
 }
 
 fn plan(stock: &HashMap<u64, i64>) -> Plan {
@@ -96,12 +110,11 @@ async fn killed_at_fault_point(process: &mut Process) {
 async fn kill_a_worker_at(
     point: &str,
 ) -> (TestApp, HashMap<u64, i64>, WorkerProcess, Load, Sampler) {
-    let (app, stock) = world(Options::default()).await;
+    let (app, stock) = world().await;
     let steady = app.spawn_worker_process();
     let mut doomed = app.spawn_worker_process_with(&[("FLASHSTOCK_FAULT", format!("{point}@40"))]);
     app.wait_for_owners(|l| l.len() == 2).await;
-    let sampler = Sampler::start(&app.config.database_url);
-    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
     killed_at_fault_point(&mut doomed).await;
     (app, stock, steady, load, sampler)
 }
@@ -142,9 +155,7 @@ async fn a_worker_killed_after_commit_before_ack_decides_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_killed_between_recording_and_publishing_loses_nothing() {
-    let (app, stock) = world(Options::default()).await;
-    let _worker = app.spawn_worker_process();
-    app.wait_for_owners(|l| l.len() == 1).await;
+    let (app, stock, _worker) = world_with_one_worker().await;
     let mut doomed = app
         .spawn_api_process(&[(
             "FLASHSTOCK_FAULT",
@@ -152,8 +163,7 @@ async fn an_api_killed_between_recording_and_publishing_loses_nothing() {
         )])
         .await;
     let target = Target::new(&doomed.address);
-    let sampler = Sampler::start(&app.config.database_url);
-    let load = Load::start(&target, plan(&stock));
+    let (load, sampler) = start_load(&app, &stock, &target);
 
     // Its 30th batch is committed and never published; its clients get no
     // answer and retry, with the same keys, on the api that replaces it.
@@ -180,11 +190,8 @@ async fn an_api_killed_between_recording_and_publishing_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_stopped_and_started_under_load_loses_nothing() {
-    let (app, stock) = world(Options::default()).await;
-    let _worker = app.spawn_worker_process();
-    app.wait_for_owners(|l| l.len() == 1).await;
-    let sampler = Sampler::start(&app.config.database_url);
-    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    let (app, stock, _worker) = world_with_one_worker().await;
+    let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
     load.wait_for_more(500, PROGRESS).await;
 
     let mut outage = Outage::begin(Server::RabbitMq).await;
@@ -197,11 +204,8 @@ async fn rabbitmq_stopped_and_started_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_stopped_and_started_under_load_loses_nothing() {
-    let (app, stock) = world(Options::default()).await;
-    let _worker = app.spawn_worker_process();
-    app.wait_for_owners(|l| l.len() == 1).await;
-    let sampler = Sampler::start(&app.config.database_url);
-    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    let (app, stock, _worker) = world_with_one_worker().await;
+    let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
     load.wait_for_more(500, PROGRESS).await;
 
     let mut outage = Outage::begin(Server::MariaDb).await;
@@ -219,11 +223,8 @@ async fn mariadb_stopped_and_started_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_messages_have_no_effect() {
-    let (app, stock) = world(Options::default()).await;
-    let _worker = app.spawn_worker_process();
-    app.wait_for_owners(|l| l.len() == 1).await;
-    let sampler = Sampler::start(&app.config.database_url);
-    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    let (app, stock, _worker) = world_with_one_worker().await;
+    let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
     load.wait_for_more(500, PROGRESS).await;
 
     // Publish every order recorded so far once more, as a broker
@@ -258,11 +259,8 @@ async fn duplicate_messages_have_no_effect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_set_aside_and_the_partitions_flow_on() {
-    let (app, stock) = world(Options::default()).await;
-    let worker = app.spawn_worker_process();
-    app.wait_for_owners(|l| l.len() == 1).await;
-    let sampler = Sampler::start(&app.config.database_url);
-    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    let (app, stock, worker) = world_with_one_worker().await;
+    let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
     load.wait_for_more(300, PROGRESS).await;
 
     let topology = app.topology();
@@ -291,12 +289,11 @@ async fn poison_messages_are_set_aside_and_the_partitions_flow_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_paused_past_its_lease_loses_nothing() {
-    let (app, stock) = world(Options::default()).await;
+    let (app, stock) = world().await;
     let _steady = app.spawn_worker_process();
     let paused = app.spawn_worker_process();
     app.wait_for_owners(|l| l.len() == 2).await;
-    let sampler = Sampler::start(&app.config.database_url);
-    let load = Load::start(&Target::new(&app.address), plan(&stock));
+    let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
     load.wait_for_more(500, PROGRESS).await;
 
     paused.signal("STOP");
