@@ -298,6 +298,15 @@ impl BrokerLink {
         self.connection().is_some()
     }
 
+    /// Whether the broker has blocked this connection (a memory or disk
+    /// alarm): publishes on it wait until the alarm clears.
+    pub fn is_blocked(&self) -> bool {
+        self.current
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.status().blocked())
+    }
+
     /// A receiver that changes whenever the connection is replaced or lost.
     pub fn watch(&self) -> watch::Receiver<Option<Arc<Connection>>> {
         self.current.clone()
@@ -349,11 +358,16 @@ async fn supervise(
                         let _ = conn.close(200, "shutting down".into()).await;
                         return;
                     }
-                    event = events.next() => {
-                        if matches!(event, None | Some(lapin::Event::Error(_))) {
-                            break;
+                    event = events.next() => match event {
+                        None | Some(lapin::Event::Error(_)) => break,
+                        Some(lapin::Event::ConnectionBlocked(reason)) => {
+                            tracing::warn!(%reason, "the broker blocked this connection: publishes wait until its alarm clears");
                         }
-                    }
+                        Some(lapin::Event::ConnectionUnblocked) => {
+                            tracing::info!("the broker unblocked this connection");
+                        }
+                        Some(_) => {}
+                    },
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }

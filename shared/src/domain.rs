@@ -243,6 +243,9 @@ pub mod reason {
     pub const PRODUCT_NOT_FOUND: &str = "PRODUCT_NOT_FOUND";
     /// The order's message could not be processed within the delivery limit.
     pub const DEAD_LETTERED: &str = "DEAD_LETTERED";
+    /// Deciding this order failed in the database for a reason that is not
+    /// transient, while the orders around it were decided; it holds nothing.
+    pub const DECISION_FAILED: &str = "DECISION_FAILED";
 }
 
 #[cfg(test)]

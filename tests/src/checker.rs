@@ -344,6 +344,12 @@ pub struct Report {
     pub unexpected: usize,
     /// Orders rejected as sold out while enough was left for them.
     pub dishonest: usize,
+    /// Orders rejected `DEAD_LETTERED`: every order the load submits is
+    /// healthy, so each one is a finding.
+    pub dead_lettered: usize,
+    /// Orders rejected `DECISION_FAILED` (only a test that breaks one
+    /// order's decision on purpose expects any).
+    pub decision_failed: usize,
     /// Invariant samples taken during the run.
     pub samples: u64,
     /// Samples (and final reads) with `reserved` outside `0..=stored`.
@@ -481,6 +487,17 @@ fn match_orders(submissions: &[Submission], orders: &[StoredOrder], report: &mut
                 "unexpected: order {} ({}, {}, {}) matches no submission",
                 order.id, order.product_id, order.total, order.status
             ));
+        }
+        match order.reason.as_deref() {
+            Some(shared::domain::reason::DEAD_LETTERED) => {
+                report.dead_lettered += 1;
+                report.findings.push(format!(
+                    "dead-lettered: healthy order {} was rejected DEAD_LETTERED",
+                    order.id
+                ));
+            }
+            Some(shared::domain::reason::DECISION_FAILED) => report.decision_failed += 1,
+            _ => {}
         }
         match order.status.as_str() {
             "PENDING" => {}

@@ -220,25 +220,38 @@ impl TestApp {
             .push(tokio::spawn(worker.run_until_stopped(self.stop.clone())));
     }
 
-    /// Publishes raw bytes to the queue of partition `partition`, as a
-    /// misbehaving producer would.
+    /// Publishes raw bytes to `routing_key` on `exchange`, as a misbehaving
+    /// producer would.
     pub async fn publish_raw(&self, exchange: &str, routing_key: &str, payload: &[u8]) {
+        self.publish_raw_many(exchange, &[(routing_key.to_owned(), payload.to_vec())])
+            .await;
+    }
+
+    /// Publishes several raw messages, in order, over one connection, and
+    /// waits for the broker's confirms.
+    pub async fn publish_raw_many(&self, exchange: &str, messages: &[(String, Vec<u8>)]) {
         use lapin::options::BasicPublishOptions;
         let conn = shared::broker::connect(&amqp_url(), "flashstock test publisher")
             .await
             .unwrap();
         let ch = shared::broker::confirm_channel(&conn).await.unwrap();
-        ch.basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            payload,
-            lapin::BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (routing_key, payload) in messages {
+            let confirm = ch
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    payload,
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap();
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            confirm.await.unwrap();
+        }
         let _ = conn.close(200, "done".into()).await;
     }
 

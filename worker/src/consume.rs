@@ -1,29 +1,28 @@
 //! The consume loops: one per owned partition, plus the dead-letter queue.
 //! They only receive, call [`decide_batch`], commit, ack and announce.
 
-use crate::decide::{Decided, Decision, Outcome, decide_fenced, reject_dead_lettered};
+use crate::decide::{
+    Decided, Decision, Outcome, decide_fenced, reject_dead_lettered, reject_undecidable,
+};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use backon::BackoffBuilder;
 use futures::{FutureExt, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, message::Delivery};
+use lapin::{Channel, Connection, message::Delivery};
 use shared::Config;
 use shared::broker::{BrokerLink, Topology, retry_policy};
 use shared::db;
 use shared::db::leases::Lease;
-use shared::message::{DecidedOrder, DecisionNotice, parse_orders};
+use shared::message::{DecidedOrder, DecisionNotice, OrderMessage, parse_orders};
 use sqlx::MySqlPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Attempts at a batch that keeps failing for a reason that is not
-/// transient, before its messages go back to the queue (where the delivery
-/// limit eventually dead-letters a poison message).
+/// transient, before it is split to find the order at fault.
 const MAX_PERMANENT_FAILURES: u32 = 3;
 
 /// What every consume loop needs.
@@ -40,6 +39,8 @@ pub struct Context {
     pub worker_id: String,
     /// Counters served at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Announces decisions, over a connection of its own.
+    pub notifier: Notifier,
 }
 
 /// Why a consume session ended early.
@@ -51,6 +52,8 @@ enum SessionError {
     Closed,
     #[error("the partition lease was lost")]
     Fenced,
+    #[error("an order could be neither decided nor rejected")]
+    Undecidable,
 }
 
 /// Consumes the partition of `lease` until `shutdown` or until the lease
@@ -133,7 +136,11 @@ async fn partition_session(
     }
 }
 
-/// Decides one batch of deliveries and settles them.
+/// Decides one batch of deliveries and settles them: malformed messages
+/// are rejected to the dead-letter queue at once, every other one is acked
+/// (with one multiple-ack on the last readable delivery) only after all its
+/// orders are committed. A tag is settled once: a rejected tag is never
+/// covered by the ack, so the broker never sees an unknown tag.
 async fn process_batch(
     ctx: &Context,
     ch: &Channel,
@@ -141,14 +148,17 @@ async fn process_batch(
     lease: &Lease,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let last_tag = batch.last().map(|d| d.delivery_tag).unwrap_or_default();
+    let mut ack_tag = None;
     let mut orders = Vec::with_capacity(batch.len());
     for d in &batch {
         if d.redelivered {
             Metrics::inc(&ctx.metrics.redeliveries);
         }
         match parse_orders(&d.data) {
-            Ok(batch) => orders.extend(batch),
+            Ok(batch) => {
+                orders.extend(batch);
+                ack_tag = Some(d.delivery_tag);
+            }
             Err(e) => {
                 Metrics::inc(&ctx.metrics.poison);
                 // Poison: straight to the dead-letter queue, the partition flows on.
@@ -158,63 +168,104 @@ async fn process_batch(
             }
         }
     }
-    if orders.is_empty() {
+    let Some(ack_tag) = ack_tag else {
         return Ok(());
-    }
+    };
 
     // Messages carry several orders each: decide at most a batch per
     // transaction, and acknowledge only once every one has committed.
-    let mut decisions = Vec::with_capacity(orders.len());
-    let mut sold_out = Vec::new();
+    let mut decided = Decided::default();
     for chunk in orders.chunks(usize::from(ctx.config.worker_batch_size)) {
-        match decide_with_retry(ctx, ch, chunk, lease, shutdown).await? {
-            Some(decided) => {
-                decisions.extend(decided.decisions);
-                sold_out.extend(decided.sold_out);
-            }
-            None => {
-                // Not decidable now: back to the queue, where the delivery
-                // limit dead-letters a message that never succeeds.
-                ch.basic_nack(
-                    last_tag,
-                    BasicNackOptions {
-                        multiple: true,
-                        requeue: true,
-                    },
-                )
-                .await?;
-                return Ok(());
-            }
-        }
+        let part =
+            decide_isolating(ctx, ch, chunk, lease, shutdown, MAX_PERMANENT_FAILURES).await?;
+        decided.decisions.extend(part.decisions);
+        decided.sold_out.extend(part.sold_out);
     }
     // Committed: now, and only now, acknowledge.
     shared::fault::point(shared::fault::WORKER_AFTER_COMMIT);
-    ch.basic_ack(last_tag, BasicAckOptions { multiple: true })
+    ch.basic_ack(ack_tag, BasicAckOptions { multiple: true })
         .await?;
-    record(&ctx.metrics, &decisions);
-    sold_out.sort_unstable();
-    sold_out.dedup();
-    announce(
-        ch,
-        &ctx.topology,
-        DecisionNotice {
-            decisions: decisions.iter().filter_map(Decision::notice).collect(),
-            sold_out,
-        },
-    )
-    .await;
+    record(&ctx.metrics, &decided.decisions);
+    decided.sold_out.sort_unstable();
+    decided.sold_out.dedup();
+    ctx.notifier
+        .announce(&DecisionNotice {
+            decisions: decided
+                .decisions
+                .iter()
+                .filter_map(Decision::notice)
+                .collect(),
+            sold_out: decided.sold_out,
+        })
+        .await;
     Ok(())
 }
 
+/// Decides `orders` in arrival order. When their transaction keeps failing
+/// for a reason that is not transient (after `attempts` tries), the batch is
+/// split in halves, each decided in turn, down to the one order at fault,
+/// which is rejected `DECISION_FAILED`: one bad order never holds back, or
+/// dead-letters, the healthy ones around it.
+async fn decide_isolating(
+    ctx: &Context,
+    ch: &Channel,
+    orders: &[OrderMessage],
+    lease: &Lease,
+    shutdown: &CancellationToken,
+    attempts: u32,
+) -> Result<Decided, SessionError> {
+    if let Some(decided) = decide_with_retry(ctx, ch, orders, lease, shutdown, attempts).await? {
+        return Ok(decided);
+    }
+    if let [order] = orders {
+        return reject_failed(ctx, order, lease).await;
+    }
+    let (first, second) = orders.split_at(orders.len() / 2);
+    let mut decided = Box::pin(decide_isolating(ctx, ch, first, lease, shutdown, 1)).await?;
+    let rest = Box::pin(decide_isolating(ctx, ch, second, lease, shutdown, 1)).await?;
+    decided.decisions.extend(rest.decisions);
+    decided.sold_out.extend(rest.sold_out);
+    Ok(decided)
+}
+
+/// Rejects one order that cannot be decided (`DECISION_FAILED`), fenced like
+/// any decision. If even that fails, the session ends and the broker
+/// redelivers, and in the end dead-letters, the message.
+async fn reject_failed(
+    ctx: &Context,
+    order: &OrderMessage,
+    lease: &Lease,
+) -> Result<Decided, SessionError> {
+    tracing::error!(order_id = %order.order_id, product_id = %order.product_id, "an order cannot be decided; rejecting it DECISION_FAILED");
+    match reject_undecidable(&ctx.db, order.order_id, lease).await {
+        Ok(Some(decision)) => {
+            Metrics::inc(&ctx.metrics.decision_failed);
+            Ok(Decided {
+                decisions: vec![decision],
+                sold_out: Vec::new(),
+            })
+        }
+        Ok(None) => {
+            Metrics::inc(&ctx.metrics.fenced);
+            Err(SessionError::Fenced)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, order_id = %order.order_id, "could not reject an undecidable order");
+            Err(SessionError::Undecidable)
+        }
+    }
+}
+
 /// One fenced deciding transaction for `orders`, retried with backoff while
-/// the database is unavailable. `None` after repeated failures that are not
-/// transient.
+/// the database is unavailable. `None` after `attempts` failures that are
+/// not transient.
 async fn decide_with_retry(
     ctx: &Context,
     ch: &Channel,
-    orders: &[shared::message::OrderMessage],
+    orders: &[OrderMessage],
     lease: &Lease,
     shutdown: &CancellationToken,
+    attempts: u32,
 ) -> Result<Option<Decided>, SessionError> {
     let mut delays = retry_policy().build();
     let mut permanent_failures = 0;
@@ -228,8 +279,8 @@ async fn decide_with_retry(
             Err(e) => {
                 if !db::is_transient(&e) {
                     permanent_failures += 1;
-                    tracing::error!(error = %e, orders = orders.len(), "deciding a batch failed");
-                    if permanent_failures >= MAX_PERMANENT_FAILURES {
+                    tracing::warn!(error = %e, orders = orders.len(), "deciding a batch failed");
+                    if permanent_failures >= attempts {
                         return Ok(None);
                     }
                 } else {
@@ -266,27 +317,6 @@ fn record(metrics: &Metrics, decisions: &[Decision]) {
         }
     }
     tracing::debug!(orders = decisions.len(), "batch decided");
-}
-
-/// Announces committed decisions on the decisions fanout, best effort:
-/// waiting requests fall back to reading the order.
-async fn announce(ch: &Channel, topology: &Topology, notice: DecisionNotice) {
-    if notice.decisions.is_empty() && notice.sold_out.is_empty() {
-        return;
-    }
-    let payload = serde_json::to_vec(&notice).expect("a notice serializes");
-    if let Err(e) = ch
-        .basic_publish(
-            topology.decisions_exchange().into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            &payload,
-            BasicProperties::default().with_content_type("application/json".into()),
-        )
-        .await
-    {
-        tracing::warn!(error = %e, "could not announce decisions");
-    }
 }
 
 /// Consumes the dead-letter queue: each order whose message died is decided
@@ -364,7 +394,7 @@ async fn handle_dead_letter(
                             decisions: vec![notice],
                             sold_out: Vec::new(),
                         };
-                        announce(ch, &ctx.topology, notice).await;
+                        ctx.notifier.announce(&notice).await;
                     }
                     break;
                 }

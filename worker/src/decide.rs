@@ -266,6 +266,41 @@ pub async fn decide_fenced(
     Ok(Some(decisions))
 }
 
+/// Rejects an order whose deciding transaction fails on its own for a
+/// reason that is not transient (`DECISION_FAILED`), in a transaction fenced
+/// by `lease`: `Ok(None)` when the partition is no longer this worker's;
+/// `AlreadyDecided` when it is no longer PENDING.
+pub async fn reject_undecidable(
+    db: &sqlx::MySqlPool,
+    order: OrderId,
+    lease: &Lease,
+) -> Result<Option<Decision>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    if !leases::check_fence(&mut tx, lease).await? {
+        return Ok(None);
+    }
+    let result = sqlx::query(
+        "UPDATE orders SET status = 'REJECTED', reason = ?, decided_at = NOW(6), decided_by = ?, \
+         decided_epoch = ? WHERE id = ? AND status = 'PENDING'",
+    )
+    .bind(reason::DECISION_FAILED)
+    .bind(&lease.owner)
+    .bind(lease.epoch)
+    .bind(order.uuid())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(Decision {
+        order_id: order,
+        outcome: if result.rows_affected() == 1 {
+            Outcome::Rejected(reason::DECISION_FAILED)
+        } else {
+            Outcome::AlreadyDecided
+        },
+        waited: Duration::ZERO,
+    }))
+}
+
 /// Rejects a dead-lettered order if it is still PENDING; true when it was.
 pub async fn reject_dead_lettered(
     db: &sqlx::MySqlPool,

@@ -3,6 +3,7 @@
 //! - [`decide`]: the core, `decide_batch`, a plain function over a transaction.
 //! - [`consume`]: the loops that receive, decide, commit, ack and announce.
 //! - [`ownership`]: partition leases across workers (heartbeat, rendezvous, fencing).
+//! - [`notify`]: decision notices, published over a connection of their own.
 //! - [`metrics`]: counters and histograms served at `/metrics`.
 //! - [`sweep`]: expiry of accepted orders nobody paid in time.
 //! - [`Worker`]: builds everything from the configuration and runs it.
@@ -10,6 +11,7 @@
 pub mod consume;
 pub mod decide;
 pub mod metrics;
+pub mod notify;
 pub mod ownership;
 pub mod sweep;
 
@@ -48,7 +50,18 @@ impl Worker {
             shutdown.clone(),
         )
         .await?;
+        // Publishing on a connection of its own: a broker alarm blocks
+        // publishing connections, and must not stop the consumers' acks.
+        let notify_link = BrokerLink::start(
+            config.amqp_url.clone(),
+            format!("flashstock {worker_id} notices"),
+            topology.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        let metrics: Arc<metrics::Metrics> = Arc::default();
         let metrics_listener = TcpListener::bind(config.worker_metrics_addr).await?;
+        let topology_for_notices = topology.clone();
         Ok(Self {
             ctx: Arc::new(Context {
                 db,
@@ -56,7 +69,8 @@ impl Worker {
                 topology,
                 config: Arc::new(config),
                 worker_id,
-                metrics: Arc::default(),
+                notifier: notify::Notifier::new(notify_link, topology_for_notices, metrics.clone()),
+                metrics,
             }),
             metrics_listener,
             shutdown,

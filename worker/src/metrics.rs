@@ -26,6 +26,11 @@ pub struct Metrics {
     pub dead_lettered_rejected: AtomicU64,
     /// Batches abandoned because the partition lease was lost.
     pub fenced: AtomicU64,
+    /// Orders rejected `DECISION_FAILED`: their own transaction failed for a
+    /// reason that is not transient.
+    pub decision_failed: AtomicU64,
+    /// Decision notices that could not be published in time (dropped).
+    pub notices_dropped: AtomicU64,
     /// Reservations expired by this worker's sweeper.
     pub expired: AtomicU64,
     /// Partitions this worker holds now.
@@ -46,6 +51,8 @@ impl Default for Metrics {
             poison: AtomicU64::new(0),
             dead_lettered_rejected: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
+            decision_failed: AtomicU64::new(0),
+            notices_dropped: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             partitions_owned: AtomicU64::new(0),
             decision_latency: Histogram::new(&LATENCY_BOUNDS),
@@ -95,6 +102,16 @@ impl Metrics {
             "flashstock_worker_fenced_batches_total",
             "Batches abandoned because the partition lease was lost.",
             &[("", &self.fenced)],
+        );
+        w.counter(
+            "flashstock_worker_decision_failed_total",
+            "Orders rejected DECISION_FAILED: their own deciding transaction failed for a reason that is not transient.",
+            &[("", &self.decision_failed)],
+        );
+        w.counter(
+            "flashstock_worker_notices_dropped_total",
+            "Decision notices not published in time (broker blocked or down); waiting requests read their orders instead.",
+            &[("", &self.notices_dropped)],
         );
         w.counter(
             "flashstock_worker_expired_total",
