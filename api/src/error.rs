@@ -27,6 +27,14 @@ pub enum ApiError {
     /// A dependency (database or broker) is down: 503 with `Retry-After`.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Past capacity: 503 `OVERLOADED` with `Retry-After`; nothing was recorded.
+    #[error("overloaded: {message}")]
+    Overloaded {
+        /// When to try again.
+        retry_after: std::time::Duration,
+        /// Human-readable explanation.
+        message: String,
+    },
     /// Anything unexpected: logged, answered with a bare 500.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -143,6 +151,24 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+                response
+            }
+            Self::Overloaded {
+                retry_after,
+                message,
+            } => {
+                let mut response = respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorBody {
+                        error: "OVERLOADED".to_owned(),
+                        message,
+                    },
+                );
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_str(&secs.to_string()).expect("digits are a header value"),
                 );
                 response
             }

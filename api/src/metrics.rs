@@ -18,10 +18,30 @@ pub struct Metrics {
     pub publish_failures: AtomicU64,
     /// Orders the relay republished.
     pub relay_republished: AtomicU64,
+    /// Orders answered 503 `OVERLOADED` and not recorded (past capacity,
+    /// or refused by a full partition queue).
+    pub orders_shed: AtomicU64,
     /// Decision notices received, by outcome.
     pub notified_accepted: AtomicU64,
     /// Decision notices received, by outcome.
     pub notified_rejected: AtomicU64,
+}
+
+/// Values read at scrape time.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// The broker connection is up.
+    pub broker_up: bool,
+    /// The broker blocked the connection.
+    pub broker_blocked: bool,
+    /// Admitted, undecided orders.
+    pub undecided: usize,
+    /// Orders with a request waiting.
+    pub waiters: usize,
+    /// Unpublished orders kept for the relay.
+    pub deferred: usize,
+    /// Ids not yet confirmed on the broker.
+    pub unconfirmed: usize,
 }
 
 impl Metrics {
@@ -30,8 +50,8 @@ impl Metrics {
         prometheus::inc(counter);
     }
 
-    /// The Prometheus text exposition of every counter, plus `broker_up`.
-    pub fn render(&self, broker_up: bool) -> String {
+    /// The Prometheus text exposition of every counter, plus the gauges.
+    pub fn render(&self, gauges: &Gauges) -> String {
         let mut w = Writer::new();
         w.counter(
             "flashstock_api_orders_recorded_total",
@@ -71,10 +91,40 @@ impl Metrics {
                 ("status=\"REJECTED\"", &self.notified_rejected),
             ],
         );
+        w.counter(
+            "flashstock_api_orders_shed_total",
+            "Orders answered 503 OVERLOADED and not recorded: past capacity, or refused by a full partition queue.",
+            &[("", &self.orders_shed)],
+        );
         w.gauge(
             "flashstock_api_broker_up",
             "Whether the broker connection is up.",
-            u64::from(broker_up),
+            u64::from(gauges.broker_up),
+        );
+        w.gauge(
+            "flashstock_api_broker_blocked",
+            "Whether the broker blocked this api's connection (a memory or disk alarm); orders are shed meanwhile.",
+            u64::from(gauges.broker_blocked),
+        );
+        w.gauge(
+            "flashstock_api_orders_undecided",
+            "Orders this api admitted that are not decided yet.",
+            gauges.undecided as u64,
+        );
+        w.gauge(
+            "flashstock_api_waiters",
+            "Orders with a request waiting for their decision (Prefer: wait).",
+            gauges.waiters as u64,
+        );
+        w.gauge(
+            "flashstock_api_deferred_orders",
+            "Recorded orders whose publish failed, kept in memory for the relay.",
+            gauges.deferred as u64,
+        );
+        w.gauge(
+            "flashstock_api_unconfirmed_orders",
+            "Order ids handed out whose orders are not yet confirmed by the broker.",
+            gauges.unconfirmed as u64,
         );
         w.finish()
     }

@@ -1,17 +1,27 @@
 //! Recording and publishing orders in batches: concurrent requests hand
-//! their order to one of two background loops, which writes everything that has
-//! queued up meanwhile in a single transaction (one multi-row INSERT, one
-//! commit), publishes it as one message per partition with confirms, and
-//! answers each request. Under load this turns one commit and one message
-//! per order into one of each per batch; alone, a request waits for nobody.
+//! their order to one of two background loops, which writes everything that
+//! has queued up meanwhile in a single transaction (one multi-row INSERT,
+//! one commit; orders with an `Idempotency-Key` one by one, since their
+//! unique key decides), publishes it as messages per partition with
+//! confirms, and answers each request. Under load this turns one commit and
+//! one message per order into one of each per batch; alone, a request
+//! waits for nobody.
+//!
+//! An order whose client has gone before its batch starts is not recorded.
+//! Once a batch is taken its requests are *claimed*: the api answers them
+//! with what was recorded, whatever the request's own timeout says.
 
-use crate::publisher::Publisher;
-use shared::db::{self, orders::OrderRow};
+use crate::metrics::Metrics;
+use crate::outbox::{NewId, Outbox};
+use crate::publisher::{PublishError, Publisher};
+use crate::sold_out::SoldOut;
+use shared::db::{self, orders::IdempotencyKey, orders::OrderRow};
 use shared::domain::{OrderId, ProductId, Quantity};
 use shared::message::OrderMessage;
 use sqlx::MySqlPool;
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// Recording loops: while one waits on the database, the other records.
@@ -19,137 +29,163 @@ const LOOPS: usize = 2;
 /// Most orders one recording transaction takes.
 const MAX_BATCH: usize = 500;
 
-/// The recorded row, and whether its message was confirmed (if not, the
-/// relay has it).
-pub type Recorded = (OrderRow, bool);
+/// What became of a submission.
+#[derive(Debug)]
+pub enum Recorded {
+    /// A new order was recorded (PENDING, or REJECTED on the spot when its
+    /// product was sold out).
+    New(OrderRow),
+    /// The idempotency key was used before with the same request: that order.
+    Existing(OrderRow),
+    /// The idempotency key was used before with a different request.
+    KeyReused,
+    /// The broker refused the order's message (its partition queue is full):
+    /// the order was removed again, and the client is told to come back.
+    Shed,
+}
+
+/// A submission for the recorder.
+pub struct Submission {
+    /// The new order's id, unconfirmed in the outbox until published.
+    pub id: NewId,
+    /// The product.
+    pub product: ProductId,
+    /// Units.
+    pub total: Quantity,
+    /// The scoped idempotency key, if the client sent one.
+    pub key: Option<IdempotencyKey>,
+    /// Set when the recorder takes the submission.
+    pub claimed: Claimed,
+}
+
+/// Set once the recorder has taken a request's order: from then on the
+/// order may be recorded, so the request waits for the answer rather than
+/// time out (the rest of the way is bounded by the database's and the
+/// broker's own timeouts). The request-timeout layer puts one in every
+/// request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed(Arc<AtomicBool>);
+
+impl Claimed {
+    /// Whether the order was taken.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
 
 type Reply = oneshot::Sender<Result<Recorded, sqlx::Error>>;
 
 struct Job {
-    order: (OrderId, ProductId, Quantity),
+    submission: Submission,
     reply: Reply,
 }
 
-/// Products the workers reported sold out. Only a hint: for these the
-/// recorder reads the stock before queueing, and an order for one that
-/// still has nothing available is rejected on the spot; a product found
-/// with stock again leaves the set.
-#[derive(Clone, Default)]
-pub struct SoldOut(Arc<RwLock<HashSet<ProductId>>>);
-
-impl SoldOut {
-    /// Notes products the workers found with nothing available.
-    pub fn mark(&self, products: &[ProductId]) {
-        if !products.is_empty() {
-            self.0
-                .write()
-                .expect("sold-out lock")
-                .extend(products.iter().copied());
-        }
-    }
-
-    /// The hinted products among `products`, once each.
-    fn among(&self, products: impl Iterator<Item = ProductId>) -> Vec<ProductId> {
-        let hinted = self.0.read().expect("sold-out lock");
-        if hinted.is_empty() {
-            return Vec::new();
-        }
-        let mut found: Vec<ProductId> = products.filter(|p| hinted.contains(p)).collect();
-        found.sort_unstable();
-        found.dedup();
-        found
-    }
-
-    /// Forgets products found with stock available.
-    fn clear(&self, products: &[ProductId]) {
-        if !products.is_empty() {
-            let mut hinted = self.0.write().expect("sold-out lock");
-            for p in products {
-                hinted.remove(p);
-            }
-        }
-    }
-}
-
-/// Hands orders to the batching task. Cheap to clone.
+/// Hands orders to the batching loops. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
     jobs: mpsc::Sender<Job>,
 }
 
+/// What the recording loops share.
+#[derive(Clone)]
+struct Loop {
+    db: MySqlPool,
+    publisher: Publisher,
+    outbox: Outbox,
+    sold_out: SoldOut,
+    api_id: Arc<str>,
+}
+
 impl Recorder {
-    /// Starts the batching task on `db` and `publisher`; it ends when every
-    /// `Recorder` is dropped.
-    pub fn start(db: MySqlPool, publisher: Publisher, sold_out: SoldOut) -> Self {
+    /// Starts the batching loops; they end when every `Recorder` is dropped.
+    pub fn start(
+        db: MySqlPool,
+        publisher: Publisher,
+        outbox: Outbox,
+        sold_out: SoldOut,
+        api_id: &str,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let shared = Loop {
+            db,
+            publisher,
+            outbox,
+            sold_out,
+            api_id: api_id.into(),
+        };
         for _ in 0..LOOPS {
-            tokio::spawn(run(
-                db.clone(),
-                publisher.clone(),
-                sold_out.clone(),
-                rx.clone(),
-            ));
+            tokio::spawn(shared.clone().run(rx.clone()));
         }
         Self { jobs: tx }
     }
 
-    /// Records one PENDING order and publishes it; returns once it is
-    /// committed and its message confirmed (or left to the relay).
-    pub async fn record(
-        &self,
-        id: OrderId,
-        product: ProductId,
-        total: Quantity,
-    ) -> Result<Recorded, sqlx::Error> {
+    /// Records `submission` and publishes it; returns once it is committed
+    /// and its message confirmed (or left to the relay).
+    pub async fn record(&self, submission: Submission) -> Result<Recorded, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job {
-                order: (id, product, total),
-                reply,
-            })
+            .send(Job { submission, reply })
             .await
             .map_err(|_| sqlx::Error::PoolClosed)?;
         answer.await.map_err(|_| sqlx::Error::PoolClosed)?
     }
 }
 
-async fn run(
-    db: MySqlPool,
-    publisher: Publisher,
-    sold_out: SoldOut,
-    jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while jobs.lock().await.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let orders: Vec<_> = batch.iter().map(|j| j.order).collect();
-        let check = sold_out.among(orders.iter().map(|(_, p, _)| *p));
-        let mut rows = Vec::with_capacity(batch.len());
-        let started = std::time::Instant::now();
-        let inserted = db::orders::insert_many(&db, &orders, &check).await;
-        let recorded_in = started.elapsed();
-        match inserted {
-            Ok(inserted) => {
-                sold_out.clear(&inserted.available);
-                rows.extend(inserted.rows.into_iter().map(Ok));
+impl Loop {
+    async fn run(self, jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+        let mut taken = Vec::with_capacity(MAX_BATCH);
+        while jobs.lock().await.recv_many(&mut taken, MAX_BATCH).await > 0 {
+            // Clients gone before their batch started: nothing is recorded
+            // for them (their ids leave the outbox as the jobs drop).
+            let batch: Vec<Job> = taken.drain(..).filter(|j| !j.reply.is_closed()).collect();
+            for job in &batch {
+                job.submission.claimed.set();
             }
-            Err(e) if batch.len() == 1 => rows.push(Err(e)),
-            // One bad order must not fail the others: record them one by one.
-            Err(_) => {
-                for (id, product, total) in &orders {
-                    rows.push(db::orders::insert(&db, *id, *product, *total).await);
-                }
+            if !batch.is_empty() {
+                self.record_batch(batch).await;
             }
         }
-        // Publish what was recorded as PENDING, one message per partition.
-        let messages: Vec<OrderMessage> = orders
+    }
+
+    async fn record_batch(&self, batch: Vec<Job>) {
+        let started = std::time::Instant::now();
+        let (plain, keyed): (Vec<Job>, Vec<Job>) =
+            batch.into_iter().partition(|j| j.submission.key.is_none());
+        let mut results: Vec<(Job, Result<Recorded, sqlx::Error>)> = Vec::new();
+        self.insert_plain(plain, &mut results).await;
+        for job in keyed {
+            let s = &job.submission;
+            let recorded = db::orders::record(
+                &self.db,
+                s.id.get(),
+                s.product,
+                s.total,
+                s.key.as_ref(),
+                &self.api_id,
+            )
+            .await
+            .map(|r| match r {
+                db::orders::Recorded::New(row) => Recorded::New(row),
+                db::orders::Recorded::Existing(row) => Recorded::Existing(row),
+                db::orders::Recorded::KeyReused => Recorded::KeyReused,
+            });
+            results.push((job, recorded));
+        }
+        // Publish what was newly recorded as PENDING, messages per partition.
+        let messages: Vec<OrderMessage> = results
             .iter()
-            .zip(&rows)
-            .filter(|(_, row)| row.as_ref().is_ok_and(|r| r.status == "PENDING"))
-            .map(|((id, product, total), _)| OrderMessage {
-                order_id: *id,
-                product_id: *product,
-                total: *total,
+            .filter_map(|(job, r)| match r {
+                Ok(Recorded::New(row)) if row.status == "PENDING" => Some(OrderMessage {
+                    order_id: job.submission.id.get(),
+                    product_id: job.submission.product,
+                    total: job.submission.total,
+                }),
+                _ => None,
             })
             .collect();
         if !messages.is_empty() {
@@ -157,22 +193,144 @@ async fn run(
         }
         // Send now, in order; wait for the confirms (and answer) on the side
         // while the next batch is recorded.
-        let sent = publisher.send_all(messages).await;
-        tracing::debug!(orders = orders.len(), ?recorded_in, sent_in = ?(started.elapsed() - recorded_in), "batch recorded and sent");
-        let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let publisher = publisher.clone();
+        let sent = self.publisher.send_all(messages).await;
+        tracing::debug!(orders = results.len(), elapsed = ?started.elapsed(), "batch recorded and sent");
+        let this = self.clone();
         tokio::spawn(async move {
-            let mut unconfirmed = HashSet::new();
-            for (sent, result) in publisher.confirm_all(sent).await {
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, orders = sent.len(), "orders recorded but not yet published; the relay has them");
-                    unconfirmed.extend(sent.iter().map(|o| o.order_id));
+            let published = this.publisher.confirm_all(sent).await;
+            this.settle(results, published).await;
+        });
+    }
+
+    /// Records submissions without a key in one transaction; when that
+    /// fails, one by one, so one bad order does not fail the others.
+    async fn insert_plain(
+        &self,
+        plain: Vec<Job>,
+        results: &mut Vec<(Job, Result<Recorded, sqlx::Error>)>,
+    ) {
+        if plain.is_empty() {
+            return;
+        }
+        let orders: Vec<(OrderId, ProductId, Quantity)> = plain
+            .iter()
+            .map(|j| {
+                (
+                    j.submission.id.get(),
+                    j.submission.product,
+                    j.submission.total,
+                )
+            })
+            .collect();
+        let check = self.sold_out.among(orders.iter().map(|(_, p, _)| *p));
+        match db::orders::insert_many(&self.db, &orders, &check, &self.api_id).await {
+            Ok(inserted) => {
+                self.sold_out.clear(&inserted.available);
+                for (job, row) in plain.into_iter().zip(inserted.rows) {
+                    results.push((job, Ok(Recorded::New(row))));
                 }
             }
-            for (job, row) in jobs.into_iter().zip(rows) {
-                let published = !unconfirmed.contains(&job.order.0);
-                let _ = job.reply.send(row.map(|r| (r, published)));
+            Err(e) if plain.len() == 1 => {
+                let job = plain.into_iter().next().expect("one job");
+                results.push((job, Err(e)));
             }
-        });
+            // The database is down: one by one would only wait longer.
+            Err(e) if db::is_unavailable(&e) => {
+                tracing::warn!(error = %e, orders = plain.len(), "could not record a batch");
+                results.extend(
+                    plain
+                        .into_iter()
+                        .map(|job| (job, Err(sqlx::Error::PoolTimedOut))),
+                );
+            }
+            Err(_) => {
+                for job in plain {
+                    if job.reply.is_closed() {
+                        // Gone while the batch failed: not recorded.
+                        continue;
+                    }
+                    let s = &job.submission;
+                    let row =
+                        db::orders::insert(&self.db, s.id.get(), s.product, s.total, &self.api_id)
+                            .await
+                            .map(Recorded::New);
+                    results.push((job, row));
+                }
+            }
+        }
+    }
+
+    /// Settles each submission with the broker's answer: confirmed orders
+    /// leave the outbox; refused ones are removed and shed; the rest stay
+    /// with the relay. Then answers every request.
+    async fn settle(
+        &self,
+        results: Vec<(Job, Result<Recorded, sqlx::Error>)>,
+        published: crate::publisher::Published,
+    ) {
+        let metrics = &self.publisher.metrics;
+        let mut unpublished: HashMap<OrderId, OrderMessage> = HashMap::new();
+        let mut refused: Vec<OrderId> = Vec::new();
+        for (orders, result) in published {
+            match result {
+                Ok(()) => metrics
+                    .orders_published
+                    .fetch_add(orders.len() as u64, Ordering::Relaxed),
+                Err(PublishError::Nacked) => {
+                    refused.extend(orders.iter().map(|o| o.order_id));
+                    unpublished.extend(orders.into_iter().map(|o| (o.order_id, o)));
+                    0
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, orders = orders.len(), "orders recorded but not yet published; the relay has them");
+                    unpublished.extend(orders.into_iter().map(|o| (o.order_id, o)));
+                    0
+                }
+            };
+        }
+        let shed: std::collections::HashSet<OrderId> = if refused.is_empty() {
+            Default::default()
+        } else {
+            match db::orders::delete_unqueued(&self.db, &refused).await {
+                Ok(_) => refused.into_iter().collect(),
+                // Still recorded: the relay publishes them later.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not remove orders the broker refused; the relay has them");
+                    Default::default()
+                }
+            }
+        };
+        let (mut deferred, mut deferred_ids, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+        for (job, result) in results {
+            let Job { submission, reply } = job;
+            let id = submission.id.get();
+            let answer = match result {
+                Ok(Recorded::New(_)) if shed.contains(&id) => {
+                    Metrics::inc(&metrics.orders_shed);
+                    Ok(Recorded::Shed)
+                }
+                Ok(recorded) => {
+                    if let Some(order) = unpublished.remove(&id) {
+                        Metrics::inc(&metrics.publish_failures);
+                        deferred.push(order);
+                        deferred_ids.push(submission.id);
+                    }
+                    Ok(recorded)
+                }
+                Err(e) => {
+                    // The commit may have happened all the same: the relay
+                    // looks in the database from this id on.
+                    lost.push(submission.id);
+                    Err(e)
+                }
+            };
+            let _ = reply.send(answer);
+        }
+        if !deferred.is_empty() {
+            self.outbox.defer(deferred, deferred_ids);
+        }
+        if !lost.is_empty() {
+            self.outbox.lose_track(lost);
+        }
     }
 }

@@ -1,10 +1,16 @@
 //! Building and running the api.
 
+use crate::admission::{self, Admission};
+use crate::decisions::{self, Listeners};
 use crate::envelope::{ErrorBody, respond};
 use crate::openapi;
-use crate::publisher::{self, Publisher, Waiters};
-use crate::recorder::{Recorder, SoldOut};
+use crate::outbox::Outbox;
+use crate::publisher::Publisher;
+use crate::recorder::Recorder;
+use crate::relay::Relay;
+use crate::sold_out::SoldOut;
 use crate::state::AppState;
+use crate::waiters::Waiters;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -25,6 +31,7 @@ pub struct Application {
     router: Router,
     header_read_timeout: std::time::Duration,
     shutdown: CancellationToken,
+    relay: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -35,41 +42,72 @@ impl Application {
         let shutdown = CancellationToken::new();
         let db = shared::db::connect(&config).await?;
         let topology = Topology::from_config(&config);
+        let api_id = format!(
+            "api-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let link = BrokerLink::start(
             config.amqp_url.clone(),
-            format!("flashstock-api {}", std::process::id()),
+            format!("flashstock {api_id}"),
             topology.clone(),
             shutdown.clone(),
         )
         .await?;
         let publisher = Publisher::new(link.clone(), topology.clone());
+        let outbox = Outbox::default();
+        // In the api list before the first order, so that if this api dies,
+        // another one claims what it could not publish.
+        shared::db::apis::heartbeat(&db, &api_id, outbox.watermark()).await?;
         let waiters = Waiters::default();
         let sold_out = SoldOut::default();
-        tokio::spawn(publisher::run_decision_listener(
+        let admission = Admission::new(topology.partitions(), config.admission_max_delay);
+        tokio::spawn(decisions::run_decision_listener(
             link.clone(),
             topology,
-            waiters.clone(),
-            sold_out.clone(),
-            publisher.metrics.clone(),
+            Listeners {
+                waiters: waiters.clone(),
+                sold_out: sold_out.clone(),
+                admission: admission.clone(),
+                metrics: publisher.metrics.clone(),
+            },
             shutdown.clone(),
         ));
-        tokio::spawn(publisher::run_relay(
+        tokio::spawn(admission::run_reconciler(
             db.clone(),
-            publisher.clone(),
-            config.relay_interval,
-            config.relay_after,
+            admission.clone(),
             shutdown.clone(),
         ));
+        let relay = tokio::spawn(
+            Relay {
+                db: db.clone(),
+                publisher: publisher.clone(),
+                outbox: outbox.clone(),
+                api_id: api_id.clone(),
+                interval: config.relay_interval,
+                lease: config.lease_duration,
+            }
+            .run(shutdown.clone()),
+        );
         if config.admin_token.is_none() {
             tracing::warn!("ADMIN_TOKEN is not set: anyone can create products and change stock");
         }
         let listener = TcpListener::bind(config.api_addr).await?;
         let header_read_timeout = config.header_read_timeout;
+        tracing::info!(%api_id, "api started");
         let state = AppState {
-            recorder: Recorder::start(db.clone(), publisher.clone(), sold_out),
+            recorder: Recorder::start(
+                db.clone(),
+                publisher.clone(),
+                outbox.clone(),
+                sold_out,
+                &api_id,
+            ),
             db,
             publisher,
             waiters,
+            admission,
+            outbox,
             known_products: Arc::default(),
             waiting_slots: Arc::new(tokio::sync::Semaphore::new(config.max_waiting as usize)),
             config: Arc::new(config),
@@ -79,6 +117,7 @@ impl Application {
             router: router(state),
             header_read_timeout,
             shutdown,
+            relay,
         })
     }
 
@@ -92,6 +131,8 @@ impl Application {
     pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
         crate::serve::serve(self.listener, self.router, self.header_read_timeout, stop).await;
         self.shutdown.cancel();
+        // The relay hands over what is still unpublished before it ends.
+        let _ = self.relay.await;
         Ok(())
     }
 }
@@ -108,10 +149,7 @@ pub fn router(state: AppState) -> Router {
                 |axum::extract::State(state): axum::extract::State<AppState>| async move {
                     (
                         [("content-type", "text/plain; version=0.0.4")],
-                        state
-                            .publisher
-                            .metrics
-                            .render(state.publisher.is_connected()),
+                        state.publisher.metrics.render(&state.gauges()),
                     )
                 },
             ),
@@ -141,10 +179,17 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            move |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
+                let claimed = crate::recorder::Claimed::default();
+                request.extensions_mut().insert(claimed.clone());
+                let handling = next.run(request);
+                tokio::pin!(handling);
                 // A body trickled in or a handler stuck: answer rather than hold on.
-                let mut response = match tokio::time::timeout(request_timeout, next.run(request)).await {
+                let mut response = match tokio::time::timeout(request_timeout, &mut handling).await {
                     Ok(response) => response,
+                    // Its order is being recorded: the answer must say what
+                    // became of it, never that it timed out.
+                    Err(_) if claimed.is_set() => handling.await,
                     Err(_) => respond(
                         StatusCode::REQUEST_TIMEOUT,
                         ErrorBody {

@@ -45,24 +45,30 @@ pub struct Topology {
     namespace: String,
     partitions: u16,
     delivery_limit: u32,
+    max_length: u32,
 }
 
 impl Topology {
-    /// The topology of `namespace` with `partitions` partition queues.
-    pub fn new(namespace: &str, partitions: u16, delivery_limit: u32) -> Self {
+    /// The topology of `namespace` with `partitions` partition queues, each
+    /// dead-lettering after `delivery_limit` deliveries and refusing
+    /// publishes past `max_length` messages.
+    pub fn new(namespace: &str, partitions: u16, delivery_limit: u32, max_length: u32) -> Self {
         Self {
             namespace: namespace.to_owned(),
             partitions,
             delivery_limit,
+            max_length,
         }
     }
 
-    /// The topology `config` describes (`BROKER_NAMESPACE`, `ORDER_PARTITIONS`, `DELIVERY_LIMIT`).
+    /// The topology `config` describes (`BROKER_NAMESPACE`, `ORDER_PARTITIONS`,
+    /// `DELIVERY_LIMIT`, `QUEUE_MAX_LENGTH`).
     pub fn from_config(config: &crate::Config) -> Self {
         Self::new(
             &config.broker_namespace,
             config.order_partitions,
             config.delivery_limit,
+            config.queue_max_length,
         )
     }
 
@@ -152,13 +158,27 @@ impl Topology {
         .await?;
         // Highest first: queue 0 exists only once every other one does, so a
         // process starting alongside sees either no partition queues or all.
+        let mut ch = ch;
+        let mut older = false;
         for p in (0..self.partitions).rev() {
-            ch.queue_declare(
-                self.partition_queue(p).into(),
-                durable_queue,
-                self.partition_arguments(),
-            )
-            .await?;
+            let declared = ch
+                .queue_declare(
+                    self.partition_queue(p).into(),
+                    durable_queue,
+                    self.partition_arguments(),
+                )
+                .await;
+            match declared {
+                Ok(_) => {}
+                // Declared by an earlier version with other arguments (such
+                // as no length limit): use it as it is; the refusal closed
+                // the channel.
+                Err(e) if e.to_string().contains("PRECONDITION_FAILED") => {
+                    older = true;
+                    ch = conn.create_channel().await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
             ch.queue_bind(
                 self.partition_queue(p).into(),
                 self.orders_exchange().into(),
@@ -167,6 +187,13 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        }
+        if older {
+            tracing::warn!(
+                namespace = %self.namespace,
+                "the partition queues were declared with other arguments by an earlier version; \
+                 using them as they are (QUEUE_MAX_LENGTH does not apply to them; a broker policy can set max-length)"
+            );
         }
         let _ = ch.close(200, "declared".into()).await;
         Ok(())
@@ -191,10 +218,15 @@ impl Topology {
             "x-dead-letter-strategy".into(),
             AMQPValue::LongString("at-least-once".into()),
         );
-        // at-least-once dead-lettering requires reject-publish overflow.
+        // at-least-once dead-lettering requires reject-publish overflow; a
+        // publish past the length limit is nacked, and the api sheds it.
         args.insert(
             "x-overflow".into(),
             AMQPValue::LongString("reject-publish".into()),
+        );
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongInt(self.max_length.min(i32::MAX as u32) as i32),
         );
         args
     }
@@ -419,7 +451,7 @@ mod tests {
 
     #[test]
     fn names_live_under_the_namespace() {
-        let t = Topology::new("fs", 4, 10);
+        let t = Topology::new("fs", 4, 10, 1000);
         assert_eq!(t.orders_exchange(), "fs.orders");
         assert_eq!(t.partition_queue(3), "fs.orders.3");
         assert_eq!(t.dead_letter_queue(), "fs.orders.dead");

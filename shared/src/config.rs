@@ -39,11 +39,16 @@ pub struct Config {
     pub max_wait: Duration,
     /// `DATABASE_MAX_CONNECTIONS`: size of each process's connection pool.
     pub database_max_connections: u32,
-    /// `RELAY_INTERVAL`: how often the relay publishes what this api could not.
+    /// `RELAY_INTERVAL`: how often each api heartbeats and its relay
+    /// publishes what this api, or a dead one, could not.
     pub relay_interval: Duration,
-    /// `RELAY_AFTER`: age after which a still-PENDING order is republished
-    /// (covers an api that crashed between recording and publishing).
-    pub relay_after: Duration,
+    /// `ADMISSION_MAX_DELAY`: the longest an admitted order should wait for
+    /// its decision; past it, new orders are shed (503 `OVERLOADED`). Zero
+    /// turns admission control off.
+    pub admission_max_delay: Duration,
+    /// `QUEUE_MAX_LENGTH`: messages a partition queue holds before the
+    /// broker refuses more (a backstop behind admission control).
+    pub queue_max_length: u32,
     /// `WORKER_BATCH_SIZE`: most orders one deciding transaction takes.
     pub worker_batch_size: u16,
     /// `SWEEP_INTERVAL`: how often each worker expires overdue reservations.
@@ -117,7 +122,8 @@ impl Config {
             max_wait: duration(get("MAX_WAIT", "30s"))?,
             database_max_connections: number(get("DATABASE_MAX_CONNECTIONS", "10"), 1, 1000)?,
             relay_interval: duration(get("RELAY_INTERVAL", "1s"))?,
-            relay_after: duration(get("RELAY_AFTER", "30s"))?,
+            admission_max_delay: duration_or_zero(get("ADMISSION_MAX_DELAY", "3s"))?,
+            queue_max_length: number(get("QUEUE_MAX_LENGTH", "50000"), 1, 100_000_000)?,
             worker_batch_size: number(get("WORKER_BATCH_SIZE", "500"), 1, 10_000)?,
             delivery_limit: number(get("DELIVERY_LIMIT", "20"), 1, 1000)?,
             sweep_interval: duration(get("SWEEP_INTERVAL", "1s"))?,
@@ -146,6 +152,15 @@ impl Config {
                 message: format!(
                     "{:?} must be at least twice HEARTBEAT_INTERVAL ({:?}) so leases are renewed in time",
                     config.lease_duration, config.heartbeat_interval
+                ),
+            });
+        }
+        if config.relay_interval * 2 > config.lease_duration {
+            return Err(ConfigError {
+                variable: "LEASE_DURATION",
+                message: format!(
+                    "{:?} must be at least twice RELAY_INTERVAL ({:?}), the apis' heartbeat",
+                    config.lease_duration, config.relay_interval
                 ),
             });
         }
@@ -190,6 +205,14 @@ fn duration((variable, value): (&'static str, String)) -> Result<Duration, Confi
         });
     }
     Ok(d)
+}
+
+/// A duration, where `0` means "off".
+fn duration_or_zero((variable, value): (&'static str, String)) -> Result<Duration, ConfigError> {
+    if value == "0" {
+        return Ok(Duration::ZERO);
+    }
+    duration((variable, value))
 }
 
 fn namespace((variable, value): (&'static str, String)) -> Result<String, ConfigError> {

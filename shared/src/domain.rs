@@ -58,8 +58,9 @@ impl fmt::Display for ProductId {
     }
 }
 
-/// An order's identifier: a UUID (version 7, so ids sort by creation time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// An order's identifier: a UUID (version 7, so ids sort by creation time;
+/// within one process they strictly increase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct OrderId(Uuid);
 

@@ -77,6 +77,9 @@ pub enum Answer {
         /// The last error seen.
         last: String,
     },
+    /// 503 `OVERLOADED` to a keyless submission: nothing may be recorded
+    /// for it (a keyed one retries with its key instead).
+    Shed,
 }
 
 /// One order a client submitted, however many attempts it took.
@@ -112,6 +115,7 @@ pub struct Load {
     stop: CancellationToken,
     clients: Vec<JoinHandle<Vec<Submission>>>,
     acknowledged: Arc<AtomicUsize>,
+    shed: Arc<AtomicUsize>,
 }
 
 impl Load {
@@ -119,6 +123,7 @@ impl Load {
     pub fn start(target: &Target, plan: Plan) -> Load {
         let stop = CancellationToken::new();
         let acknowledged = Arc::new(AtomicUsize::new(0));
+        let shed = Arc::new(AtomicUsize::new(0));
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -130,6 +135,7 @@ impl Load {
                     target: target.clone(),
                     stop: stop.clone(),
                     acknowledged: acknowledged.clone(),
+                    shed: shed.clone(),
                     give_up: plan.give_up,
                 };
                 let plan = plan.clone();
@@ -140,7 +146,13 @@ impl Load {
             stop,
             clients,
             acknowledged,
+            shed,
         }
+    }
+
+    /// Answers 503 `OVERLOADED` so far (keyed submissions retry after them).
+    pub fn shed(&self) -> usize {
+        self.shed.load(Ordering::Relaxed)
     }
 
     /// Submissions answered 2xx so far.
@@ -180,6 +192,7 @@ struct Client {
     target: Target,
     stop: CancellationToken,
     acknowledged: Arc<AtomicUsize>,
+    shed: Arc<AtomicUsize>,
     give_up: Duration,
 }
 
@@ -230,6 +243,14 @@ impl Client {
                             status: status.as_u16(),
                             id,
                         };
+                    }
+                    if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && body["data"]["error"] == "OVERLOADED"
+                    {
+                        self.shed.fetch_add(1, Ordering::Relaxed);
+                        if key.is_none() {
+                            break Answer::Shed;
+                        }
                     }
                     if status.is_client_error() {
                         break Answer::Refused {
@@ -327,6 +348,10 @@ pub struct Report {
     pub refused: usize,
     /// Submissions that got no answer before the client gave up.
     pub unanswered: usize,
+    /// Keyless submissions answered 503 `OVERLOADED` (nothing may be
+    /// recorded for them: an order that matches no other submission is
+    /// unexpected).
+    pub shed: usize,
     /// Requests sent beyond the first, over all submissions.
     pub retries: u64,
     /// Orders in the database with a final decision.
@@ -546,6 +571,7 @@ fn match_orders(submissions: &[Submission], orders: &[StoredOrder], report: &mut
                     .push(format!("refused: a valid order got {status} {error}"));
             }
             Answer::Unanswered { .. } => report.unanswered += 1,
+            Answer::Shed => report.shed += 1,
         }
     }
 }

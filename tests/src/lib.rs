@@ -104,7 +104,6 @@ impl TestApp {
             ("API_ADDR".into(), "127.0.0.1:0".into()),
             ("DATABASE_MAX_CONNECTIONS".into(), "6".into()),
             ("RELAY_INTERVAL".into(), "250ms".into()),
-            ("RELAY_AFTER".into(), "1s".into()),
             ("WORKER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
         ]);
         env.extend(options.env);
@@ -281,10 +280,24 @@ impl TestApp {
     /// crashed between recording and publishing. Returns its id.
     pub async fn record_order_without_publishing(&self, product: u64, total: u32) -> uuid::Uuid {
         let id = uuid::Uuid::now_v7();
-        sqlx::query("INSERT INTO orders (id, product_id, total) VALUES (?, ?, ?)")
+        let dead_api = format!(
+            "api-dead-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        // An api that recorded it, confirmed nothing, and stopped heartbeating.
+        sqlx::query(
+            "INSERT INTO apis (id, heartbeat_at, confirmed_below) VALUES (?, '2000-01-01', ?)",
+        )
+        .bind(&dead_api)
+        .bind(uuid::Uuid::nil())
+        .execute(&self.db)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO orders (id, product_id, total, recorded_by) VALUES (?, ?, ?, ?)")
             .bind(id)
             .bind(product)
             .bind(total)
+            .bind(&dead_api)
             .execute(&self.db)
             .await
             .unwrap();

@@ -121,3 +121,61 @@ fn port_open(port: u16) -> bool {
     )
     .is_ok()
 }
+
+/// A RabbitMQ memory alarm raised by a test (the memory high watermark set
+/// to almost nothing, so every publishing connection is blocked); cleared
+/// by [`MemoryAlarm::clear`] or on drop, even when the test panics.
+#[derive(Debug)]
+pub struct MemoryAlarm {
+    watermark: String,
+    cleared: bool,
+}
+
+impl MemoryAlarm {
+    /// Raises the alarm and waits until RabbitMQ reports it.
+    pub async fn raise() -> MemoryAlarm {
+        let watermark = rabbitmqctl(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
+            .trim()
+            .to_owned();
+        let watermark = if watermark.parse::<f64>().is_ok() {
+            watermark
+        } else {
+            "0.4".to_owned()
+        };
+        let alarm = MemoryAlarm {
+            watermark,
+            cleared: false,
+        };
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.000001"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !rabbitmqctl(&["eval", "rabbit_alarm:get_alarms()."]).contains("memory") {
+            assert!(Instant::now() < deadline, "the memory alarm did not go off");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        alarm
+    }
+
+    /// Puts the watermark back.
+    pub fn clear(&mut self) {
+        self.cleared = true;
+        rabbitmqctl(&["set_vm_memory_high_watermark", &self.watermark]);
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        if !self.cleared {
+            self.clear();
+        }
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> String {
+    match Command::new("rabbitmqctl").args(args).output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => {
+            eprintln!("rabbitmqctl {args:?}: {e}");
+            String::new()
+        }
+    }
+}

@@ -10,7 +10,7 @@
 
 use flashstock_tests::checker::{self, Load, Plan, Report, Sampler, Target};
 use flashstock_tests::process::{Process, WorkerProcess, metric};
-use flashstock_tests::services::{Outage, Server};
+use flashstock_tests::services::{MemoryAlarm, Outage, Server};
 use flashstock_tests::{Options, TestApp};
 use shared::fault;
 use shared::message::{OrderBatch, OrderMessage};
@@ -405,6 +405,44 @@ async fn a_database_error_on_one_order_rejects_it_alone() {
             .metric("flashstock_worker_decision_failed_total")
             .await,
         1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_memory_alarm_under_load_sheds_and_loses_nothing() {
+    let (app, stock, worker) = world_with_one_worker().await;
+    let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
+    load.wait_for_more(500, PROGRESS).await;
+
+    let mut alarm = MemoryAlarm::raise().await;
+    // Publishing connections are blocked: the api sheds instead of hanging,
+    // and the worker, which acks on a connection that does not publish,
+    // keeps deciding what was queued.
+    let shed_before = load.shed();
+    let deadline = Instant::now() + PROGRESS;
+    while load.shed() < shed_before + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing was shed during the alarm"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&app.address, "flashstock_api_broker_blocked").await,
+        1.0
+    );
+    let decided = worker
+        .metric("flashstock_worker_orders_decided_total{outcome=\"accepted\"}")
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    alarm.clear();
+    load.wait_for_more(500, PROGRESS).await;
+    finish("RabbitMQ memory alarm", &app, load, sampler, &stock).await;
+    assert!(
+        worker
+            .metric("flashstock_worker_orders_decided_total{outcome=\"accepted\"}")
+            .await
+            > decided
     );
 }
 

@@ -296,14 +296,7 @@ async fn a_poison_message_is_dead_lettered_while_the_partition_flows_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_past_its_delivery_limit_is_dead_lettered_and_rejected() {
     use lapin::options::{BasicConsumeOptions, BasicNackOptions};
-    let mut app = TestApp::spawn(
-        Options::default()
-            .workers(0)
-            .env("DELIVERY_LIMIT", "2")
-            // No relay copies while the test consumer fails the original.
-            .env("RELAY_AFTER", "1h"),
-    )
-    .await;
+    let mut app = TestApp::spawn(Options::default().workers(0).env("DELIVERY_LIMIT", "2")).await;
     let product = app.create_product("Kaos", 5).await;
     let (status, body) = app.post_order(product, 1, None).await;
     assert_eq!(status, StatusCode::ACCEPTED);

@@ -18,6 +18,8 @@ fn sixteen_partitions() -> Options {
         .env("ORDER_PARTITIONS", "16")
         .env("HEARTBEAT_INTERVAL", "200ms")
         .env("LEASE_DURATION", "1s")
+        // These count every order through a stalled partition: no shedding.
+        .env("ADMISSION_MAX_DELAY", "0")
 }
 
 /// Submits `per_product` orders of 1 to each product from `clients`

@@ -1,23 +1,26 @@
 //! `/api/orders`: submit an order, read it.
 
 use super::products::product_not_found;
+use crate::admission::Ticket;
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
 use crate::extract::AppQuery;
 use crate::extract::{AppJson, AppPath};
 use crate::metrics::Metrics;
 use crate::pagination::{Page, PageQuery};
+use crate::recorder::{Claimed, Recorded, Submission};
 use crate::routes::parse_product_id;
 use crate::state::AppState;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::db::orders::{OrderFilter, Recorded, Transition};
+use shared::db::orders::{OrderFilter, Transition};
 use shared::db::{self, orders::OrderRow};
 use shared::domain::{OrderId, OrderStatus, ProductId, Quantity};
-use shared::message::OrderMessage;
+use shared::partition::partition_of;
 use std::time::Duration;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -57,7 +60,7 @@ pub struct Order {
     pub total: u32,
     /// Where it is in its life.
     pub status: OrderStatus,
-    /// Why it was rejected: `OUT_OF_STOCK`, `PRODUCT_NOT_FOUND`, `DEAD_LETTERED`.
+    /// Why it was rejected: `OUT_OF_STOCK`, `PRODUCT_NOT_FOUND`, `DEAD_LETTERED`, `DECISION_FAILED`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// When it was recorded.
@@ -113,11 +116,12 @@ pub enum OrderOrError {
         (status = 413, description = "Body too large", body = Envelope<ErrorBody>),
         (status = 415, description = "Not JSON", body = Envelope<ErrorBody>),
         (status = 422, description = "Invalid product_id or total, invalid Idempotency-Key, or a key reused with another body", body = Envelope<ErrorBody>),
-        (status = 503, description = "Database unavailable: the order was not recorded", body = Envelope<ErrorBody>,
+        (status = 503, description = "`OVERLOADED`: more orders are waiting than can be decided within ADMISSION_MAX_DELAY (or the broker refused more); `SERVICE_UNAVAILABLE`: the database is down. Either way the order was not recorded", body = Envelope<ErrorBody>,
             headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]
 pub async fn create_order(
     State(state): State<AppState>,
+    claimed: Option<Extension<Claimed>>,
     headers: HeaderMap,
     AppJson(body): AppJson<CreateOrder>,
 ) -> Result<Response, ApiError> {
@@ -131,27 +135,22 @@ pub async fn create_order(
     let key = idempotency_key(&headers, product, total)?;
     ensure_product_exists(&state, product).await?;
 
-    let new_id = OrderId::generate();
+    let new_id = state.outbox.new_id();
+    let ticket = admit(&state, product, new_id.get())?;
     // Register before publishing so a fast decision cannot slip past.
-    let waiting = wait.map(|_| state.waiters.register(new_id));
-    // Without a key, the recorder batches the insert and the publish;
-    // with one, the unique key decides first and we publish a new order here.
-    let (recorded, published) = match &key {
-        None => {
-            let (row, published) = state
-                .recorder
-                .record(new_id, product, total)
-                .await
-                .map_err(|e| order_error(e, product))?;
-            (Recorded::New(row), Some(published))
-        }
-        Some(key) => (
-            db::orders::record(&state.db, new_id, product, total, Some(key))
-                .await
-                .map_err(|e| order_error(e, product))?,
-            None,
-        ),
-    };
+    let waiting = wait.map(|_| state.waiters.register(new_id.get()));
+    let recorded = state
+        .recorder
+        .record(Submission {
+            id: new_id,
+            product,
+            total,
+            key,
+            claimed: claimed.map(|Extension(c)| c).unwrap_or_default(),
+        })
+        .await
+        .map_err(|e| order_error(e, product))?;
+    let metrics = &state.publisher.metrics;
     let (row, replayed) = match recorded {
         Recorded::New(row) => (row, false),
         Recorded::Existing(row) => (row, true),
@@ -162,6 +161,7 @@ pub async fn create_order(
                 "this Idempotency-Key was used with a different request body",
             ));
         }
+        Recorded::Shed => return Err(overloaded(&state)),
     };
     let id = OrderId::from(row.id);
     let waiting = match waiting {
@@ -170,7 +170,6 @@ pub async fn create_order(
         Some(_) if replayed => Some(state.waiters.register(id)),
         other => other,
     };
-    let metrics = &state.publisher.metrics;
     if replayed {
         Metrics::inc(&metrics.orders_replayed);
     } else if row.status() == OrderStatus::Rejected {
@@ -178,33 +177,23 @@ pub async fn create_order(
         Metrics::inc(&metrics.orders_rejected_sold_out);
     } else {
         Metrics::inc(&metrics.orders_recorded);
-        let published = match published {
-            Some(published) => published,
-            None => {
-                shared::fault::point(shared::fault::API_AFTER_RECORD);
-                let message = OrderMessage {
-                    order_id: id,
-                    product_id: product,
-                    total,
-                };
-                state.publisher.publish_or_defer(message).await.is_ok()
-            }
-        };
-        // Not confirmed: recorded all the same; the relay publishes it.
-        Metrics::inc(if published {
-            &metrics.orders_published
-        } else {
-            &metrics.publish_failures
-        });
+        // Queued: it counts against capacity until its decision.
+        ticket.keep();
     }
 
     let mut order = Order::from(row);
     if let (Some(waiting), Some(wait)) = (waiting, wait) {
         // Whether the notice came or the wait ran out, the row is the truth
-        // (a notice can be lost while the broker reconnects).
+        // (a notice can be lost while the broker reconnects). If the database
+        // does not answer now, the order is recorded all the same: answer
+        // with what is known.
         let _ = waiting.decision(wait).await;
-        if let Some(row) = db::orders::fetch(&state.db, id).await? {
-            order = Order::from(row);
+        match db::orders::fetch(&state.db, id).await {
+            Ok(Some(row)) => order = Order::from(row),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, order_id = %id, "could not re-read a waited-for order")
+            }
         }
     }
     // Asynchronous submissions are always 202 (the order, whatever its
@@ -224,6 +213,31 @@ pub async fn create_order(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Admits order `id` for `product`, or sheds it: its partition is past
+/// capacity, or the broker blocked this api (a memory or disk alarm).
+fn admit(state: &AppState, product: ProductId, id: OrderId) -> Result<Ticket, ApiError> {
+    if state.publisher.is_blocked() {
+        return Err(overloaded(state));
+    }
+    let partition = partition_of(product, state.config.order_partitions);
+    state.admission.admit(partition, id).map_err(|o| {
+        Metrics::inc(&state.publisher.metrics.orders_shed);
+        ApiError::Overloaded {
+            retry_after: o.retry_after,
+            message: "more orders than can be decided in time are waiting; nothing was recorded, retry after Retry-After".into(),
+        }
+    })
+}
+
+/// 503 `OVERLOADED` for an order that was not recorded.
+fn overloaded(state: &AppState) -> ApiError {
+    Metrics::inc(&state.publisher.metrics.orders_shed);
+    ApiError::Overloaded {
+        retry_after: (state.config.admission_max_delay / 2).max(Duration::from_secs(1)),
+        message: "the order queue is full; nothing was recorded, retry after Retry-After".into(),
+    }
 }
 
 /// A recording failure as the client sees it: a product deleted meanwhile

@@ -1,6 +1,7 @@
 //! The database: connecting (creating the database and migrating), and the
 //! queries both binaries share, one module per table.
 
+pub mod apis;
 pub mod invariants;
 pub mod inventory;
 pub mod leases;

@@ -1,10 +1,10 @@
 //! The `orders` table. The order row is the outbox: it is written as PENDING
-//! before the api answers; `relayed_at` records when the relay last
-//! republished it.
+//! before the api answers, with the id of the api that recorded it
+//! (`recorded_by`), which owes its publish; `relayed_at` records when
+//! another api's relay claimed and republished it.
 
 use super::{padded, padded_len, placeholders, power_of_two_chunks};
 use crate::domain::{OrderId, OrderStatus, ProductId, Quantity};
-use crate::message::OrderMessage;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, FromRow, MySqlExecutor, MySqlPool};
 use uuid::Uuid;
@@ -45,12 +45,14 @@ pub async fn insert(
     id: OrderId,
     product: ProductId,
     total: Quantity,
+    recorded_by: &str,
 ) -> Result<OrderRow, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO orders (id, product_id, total) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO orders (id, product_id, total, recorded_by) VALUES (?, ?, ?, ?)")
         .bind(id.uuid())
         .bind(product.get())
         .bind(total.get())
+        .bind(recorded_by)
         .execute(&mut *tx)
         .await?;
     let row = fetch(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
@@ -80,6 +82,7 @@ pub async fn insert_many(
     pool: &MySqlPool,
     orders: &[(OrderId, ProductId, Quantity)],
     check: &[ProductId],
+    recorded_by: &str,
 ) -> Result<Inserted, sqlx::Error> {
     if orders.is_empty() {
         return Ok(Inserted::default());
@@ -101,9 +104,9 @@ pub async fn insert_many(
     for size in power_of_two_chunks(orders.len()) {
         let (chunk, after) = rest.split_at(size);
         rest = after;
-        let values = vec!["(?, ?, ?, ?, ?, IF(?, NOW(6), NULL), ?)"; size].join(", ");
+        let values = vec!["(?, ?, ?, ?, ?, IF(?, NOW(6), NULL), ?, ?)"; size].join(", ");
         let mut insert = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO orders (id, product_id, total, status, reason, decided_at, decided_by) VALUES {values}"
+            "INSERT INTO orders (id, product_id, total, status, reason, decided_at, decided_by, recorded_by) VALUES {values}"
         )));
         for (id, product, total) in chunk {
             let rejected = sold_out.contains(&product.get());
@@ -114,7 +117,8 @@ pub async fn insert_many(
                 .bind(if rejected { "REJECTED" } else { "PENDING" })
                 .bind(rejected.then_some(crate::domain::reason::OUT_OF_STOCK))
                 .bind(rejected)
-                .bind(rejected.then_some("api"));
+                .bind(rejected.then_some("api"))
+                .bind(recorded_by);
         }
         insert.execute(&mut *tx).await?;
     }
@@ -159,54 +163,49 @@ pub async fn fetch<'e>(
     .await
 }
 
-/// PENDING orders recorded more than `after` ago and not relayed within
-/// `after`, oldest first: orders the api crashed on between recording and
-/// publishing (or whose messages were lost some other way). Republishing
-/// one that is merely queued is harmless: the worker acks it without effect.
-pub async fn stale_pending(
-    pool: &MySqlPool,
-    after: std::time::Duration,
-    limit: u32,
-) -> Result<Vec<OrderMessage>, sqlx::Error> {
-    let micros = after.as_micros() as u64;
-    let rows: Vec<(Uuid, u64, u32)> = sqlx::query_as(
-        "SELECT id, product_id, total FROM orders \
-         WHERE status = 'PENDING' AND created_at < NOW(6) - INTERVAL ? MICROSECOND \
-           AND (relayed_at IS NULL OR relayed_at < NOW(6) - INTERVAL ? MICROSECOND) \
-         ORDER BY created_at LIMIT ?",
-    )
-    .bind(micros)
-    .bind(micros)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, product, total)| {
-            Some(OrderMessage {
-                order_id: OrderId::from(id),
-                product_id: ProductId::new(product as i64).ok()?,
-                total: Quantity::new(i64::from(total), u32::MAX).ok()?,
-            })
-        })
-        .collect())
-}
-
-/// Notes that the relay republished these orders now.
-pub async fn mark_relayed(pool: &MySqlPool, ids: &[OrderId]) -> Result<(), sqlx::Error> {
+/// Removes orders the broker refused to queue (a partition queue at its
+/// length limit) while they are still PENDING: no worker will ever see
+/// them, and their clients are answered 503 `OVERLOADED`. Returns how many
+/// were removed.
+pub async fn delete_unqueued(pool: &MySqlPool, ids: &[OrderId]) -> Result<u64, sqlx::Error> {
     if ids.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let sql = format!(
-        "UPDATE orders SET relayed_at = NOW(6) WHERE status = 'PENDING' AND id IN ({})",
+        "DELETE FROM orders WHERE status = 'PENDING' AND id IN ({})",
         placeholders(padded_len(ids.len()))
     );
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for id in padded(ids) {
         q = q.bind(id.uuid());
     }
-    q.execute(pool).await?;
-    Ok(())
+    Ok(q.execute(pool).await?.rows_affected())
+}
+
+/// The orders among `ids` that are no longer PENDING (or do not exist).
+pub async fn not_pending(pool: &MySqlPool, ids: &[OrderId]) -> Result<Vec<OrderId>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT id FROM orders FORCE INDEX (uq_orders_id) WHERE status = 'PENDING' AND id IN ({})",
+        placeholders(padded_len(ids.len()))
+    );
+    let mut q = sqlx::query_as::<_, (Uuid,)>(AssertSqlSafe(sql));
+    for id in padded(ids) {
+        q = q.bind(id.uuid());
+    }
+    let pending: std::collections::HashSet<Uuid> = q
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|(id,)| id)
+        .collect();
+    Ok(ids
+        .iter()
+        .filter(|id| !pending.contains(&id.uuid()))
+        .copied()
+        .collect())
 }
 
 /// A retried submission's key, already scoped and hashed, with the hash of
@@ -240,19 +239,23 @@ pub async fn record(
     product: ProductId,
     total: Quantity,
     key: Option<&IdempotencyKey>,
+    recorded_by: &str,
 ) -> Result<Recorded, sqlx::Error> {
     let Some(key) = key else {
-        return insert(pool, id, product, total).await.map(Recorded::New);
+        return insert(pool, id, product, total, recorded_by)
+            .await
+            .map(Recorded::New);
     };
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO orders (id, product_id, total, idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO orders (id, product_id, total, idempotency_key, request_hash, recorded_by) VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(id.uuid())
     .bind(product.get())
     .bind(total.get())
     .bind(&key.key)
     .bind(&key.request_hash[..])
+    .bind(recorded_by)
     .execute(&mut *tx)
     .await;
     match inserted {

@@ -1,0 +1,301 @@
+//! Admission control: an order is recorded only if it can be decided in
+//! time; beyond that, `POST /api/orders` answers 503 `OVERLOADED` at once
+//! and records nothing.
+//!
+//! Per partition, this api tracks the orders it admitted that are not yet
+//! decided (the workers' decision notices remove them) and how fast its
+//! orders get decided there. A new order is shed when its partition
+//!
+//! - already holds as many undecided orders as it decides in half of
+//!   `ADMISSION_MAX_DELAY` (at least [`MIN_PER_PARTITION`]): by Little's law
+//!   an admitted order then waits about that long; or
+//! - has an undecided order older than half of `ADMISSION_MAX_DELAY`: the
+//!   partition is stalled (no worker, a broker or database outage), which
+//!   the rate alone would notice only slowly.
+//!
+//! Each api counts only its own orders and their decisions, so several apis
+//! together admit what the workers decide, not a multiple of it. The check
+//! is per partition because partitions are decided in parallel: a hot
+//! product sheds its own excess without shedding everyone else's orders.
+//! A notice can be lost (a broker reconnect): [`run_reconciler`] asks the
+//! database about orders undecided for too long.
+//!
+//! tower's `load_shed` and concurrency limits shed on a count of requests in
+//! flight; what matters here is the decision backlog per partition, which
+//! outlives the requests (an order is admitted long after its 202), so this
+//! is our own.
+
+use shared::db;
+use shared::domain::OrderId;
+use sqlx::MySqlPool;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Undecided orders a partition may always hold, whatever its rate.
+pub const MIN_PER_PARTITION: usize = 1_000;
+/// Most undecided orders one api tracks, over all partitions.
+pub const MAX_UNDECIDED: usize = 100_000;
+/// How often the decision rate is folded into its moving average.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// Most overdue orders the reconciler checks per round.
+const RECONCILE_BATCH: usize = 1_000;
+
+/// The answer to an order past capacity.
+#[derive(Debug, Clone, Copy)]
+pub struct Overloaded {
+    /// When the client may try again.
+    pub retry_after: Duration,
+}
+
+/// Admission control for this api's orders. Cheap to clone.
+#[derive(Clone)]
+pub struct Admission {
+    inner: Arc<Mutex<State>>,
+    /// Half of `ADMISSION_MAX_DELAY`; zero turns admission control off.
+    target: Duration,
+}
+
+struct State {
+    parts: Vec<Part>,
+    /// Admitted, undecided orders and their partitions.
+    undecided: HashMap<OrderId, u16>,
+}
+
+struct Part {
+    /// Admitted orders in admission order, with when; decided ones are
+    /// dropped from the front lazily.
+    queue: VecDeque<(OrderId, Instant)>,
+    /// How many in `queue` are still undecided.
+    undecided: usize,
+    /// Decisions in the current rate window.
+    window_decided: u64,
+    window_start: Instant,
+    /// Decisions per second, a moving average.
+    rate: f64,
+}
+
+impl Part {
+    fn new(now: Instant) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            undecided: 0,
+            window_decided: 0,
+            window_start: now,
+            rate: 0.0,
+        }
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let elapsed = now.duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            let current = self.window_decided as f64 / elapsed.as_secs_f64();
+            self.rate = 0.5 * self.rate + 0.5 * current;
+            self.window_decided = 0;
+            self.window_start = now;
+        }
+    }
+}
+
+/// An admitted order. Dropping it un-admits the order (it was not recorded,
+/// or needs no decision); [`Ticket::keep`] keeps it until its decision.
+pub struct Ticket {
+    id: OrderId,
+    admission: Option<Admission>,
+}
+
+impl Ticket {
+    /// The order was recorded PENDING: it counts until decided.
+    pub fn keep(mut self) {
+        self.admission = None;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(admission) = self.admission.take() {
+            admission.remove(&[self.id], false);
+        }
+    }
+}
+
+impl Admission {
+    /// Admission control over `partitions`, keeping an admitted order's wait
+    /// for its decision under `max_delay` (zero: admit everything).
+    pub fn new(partitions: u16, max_delay: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            inner: Arc::new(Mutex::new(State {
+                parts: (0..partitions).map(|_| Part::new(now)).collect(),
+                undecided: HashMap::new(),
+            })),
+            target: max_delay / 2,
+        }
+    }
+
+    /// Admits order `id` on `partition`, or says the partition is past
+    /// capacity.
+    pub fn admit(&self, partition: u16, id: OrderId) -> Result<Ticket, Overloaded> {
+        if self.target.is_zero() {
+            return Ok(Ticket {
+                id,
+                admission: None,
+            });
+        }
+        let now = Instant::now();
+        let mut state = self.inner.lock().expect("admission lock");
+        let overloaded = Overloaded {
+            retry_after: self.target.max(Duration::from_secs(1)),
+        };
+        if state.undecided.len() >= MAX_UNDECIDED {
+            return Err(overloaded);
+        }
+        let State { parts, undecided } = &mut *state;
+        let part = &mut parts[usize::from(partition)];
+        part.roll(now);
+        while part
+            .queue
+            .front()
+            .is_some_and(|(id, _)| !undecided.contains_key(id))
+        {
+            part.queue.pop_front();
+        }
+        let stalled = part
+            .queue
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > self.target);
+        let capacity = ((part.rate * self.target.as_secs_f64()) as usize).max(MIN_PER_PARTITION);
+        if stalled || part.undecided >= capacity || part.queue.len() >= MAX_UNDECIDED {
+            return Err(overloaded);
+        }
+        part.queue.push_back((id, now));
+        part.undecided += 1;
+        undecided.insert(id, partition);
+        Ok(Ticket {
+            id,
+            admission: Some(self.clone()),
+        })
+    }
+
+    /// Orders decided (from the workers' notices, or found decided in the
+    /// database).
+    pub fn decided(&self, ids: &[OrderId]) {
+        self.remove(ids, true);
+    }
+
+    fn remove(&self, ids: &[OrderId], decided: bool) {
+        if self.target.is_zero() {
+            return;
+        }
+        let mut state = self.inner.lock().expect("admission lock");
+        if state.undecided.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for id in ids {
+            if let Some(partition) = state.undecided.remove(id) {
+                let part = &mut state.parts[usize::from(partition)];
+                part.undecided -= 1;
+                if decided {
+                    part.roll(now);
+                    part.window_decided += 1;
+                }
+            }
+        }
+    }
+
+    /// Up to `limit` undecided orders admitted more than `age` ago.
+    fn overdue(&self, age: Duration, limit: usize) -> Vec<OrderId> {
+        let now = Instant::now();
+        let state = self.inner.lock().expect("admission lock");
+        let mut found = Vec::new();
+        for part in &state.parts {
+            for (id, at) in &part.queue {
+                if now.duration_since(*at) <= age || found.len() >= limit {
+                    break;
+                }
+                if state.undecided.contains_key(id) {
+                    found.push(*id);
+                }
+            }
+        }
+        found
+    }
+
+    /// Admitted orders not yet decided (a gauge).
+    pub fn undecided(&self) -> usize {
+        self.inner.lock().expect("admission lock").undecided.len()
+    }
+}
+
+/// Every second until `shutdown`: asks the database about orders undecided
+/// for longer than the target (their notice may have been lost) and stops
+/// counting those that are decided.
+pub async fn run_reconciler(db: MySqlPool, admission: Admission, shutdown: CancellationToken) {
+    if admission.target.is_zero() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let overdue = admission.overdue(admission.target, RECONCILE_BATCH);
+        if overdue.is_empty() {
+            continue;
+        }
+        match db::orders::not_pending(&db, &overdue).await {
+            Ok(decided) => admission.decided(&decided),
+            Err(e) => tracing::debug!(error = %e, "could not check overdue orders"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_past_its_floor_sheds_and_a_decision_makes_room() {
+        let admission = Admission::new(2, Duration::from_secs(60));
+        let mut tickets = Vec::new();
+        for _ in 0..MIN_PER_PARTITION {
+            let id = OrderId::generate();
+            tickets.push((id, admission.admit(0, id).expect("under the floor")));
+        }
+        assert!(admission.admit(0, OrderId::generate()).is_err());
+        // Another partition is unaffected.
+        assert!(admission.admit(1, OrderId::generate()).is_ok());
+        let (first, ticket) = tickets.remove(0);
+        ticket.keep();
+        admission.decided(&[first]);
+        assert!(admission.admit(0, OrderId::generate()).is_ok());
+    }
+
+    #[test]
+    fn a_dropped_ticket_is_not_counted() {
+        let admission = Admission::new(1, Duration::from_secs(60));
+        drop(admission.admit(0, OrderId::generate()).unwrap());
+        assert_eq!(admission.undecided(), 0);
+        admission.admit(0, OrderId::generate()).unwrap().keep();
+        assert_eq!(admission.undecided(), 1);
+    }
+
+    #[test]
+    fn a_stalled_partition_sheds() {
+        let admission = Admission::new(1, Duration::from_millis(20));
+        admission.admit(0, OrderId::generate()).unwrap().keep();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(admission.admit(0, OrderId::generate()).is_err());
+    }
+
+    #[test]
+    fn zero_turns_it_off() {
+        let admission = Admission::new(1, Duration::ZERO);
+        for _ in 0..(2 * MIN_PER_PARTITION) {
+            admission.admit(0, OrderId::generate()).unwrap().keep();
+        }
+        assert_eq!(admission.undecided(), 0);
+    }
+}
