@@ -5,6 +5,9 @@
 # e.g. bash scripts/bench.sh -- flash-sale --stock 10000 --orders 100000
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# An open-loop run (--rate) holds a socket per request in flight, on both
+# sides: lift the soft open-files limit to the hard one for bench and servers.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 profile=release workers=1
 while [[ $# -gt 0 ]]; do
   case "$1" in

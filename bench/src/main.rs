@@ -3,24 +3,39 @@
 //!
 //! Scenarios: `flash-sale` (one product, many buyers), `many-products`
 //! (uniform or skewed over P products), `sold-out` (a product with no stock).
+//! Load: closed loop (`--clients` each sending its next order when the last
+//! is answered) or open loop (`--rate` orders arriving per second for
+//! `--duration` seconds, whatever the answers).
 //! Requests go to loopback addresses only; every run is bounded in orders
 //! and in time. Exits 1 when a check fails.
 
 // A command-line report is this binary's output.
 #![allow(clippy::print_stdout)]
 
+mod api;
+mod load;
+mod procstat;
+mod report;
 mod stats;
 
 use anyhow::{Context, bail};
+use api::{Api, OrderKey};
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
-use serde_json::{Value, json};
-use stats::{Latencies, Percentiles};
+use load::{Plan, Schedule, Tally};
+use report::{Check, PerSecond, ProcessReport, Summary};
+use stats::Latencies;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// Orders read at once when reading decision times after the run.
+const READ_CONCURRENCY: usize = 64;
+
+/// Open-loop default for `--latency-sample`: orders read per second of `--duration`.
+const SAMPLE_PER_SECOND: usize = 500;
+
+/// File descriptors kept free for everything but the requests in flight.
+const SPARE_FILES: u64 = 256;
 
 #[derive(Parser, Debug)]
 #[command(about = "Load generator and checker for flashstock")]
@@ -28,9 +43,29 @@ struct Cli {
     /// The api's base URL; loopback addresses only.
     #[arg(long, default_value = "http://127.0.0.1:3000", global = true)]
     base_url: String,
-    /// Concurrent clients, each with its own keep-alive connection.
+    /// Closed loop: concurrent clients, each with its own keep-alive connection
+    /// (ignored with --rate).
     #[arg(long, default_value_t = 64, global = true)]
     clients: usize,
+    /// Open loop: orders arriving per second, on schedule whatever the answers,
+    /// each sent as its own request (no fixed pool of clients). Needs
+    /// --duration; rate × duration orders are sent, and the scenario's
+    /// --orders and --clients are ignored.
+    #[arg(long, global = true)]
+    rate: Option<f64>,
+    /// Open loop: seconds of arrivals (with --rate).
+    #[arg(long, global = true)]
+    duration: Option<f64>,
+    /// Open loop: most requests outstanding at once; an arrival while this
+    /// many are outstanding is not sent and counts as client_dropped.
+    /// Lowered, with a warning, to fit the open-files limit.
+    #[arg(long, default_value_t = 20_000, global = true)]
+    max_in_flight: usize,
+    /// Read the decision latency from up to this many admitted orders, picked
+    /// evenly through the run (0 = every one). Default: 2000 in closed loop,
+    /// 500 per second of --duration in open loop.
+    #[arg(long, global = true)]
+    latency_sample: Option<usize>,
     /// Send `Prefer: wait=N` with every order (0 = asynchronous, poll afterwards).
     #[arg(long, default_value_t = 0, global = true)]
     wait: u64,
@@ -40,7 +75,7 @@ struct Cli {
     /// Print the summary as one JSON object instead of a table.
     #[arg(long, global = true)]
     json: bool,
-    /// Report the peak resident memory (VmHWM) of these process ids.
+    /// Report the CPU time, peak resident memory (VmHWM) and name of these process ids.
     #[arg(long = "watch-pid", global = true)]
     watch_pids: Vec<u32>,
     #[command(subcommand)]
@@ -53,6 +88,7 @@ enum Scenario {
     FlashSale {
         #[arg(long, default_value_t = 10_000)]
         stock: i64,
+        /// Orders to send (closed loop; ignored with --rate).
         #[arg(long, default_value_t = 100_000)]
         orders: usize,
     },
@@ -62,6 +98,7 @@ enum Scenario {
         products: usize,
         #[arg(long, default_value_t = 1_000)]
         stock: i64,
+        /// Orders to send (closed loop; ignored with --rate).
         #[arg(long, default_value_t = 20_000)]
         orders: usize,
         #[arg(long)]
@@ -69,6 +106,7 @@ enum Scenario {
     },
     /// Orders for a product with no stock: every one must be rejected.
     SoldOut {
+        /// Orders to send (closed loop; ignored with --rate).
         #[arg(long, default_value_t = 20_000)]
         orders: usize,
     },
@@ -92,74 +130,137 @@ impl Scenario {
     }
 }
 
-/// The printed result.
-#[derive(Debug, Serialize)]
-struct Summary {
-    scenario: &'static str,
-    orders: usize,
-    clients: usize,
-    wait: u64,
-    submitted: usize,
-    accepted: u64,
-    rejected: u64,
-    errors: usize,
-    submit_seconds: f64,
-    submit_per_second: f64,
-    decided_seconds: f64,
-    decided_per_second: f64,
-    submit_latency_ms: Percentiles,
-    decision_latency_ms: Percentiles,
-    peak_rss_mib: Vec<(u32, f64)>,
-    checks: Vec<Check>,
-    ok: bool,
+/// How the load is driven.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Closed,
+    Open {
+        rate: f64,
+        duration: f64,
+        max_in_flight: usize,
+        /// The --max-in-flight asked for, when the open-files limit lowered it.
+        asked_in_flight: Option<usize>,
+    },
 }
 
-#[derive(Debug, Serialize)]
-struct Check {
-    what: String,
-    ok: bool,
+impl Mode {
+    fn of(cli: &Cli) -> anyhow::Result<Self> {
+        let (rate, duration) = match (cli.rate, cli.duration) {
+            (None, None) => return Ok(Self::Closed),
+            (Some(r), Some(d)) => (r, d),
+            (Some(_), None) => bail!("--rate needs --duration"),
+            (None, Some(_)) => bail!("--duration needs --rate"),
+        };
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate must be a positive number of orders per second");
+        }
+        if !(duration.is_finite() && duration > 0.0) {
+            bail!("--duration must be a positive number of seconds");
+        }
+        if (rate * duration).round() < 1.0 {
+            bail!("--rate × --duration must be at least one order");
+        }
+        if cli.max_in_flight == 0 {
+            bail!("--max-in-flight must be at least 1");
+        }
+        // Each request in flight holds a socket: stay under the open-files limit.
+        let mut max_in_flight = cli.max_in_flight;
+        let mut asked_in_flight = None;
+        if let Some(limit) = procstat::open_files_limit() {
+            let fits =
+                usize::try_from(limit.saturating_sub(SPARE_FILES).max(1)).unwrap_or(usize::MAX);
+            if max_in_flight > fits {
+                eprintln!(
+                    "warning: --max-in-flight {max_in_flight} lowered to {fits}: the open-files limit is {limit} (raise it with ulimit -n)"
+                );
+                asked_in_flight = Some(max_in_flight);
+                max_in_flight = fits;
+            }
+        }
+        Ok(Self::Open {
+            rate,
+            duration,
+            max_in_flight,
+            asked_in_flight,
+        })
+    }
+
+    fn orders(self, scenario: &Scenario) -> usize {
+        match self {
+            Self::Closed => scenario.orders(),
+            Self::Open { rate, duration, .. } => (rate * duration).round() as usize,
+        }
+    }
 }
 
-fn check(checks: &mut Vec<Check>, what: impl Into<String>, ok: bool) {
-    checks.push(Check {
-        what: what.into(),
-        ok,
-    });
+/// A process whose CPU time is measured over the run.
+struct Watched {
+    pid: u32,
+    /// Its `/proc` entry: a pid, or `self` for the bench.
+    proc: String,
+    role: &'static str,
+    name: String,
+    ticks_at_start: Option<u64>,
+}
+
+impl Watched {
+    fn start(pid: u32, proc: String, role: &'static str) -> Self {
+        Self {
+            pid,
+            name: procstat::name(&proc),
+            ticks_at_start: procstat::cpu_ticks(&proc),
+            proc,
+            role,
+        }
+    }
+
+    /// CPU seconds since `start`; `None` if either reading failed.
+    fn cpu_seconds(&self, ticks_per_second: u64) -> Option<f64> {
+        let end = procstat::cpu_ticks(&self.proc)?;
+        Some(end.saturating_sub(self.ticks_at_start?) as f64 / ticks_per_second as f64)
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ensure_loopback(&cli.base_url)?;
+    let mode = Mode::of(&cli)?;
     let deadline = Instant::now() + Duration::from_secs(cli.max_seconds);
-    let api = Api::new(&cli.base_url, cli.wait)?;
+    let api = Api::new(&cli.base_url, cli.wait, 1)?;
+    let total = mode.orders(&cli.scenario);
 
     // The world: products and their stock.
     let (stocks, plan): (Vec<(u64, i64)>, Vec<usize>) = match &cli.scenario {
-        Scenario::FlashSale { stock, orders } => (
+        Scenario::FlashSale { stock, .. } => (
             vec![(api.product("flash-sale", *stock).await?, *stock)],
-            vec![0; *orders],
+            vec![0; total],
         ),
-        Scenario::SoldOut { orders } => (
-            vec![(api.product("sold-out", 0).await?, 0)],
-            vec![0; *orders],
-        ),
+        Scenario::SoldOut { .. } => (vec![(api.product("sold-out", 0).await?, 0)], vec![0; total]),
         Scenario::ManyProducts {
             products,
             stock,
-            orders,
             skewed,
+            ..
         } => {
             let mut ids = Vec::new();
             for i in 0..*products {
                 ids.push((api.product(&format!("product-{i}"), *stock).await?, *stock));
             }
-            (ids, spread(*orders, *products, *skewed))
+            (ids, spread(total, *products, *skewed))
         }
     };
-    let products: Arc<Vec<u64>> = Arc::new(stocks.iter().map(|(id, _)| *id).collect());
-    let plan = Arc::new(plan);
-    let total = cli.scenario.orders();
+    let plan = Plan {
+        products: Arc::new(stocks.iter().map(|(id, _)| *id).collect()),
+        orders: Arc::new(plan),
+    };
+
+    // CPU time from here to the last decision.
+    let (ticks_per_second, ticks_source) = procstat::clock_ticks_per_second();
+    let mut watched = vec![Watched::start(std::process::id(), "self".into(), "bench")];
+    for &pid in &cli.watch_pids {
+        watched.push(Watched::start(pid, pid.to_string(), "watched"));
+    }
 
     // Submit.
     let progress = ProgressBar::new(total as u64);
@@ -170,45 +271,41 @@ async fn main() -> anyhow::Result<()> {
         .progress_chars("=> "),
     );
     progress.set_message("submitting");
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..cli.clients {
-        // Each client its own connection, as separate buyers would have.
-        let (api, next, plan, products, progress) = (
-            Api::new(&cli.base_url, cli.wait)?,
-            next.clone(),
-            plan.clone(),
-            products.clone(),
-            progress.clone(),
-        );
-        let wait = cli.wait;
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= plan.len() || Instant::now() > deadline {
-                    return out;
-                }
-                let sent = Instant::now();
-                let result = api.order(products[plan[i]], wait).await;
-                out.push((sent.elapsed(), result));
-                progress.inc(1);
-            }
-        }));
-    }
-    let mut submit_latency = Latencies::default();
-    let mut ids = Vec::with_capacity(total);
-    let mut errors = 0;
-    for task in tasks {
-        for (latency, result) in task.await? {
-            submit_latency.push(latency);
-            match result {
-                Ok(id) => ids.push(id),
-                Err(_) => errors += 1,
-            }
+    let (mut tally, schedule): (Tally, Option<Schedule>) = match mode {
+        Mode::Closed => (
+            load::closed_loop(
+                &cli.base_url,
+                cli.clients,
+                cli.wait,
+                &plan,
+                deadline,
+                &progress,
+            )
+            .await?,
+            None,
+        ),
+        Mode::Open {
+            rate,
+            max_in_flight,
+            ..
+        } => {
+            // One client for every request; it keeps as many idle
+            // connections as requests may be in flight.
+            let shared = Api::new(&cli.base_url, cli.wait, max_in_flight)?;
+            let (tally, schedule) = load::open_loop(
+                shared,
+                cli.wait,
+                &plan,
+                rate,
+                max_in_flight,
+                deadline,
+                &progress,
+            )
+            .await?;
+            (tally, Some(schedule))
         }
-    }
+    };
     let submit_seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
 
@@ -217,18 +314,18 @@ async fn main() -> anyhow::Result<()> {
     spinner.set_message("waiting for every decision");
     spinner.enable_steady_tick(Duration::from_millis(120));
     let mut finished_in_time = true;
-    let (mut accepted, mut rejected);
+    let (mut accepted, mut rejected, mut pending);
     loop {
-        let (mut pending, mut acc, mut rej) = (0, 0, 0);
-        for &product in products.iter() {
+        let (mut pend, mut acc, mut rej) = (0, 0, 0);
+        for &product in plan.products.iter() {
             let s = api
                 .get(&format!("/api/products/{product}/orders/summary"))
                 .await?;
-            pending += s["pending"].as_u64().unwrap_or(0);
+            pend += s["pending"].as_u64().unwrap_or(0);
             acc += s["accepted"].as_u64().unwrap_or(0);
             rej += s["rejected"].as_u64().unwrap_or(0);
         }
-        (accepted, rejected) = (acc, rej);
+        (accepted, rejected, pending) = (acc, rej, pend);
         if pending == 0 {
             break;
         }
@@ -240,77 +337,233 @@ async fn main() -> anyhow::Result<()> {
     }
     let decided_seconds = started.elapsed().as_secs_f64();
     spinner.finish_and_clear();
+    let cpu_seconds: Vec<Option<f64>> = watched
+        .iter()
+        .map(|w| w.cpu_seconds(ticks_per_second))
+        .collect();
 
     // Submit-to-decision latency, on the database clock, from a sample.
-    let decision_latency = api.decision_latencies(&ids, 2_000).await?;
+    let sample_limit = cli.latency_sample.unwrap_or(match mode {
+        Mode::Closed => 2_000,
+        Mode::Open { duration, .. } => SAMPLE_PER_SECOND * duration.ceil() as usize,
+    });
+    let sample = pick(&mut tally.admitted, sample_limit);
+    let reading_bar = ProgressBar::new(sample.len() as u64);
+    reading_bar.set_style(ProgressStyle::with_template(
+        "{spinner} reading decisions [{bar:40}] {pos}/{len} ({per_sec}, {eta})",
+    )?);
+    let reader = Api::new(&cli.base_url, 0, READ_CONCURRENCY)?;
+    let read_started = Instant::now();
+    let reading = reader
+        .decision_latencies(&sample, READ_CONCURRENCY, &reading_bar)
+        .await;
+    reading_bar.finish_and_clear();
+    let read_seconds = read_started.elapsed().as_secs_f64();
 
     // Checks through the public API.
+    let admitted = tally.admitted.len() as u64;
+    let decided = accepted + rejected;
     let mut checks = Vec::new();
+    let mut check = |what: String, ok: bool| checks.push(Check { what, ok });
     check(
-        &mut checks,
         format!("finished within {} s", cli.max_seconds),
         finished_in_time,
     );
+    if let Mode::Closed = mode {
+        check(
+            "every submission answered 2xx (or shed: 503 OVERLOADED)".into(),
+            tally.errors == 0 && admitted + tally.shed == total as u64,
+        );
+    }
     check(
-        &mut checks,
-        "every submission answered 2xx",
-        errors == 0 && ids.len() == total,
+        format!(
+            "every shed answer carried Retry-After ({} of {} without)",
+            tally.shed_without_retry_after, tally.shed
+        ),
+        tally.shed_without_retry_after == 0,
     );
     let mut expected_accepted = 0u64;
+    let mut total_stock = 0i64;
     for (i, &(product, stock)) in stocks.iter().enumerate() {
-        let ordered = plan.iter().filter(|&&p| p == i).count() as i64;
+        let ordered = tally.admitted_per_product[i] as i64;
         let expect = ordered.min(stock) as u64;
         expected_accepted += expect;
+        total_stock += stock;
         let inv = api
             .get(&format!("/api/products/{product}/inventory"))
             .await?;
         let reserved = inv["reserved_stock"].as_i64().unwrap_or(-1);
-        check(
-            &mut checks,
-            format!(
-                "product {product}: reserved {reserved} = min(orders {ordered}, stock {stock})"
+        match mode {
+            Mode::Closed => check(
+                format!(
+                    "product {product}: reserved {reserved} = min(orders {ordered}, stock {stock})"
+                ),
+                reserved == expect as i64,
             ),
-            reserved == expect as i64,
-        );
+            // An error may hide an order that was recorded: then only the bound holds.
+            Mode::Open { .. } if tally.errors > 0 => check(
+                format!("product {product}: reserved {reserved} <= stock {stock}"),
+                (0..=stock).contains(&reserved),
+            ),
+            Mode::Open { .. } => check(
+                format!(
+                    "product {product}: reserved {reserved} = min(admitted {ordered}, stock {stock})"
+                ),
+                reserved == expect as i64,
+            ),
+        }
         check(
-            &mut checks,
             format!("product {product}: available = stock - reserved"),
             inv["available_stock"].as_i64() == Some(stock - reserved),
         );
     }
+    match mode {
+        Mode::Closed => check(
+            format!("accepted {accepted} = expected {expected_accepted}"),
+            accepted == expected_accepted,
+        ),
+        Mode::Open { .. } => check(
+            format!("accepted {accepted} <= stock {total_stock}"),
+            accepted as i64 <= total_stock,
+        ),
+    }
     check(
-        &mut checks,
-        format!("accepted {accepted} = expected {expected_accepted}"),
-        accepted == expected_accepted,
+        format!("nothing pending at the end ({pending})"),
+        pending == 0,
     );
+    if tally.errors == 0 {
+        check(
+            format!("decided {decided} = admitted {admitted}"),
+            decided == admitted,
+        );
+    } else {
+        check(
+            format!(
+                "decided {decided} >= admitted {admitted} ({} errors: an order may be recorded without its answer)",
+                tally.errors
+            ),
+            decided >= admitted,
+        );
+    }
     check(
-        &mut checks,
-        format!("decided {} = submitted {}", accepted + rejected, ids.len()),
-        accepted + rejected == ids.len() as u64,
+        format!(
+            "read {} of {} sampled orders, every one decided ({} undecided)",
+            reading.read,
+            sample.len(),
+            reading.undecided
+        ),
+        reading.failed == 0 && reading.undecided == 0,
     );
     let invariants = api.get("/api/admin/invariants").await?;
-    check(&mut checks, "invariant check ok", invariants["ok"] == true);
+    check("invariant check ok".into(), invariants["ok"] == true);
 
-    let submitted = ids.len();
+    // CPU per process, per decided order.
+    let per_order = |seconds: f64| (decided > 0).then(|| seconds * 1e6 / decided as f64);
+    let processes: Vec<ProcessReport> = watched
+        .iter()
+        .zip(&cpu_seconds)
+        .map(|(w, &cpu)| ProcessReport {
+            pid: w.pid,
+            name: w.name.clone(),
+            role: w.role,
+            cpu_seconds: cpu,
+            cpu_us_per_decided_order: cpu.and_then(per_order),
+            peak_rss_mib: procstat::peak_rss_mib(&w.proc),
+        })
+        .collect();
+    let sum = |role: Option<&str>| -> f64 {
+        processes
+            .iter()
+            .filter(|p| role.is_none_or(|r| p.role == r))
+            .filter_map(|p| p.cpu_seconds)
+            .fold(0.0, |a, b| a + b)
+    };
+    let (watched_cpu, all_cpu) = (sum(Some("watched")), sum(None));
+    let any_watched = !cli.watch_pids.is_empty();
+
+    let per_second: Vec<PerSecond> = (0..tally.seconds.len().max(reading.per_second.len()))
+        .map(|s| {
+            let counts = tally.seconds.get(s).cloned().unwrap_or_default();
+            let empty = Latencies::default();
+            let latencies = reading.per_second.get(s).unwrap_or(&empty);
+            PerSecond {
+                second: s as u32,
+                arrivals: counts.arrivals,
+                sent: counts.sent,
+                admitted: counts.admitted,
+                shed: counts.shed,
+                client_dropped: counts.client_dropped,
+                errors: counts.errors,
+                decision_latency_ms: latencies.percentiles(),
+                decision_latency_read: latencies.len(),
+            }
+        })
+        .collect();
+
+    let sent = tally.sent();
+    let (mode_name, rate, duration, max_in_flight, asked_in_flight) = match mode {
+        Mode::Closed => ("closed", None, None, None, None),
+        Mode::Open {
+            rate,
+            duration,
+            max_in_flight,
+            asked_in_flight,
+        } => (
+            "open",
+            Some(rate),
+            Some(duration),
+            Some(max_in_flight),
+            asked_in_flight,
+        ),
+    };
+    let send_seconds = schedule.as_ref().map_or(submit_seconds, |s| s.send_seconds);
     let summary = Summary {
         scenario: cli.scenario.name(),
+        mode: mode_name,
         orders: total,
-        clients: cli.clients,
+        clients: matches!(mode, Mode::Closed).then_some(cli.clients),
         wait: cli.wait,
-        submitted,
+        offered_per_second: rate,
+        duration_seconds: duration,
+        max_in_flight,
+        max_in_flight_asked: asked_in_flight,
+        arrivals: schedule.as_ref().map_or(sent, |s| s.arrivals),
+        sent,
+        send_seconds,
+        send_per_second: rate_of(sent, send_seconds),
+        max_schedule_lag_ms: schedule.as_ref().map(|s| s.max_lag.as_secs_f64() * 1e3),
+        peak_in_flight: schedule.as_ref().map(|s| s.peak_in_flight),
+        submitted: tally.admitted.len(),
+        admitted,
+        shed: tally.shed,
+        shed_without_retry_after: tally.shed_without_retry_after,
+        client_dropped: tally.client_dropped,
         accepted,
         rejected,
-        errors,
+        pending,
+        errors: tally.errors as usize,
+        first_error: tally.first_error.clone(),
         submit_seconds,
-        submit_per_second: submitted as f64 / submit_seconds,
+        submit_per_second: rate_of(admitted, submit_seconds),
         decided_seconds,
-        decided_per_second: (accepted + rejected) as f64 / decided_seconds,
-        submit_latency_ms: submit_latency.percentiles(),
-        decision_latency_ms: decision_latency.percentiles(),
+        decided_per_second: rate_of(decided, decided_seconds),
+        submit_latency_ms: tally.submit_latency.percentiles(),
+        shed_latency_ms: tally.shed_latency.percentiles(),
+        decision_latency_ms: reading.overall.percentiles(),
+        decision_latency_read: reading.overall.len(),
+        decision_read_seconds: read_seconds,
+        series_lines: report::series_lines(&per_second, &reading.per_second),
+        per_second,
+        clock_ticks_per_second: ticks_per_second,
+        clock_ticks_source: ticks_source,
+        processes,
+        watched_cpu_seconds: watched_cpu,
+        watched_cpu_us_per_decided_order: per_order(watched_cpu).filter(|_| any_watched),
+        all_cpu_us_per_decided_order: per_order(all_cpu),
         peak_rss_mib: cli
             .watch_pids
             .iter()
-            .map(|&pid| (pid, peak_rss_mib(pid)))
+            .map(|&pid| (pid, procstat::peak_rss_mib(&pid.to_string())))
             .collect(),
         ok: checks.iter().all(|c| c.ok),
         checks,
@@ -318,12 +571,32 @@ async fn main() -> anyhow::Result<()> {
     if cli.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
-        print_table(&summary);
+        report::print_table(&summary);
     }
     if !summary.ok {
         std::process::exit(1);
     }
     Ok(())
+}
+
+fn rate_of(count: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// `limit` (0 = no limit) of the admitted orders, or all when there are no
+/// more: sorted by the second they were sent in, then taken at even spacing
+/// so that every part of the run is read in proportion.
+fn pick(admitted: &mut [(OrderKey, u32)], limit: usize) -> Vec<(OrderKey, u32)> {
+    admitted.sort_by_key(|&(_, second)| second);
+    let n = admitted.len();
+    if limit == 0 || n <= limit {
+        return admitted.to_vec();
+    }
+    (0..limit).map(|j| admitted[j * n / limit]).collect()
 }
 
 /// Refuses any base URL that is not on this machine.
@@ -366,140 +639,51 @@ fn spread(orders: usize, products: usize, skewed: bool) -> Vec<usize> {
         .collect()
 }
 
-/// Peak resident set (VmHWM) of `pid`, in MiB; 0 when unreadable.
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn print_table(s: &Summary) {
-    let p = |x: &Percentiles| {
-        format!(
-            "p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
-            x.p50, x.p95, x.p99, x.max
-        )
-    };
-    println!(
-        "scenario            {} ({} orders, {} clients, wait {})",
-        s.scenario, s.orders, s.clients, s.wait
-    );
-    println!("submitted           {}", s.submitted);
-    println!("accepted            {}", s.accepted);
-    println!("rejected            {}", s.rejected);
-    println!("errors              {}", s.errors);
-    println!(
-        "submit throughput   {:.0} orders/s ({:.2} s)",
-        s.submit_per_second, s.submit_seconds
-    );
-    println!(
-        "decided throughput  {:.0} orders/s (first submit to last decision, {:.2} s)",
-        s.decided_per_second, s.decided_seconds
-    );
-    println!("submit latency ms   {}", p(&s.submit_latency_ms));
-    println!(
-        "decision latency ms {} (submit to decision, database clock, sampled)",
-        p(&s.decision_latency_ms)
-    );
-    for (pid, mib) in &s.peak_rss_mib {
-        println!("peak RSS pid {pid:<7} {mib:.1} MiB");
-    }
-    for c in &s.checks {
-        println!("{} {}", if c.ok { "ok  " } else { "FAIL" }, c.what);
-    }
-}
-
-/// The public API, as the bench uses it.
-#[derive(Clone)]
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(base: &str, wait: u64) -> anyhow::Result<Self> {
-        Ok(Self {
-            base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .timeout(Duration::from_secs(30 + wait))
-                .build()?,
-        })
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let body: Value = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(body["data"].clone())
-    }
-
-    async fn product(&self, name: &str, stock: i64) -> anyhow::Result<u64> {
-        let r = self
-            .http
-            .post(format!("{}/api/products", self.base))
-            .json(&json!({"name": name, "stock": stock}))
-            .send()
-            .await?;
-        let body: Value = r.json().await?;
-        body["data"]["id"]
-            .as_u64()
-            .with_context(|| format!("creating a product: {body}"))
-    }
-
-    /// Submits one order of one unit; the order id on any 2xx or 400 (a decided rejection).
-    async fn order(&self, product: u64, wait: u64) -> anyhow::Result<String> {
-        let mut req = self
-            .http
-            .post(format!("{}/api/orders", self.base))
-            .json(&json!({"product_id": product, "total": 1}));
-        if wait > 0 {
-            req = req.header("Prefer", format!("wait={wait}"));
+    #[test]
+    fn picks_evenly_and_at_most_the_limit() {
+        let mut admitted: Vec<(OrderKey, u32)> = (0..1000u32)
+            .map(|i| (OrderKey::parse(&format!("{i:032x}")).unwrap(), 9 - i % 10))
+            .collect();
+        let picked = pick(&mut admitted, 100);
+        assert_eq!(picked.len(), 100);
+        for s in 0..10 {
+            assert_eq!(picked.iter().filter(|p| p.1 == s).count(), 10);
         }
-        let r = req.send().await?;
-        let status = r.status();
-        let body: Value = r.json().await?;
-        match (status.as_u16(), body["data"]["id"].as_str()) {
-            (200..=299 | 400, Some(id)) => Ok(id.to_owned()),
-            _ => bail!("{status}: {body}"),
-        }
+        assert_eq!(pick(&mut admitted, 0).len(), 1000);
+        assert_eq!(pick(&mut admitted, 5000).len(), 1000);
     }
 
-    /// `decided_at - created_at` of up to `sample` orders spread over `ids`.
-    async fn decision_latencies(&self, ids: &[String], sample: usize) -> anyhow::Result<Latencies> {
-        let step = (ids.len() / sample.max(1)).max(1);
-        let picked: Vec<&String> = ids.iter().step_by(step).collect();
-        let orders: Vec<anyhow::Result<Value>> = futures::stream::iter(picked)
-            .map(|id| self.get_order(id))
-            .buffer_unordered(32)
-            .collect()
-            .await;
-        let mut latencies = Latencies::default();
-        for order in orders.into_iter().flatten() {
-            let parse = |k: &str| {
-                order[k]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            };
-            if let (Some(created), Some(decided)) = (parse("created_at"), parse("decided_at")) {
-                latencies.push((decided - created).to_std().unwrap_or_default());
-            }
-        }
-        Ok(latencies)
-    }
-
-    async fn get_order(&self, id: &str) -> anyhow::Result<Value> {
-        self.get(&format!("/api/orders/{id}")).await
+    #[test]
+    fn open_loop_flags_go_together() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            Mode::of(&cli).map(|m| m.orders(&cli.scenario))
+        };
+        assert_eq!(parse(&["bench", "flash-sale", "--orders", "7"]).unwrap(), 7);
+        assert_eq!(
+            parse(&[
+                "bench",
+                "--rate",
+                "300",
+                "--duration",
+                "10",
+                "flash-sale",
+                "--orders",
+                "7"
+            ])
+            .unwrap(),
+            3000
+        );
+        assert_eq!(
+            parse(&["bench", "sold-out", "--rate", "2.5", "--duration", "2"]).unwrap(),
+            5
+        );
+        assert!(parse(&["bench", "--rate", "300", "flash-sale"]).is_err());
+        assert!(parse(&["bench", "--duration", "3", "flash-sale"]).is_err());
+        assert!(parse(&["bench", "--rate", "0", "--duration", "3", "flash-sale"]).is_err());
     }
 }

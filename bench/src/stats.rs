@@ -22,6 +22,16 @@ impl Latencies {
         self.0.push(d);
     }
 
+    /// Observations held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds every observation of `other`.
+    pub fn extend(&mut self, other: &Self) {
+        self.0.extend_from_slice(&other.0);
+    }
+
     /// Nearest-rank percentiles; zeros when empty.
     pub fn percentiles(&self) -> Percentiles {
         if self.0.is_empty() {
