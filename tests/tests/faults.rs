@@ -180,12 +180,24 @@ async fn an_api_killed_between_recording_and_publishing_loses_nothing() {
     )
     .await;
     // What the dead api recorded and never published, a live api's relay
-    // published (whichever got to it first).
+    // published (whichever got to it first), once: each claimed order is
+    // marked when it is claimed, and nothing else was republished (not the
+    // dead api's confirmed orders, not anybody's live backlog).
     let mut relayed = 0.0;
     for api in [&app.address, &replacement.address] {
         relayed += metric(api, "flashstock_api_relay_republished_total").await;
     }
     assert!(relayed > 0.0, "no order needed the relay");
+    let (claimed,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM orders WHERE relayed_at IS NOT NULL")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(relayed, claimed as f64);
+    assert!(
+        claimed <= 500,
+        "{claimed} orders republished: more than the one unpublished batch"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,8 @@
 //! The consume loops: one per owned partition, plus the dead-letter queue.
 //! They only receive, call [`decide_batch`], commit, ack and announce.
 
-use crate::decide::{
-    Decided, Decision, Outcome, decide_fenced, reject_dead_lettered, reject_undecidable,
-};
+use crate::decide::{Decided, Decision, Outcome, reject_dead_lettered, reject_undecidable};
+use crate::decider::Decider;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use backon::BackoffBuilder;
@@ -41,6 +40,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Announces decisions, over a connection of its own.
     pub notifier: Notifier,
+    /// Decides batches, several partitions' per transaction.
+    pub decider: Decider,
 }
 
 /// Why a consume session ended early.
@@ -270,7 +271,7 @@ async fn decide_with_retry(
     let mut delays = retry_policy().build();
     let mut permanent_failures = 0;
     loop {
-        match decide_fenced(&ctx.db, orders, ctx.config.reservation_ttl, lease).await {
+        match ctx.decider.decide(orders, lease).await {
             Ok(Some(decisions)) => return Ok(Some(decisions)),
             Ok(None) => {
                 Metrics::inc(&ctx.metrics.fenced);

@@ -63,6 +63,16 @@ pub struct Decided {
     pub sold_out: Vec<ProductId>,
 }
 
+/// One partition's orders, in arrival order, and the lease they are decided
+/// under.
+#[derive(Debug, Clone, Copy)]
+pub struct Group<'a> {
+    /// The orders.
+    pub orders: &'a [OrderMessage],
+    /// The partition's lease (recorded on each decision; the fence).
+    pub lease: &'a Lease,
+}
+
 /// Decides `orders` (in arrival order) inside the caller's transaction `tx`,
 /// recording `decider` (the lease's owner and epoch) on each decision:
 /// locks the order rows and the product rows involved, accepts each order
@@ -77,18 +87,44 @@ pub async fn decide_batch(
     reservation_ttl: Duration,
     decider: &Lease,
 ) -> Result<Decided, sqlx::Error> {
-    if orders.is_empty() {
-        return Ok(Decided::default());
-    }
-    // The database row is the truth; the message only names the order.
-    let ids: Vec<Uuid> = {
-        let mut seen = HashSet::new();
-        orders
-            .iter()
-            .map(|o| o.order_id.uuid())
-            .filter(|id| seen.insert(*id))
-            .collect()
+    let group = Group {
+        orders,
+        lease: decider,
     };
+    Ok(decide_groups(tx, &[group], reservation_ttl)
+        .await?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// [`decide_batch`] for several partitions' groups in one transaction: one
+/// locking read of all their orders, one of all their products (in id
+/// order), each group decided in its own arrival order (partitions never
+/// share a product, so groups never compete), one conditional UPDATE per
+/// outcome and lease, one UPDATE per product. Returns one [`Decided`] per
+/// group, in the order given.
+pub async fn decide_groups(
+    tx: &mut MySqlConnection,
+    groups: &[Group<'_>],
+    reservation_ttl: Duration,
+) -> Result<Vec<Decided>, sqlx::Error> {
+    // The database row is the truth; the message only names the order.
+    // Each order once, in its group, first come first.
+    let mut seen = HashSet::new();
+    let group_ids: Vec<Vec<Uuid>> = groups
+        .iter()
+        .map(|g| {
+            g.orders
+                .iter()
+                .map(|o| o.order_id.uuid())
+                .filter(|id| seen.insert(*id))
+                .collect()
+        })
+        .collect();
+    let ids: Vec<Uuid> = group_ids.iter().flatten().copied().collect();
+    if ids.is_empty() {
+        return Ok(groups.iter().map(|_| Decided::default()).collect());
+    }
     let sql = format!(
         "SELECT id, product_id, total, status, \
                 CAST(TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS SIGNED) \
@@ -136,33 +172,42 @@ pub async fn decide_batch(
     }
     let before: BTreeMap<u64, i64> = stock.iter().map(|(p, (_, r))| (*p, *r)).collect();
 
-    let mut decisions = Vec::with_capacity(ids.len());
-    for id in ids {
-        let order_id = OrderId::from(id);
-        let outcome = match rows.get(&id) {
-            None => Outcome::Unknown,
-            Some((_, _, status)) if status != "PENDING" => Outcome::AlreadyDecided,
-            Some((product, total, _)) => match stock.get_mut(product) {
-                None => Outcome::Rejected(reason::PRODUCT_NOT_FOUND),
-                Some((stored, reserved)) => {
-                    let total = i64::from(*total);
-                    if *stored - *reserved >= total {
-                        *reserved += total;
-                        Outcome::Accepted
-                    } else {
-                        Outcome::Rejected(reason::OUT_OF_STOCK)
+    let mut out = Vec::with_capacity(groups.len());
+    for (group, ids) in groups.iter().zip(group_ids) {
+        let mut decisions = Vec::with_capacity(ids.len());
+        let mut touched = Vec::new();
+        for id in ids {
+            let order_id = OrderId::from(id);
+            let outcome = match rows.get(&id) {
+                None => Outcome::Unknown,
+                Some((_, _, status)) if status != "PENDING" => Outcome::AlreadyDecided,
+                Some((product, total, _)) => {
+                    touched.push(*product);
+                    match stock.get_mut(product) {
+                        None => Outcome::Rejected(reason::PRODUCT_NOT_FOUND),
+                        Some((stored, reserved)) => {
+                            let total = i64::from(*total);
+                            if *stored - *reserved >= total {
+                                *reserved += total;
+                                Outcome::Accepted
+                            } else {
+                                Outcome::Rejected(reason::OUT_OF_STOCK)
+                            }
+                        }
                     }
                 }
-            },
-        };
-        decisions.push(Decision {
-            order_id,
-            outcome,
-            waited: waited.get(&id).copied().unwrap_or_default(),
-        });
+            };
+            decisions.push(Decision {
+                order_id,
+                outcome,
+                waited: waited.get(&id).copied().unwrap_or_default(),
+            });
+        }
+        write_decisions(tx, &decisions, reservation_ttl, group.lease).await?;
+        touched.sort_unstable();
+        touched.dedup();
+        out.push((decisions, touched));
     }
-
-    write_decisions(tx, &decisions, reservation_ttl, decider).await?;
     for (product, (_, reserved)) in &stock {
         let delta = reserved - before[product];
         if delta > 0 {
@@ -175,15 +220,21 @@ pub async fn decide_batch(
             .await?;
         }
     }
-    let sold_out = stock
-        .iter()
-        .filter(|(_, (stored, reserved))| stored - reserved <= 0)
-        .filter_map(|(p, _)| ProductId::new(*p as i64).ok())
-        .collect();
-    Ok(Decided {
-        decisions,
-        sold_out,
-    })
+    Ok(out
+        .into_iter()
+        .map(|(decisions, touched)| Decided {
+            decisions,
+            sold_out: touched
+                .into_iter()
+                .filter(|p| {
+                    stock
+                        .get(p)
+                        .is_some_and(|(stored, reserved)| stored - reserved <= 0)
+                })
+                .filter_map(|p| ProductId::new(p as i64).ok())
+                .collect(),
+        })
+        .collect())
 }
 
 /// One conditional UPDATE per outcome: the accepted, and the rejected per reason.
@@ -256,14 +307,44 @@ pub async fn decide_fenced(
     reservation_ttl: Duration,
     lease: &Lease,
 ) -> Result<Option<Decided>, sqlx::Error> {
+    let group = Group { orders, lease };
+    Ok(decide_fenced_groups(db, &[group], reservation_ttl)
+        .await?
+        .pop()
+        .flatten())
+}
+
+/// [`decide_fenced`] for several partitions' groups in one transaction and
+/// one commit: a group whose lease is lost is left out (`None`), the others
+/// decided.
+pub async fn decide_fenced_groups(
+    db: &sqlx::MySqlPool,
+    groups: &[Group<'_>],
+    reservation_ttl: Duration,
+) -> Result<Vec<Option<Decided>>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    if !leases::check_fence(&mut tx, lease).await? {
-        return Ok(None);
+    let mut fenced = Vec::with_capacity(groups.len());
+    for group in groups {
+        fenced.push(leases::check_fence(&mut tx, group.lease).await?);
     }
-    let decisions = decide_batch(&mut tx, orders, reservation_ttl, lease).await?;
+    let live: Vec<Group<'_>> = groups
+        .iter()
+        .zip(&fenced)
+        .filter(|(_, held)| **held)
+        .map(|(g, _)| *g)
+        .collect();
+    let mut decided = if live.is_empty() {
+        Vec::new()
+    } else {
+        decide_groups(&mut tx, &live, reservation_ttl).await?
+    }
+    .into_iter();
     shared::fault::point(shared::fault::WORKER_BEFORE_COMMIT);
     tx.commit().await?;
-    Ok(Some(decisions))
+    Ok(fenced
+        .into_iter()
+        .map(|held| if held { decided.next() } else { None })
+        .collect())
 }
 
 /// Rejects an order whose deciding transaction fails on its own for a

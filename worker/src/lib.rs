@@ -2,6 +2,7 @@
 //!
 //! - [`decide`]: the core, `decide_batch`, a plain function over a transaction.
 //! - [`consume`]: the loops that receive, decide, commit, ack and announce.
+//! - [`decider`]: several partitions' batches decided in one transaction.
 //! - [`ownership`]: partition leases across workers (heartbeat, rendezvous, fencing).
 //! - [`notify`]: decision notices, published over a connection of their own.
 //! - [`metrics`]: counters and histograms served at `/metrics`.
@@ -10,6 +11,7 @@
 
 pub mod consume;
 pub mod decide;
+pub mod decider;
 pub mod metrics;
 pub mod notify;
 pub mod ownership;
@@ -62,6 +64,7 @@ impl Worker {
         let metrics: Arc<metrics::Metrics> = Arc::default();
         let metrics_listener = TcpListener::bind(config.worker_metrics_addr).await?;
         let topology_for_notices = topology.clone();
+        let decider = decider::Decider::start(db.clone(), config.reservation_ttl);
         Ok(Self {
             ctx: Arc::new(Context {
                 db,
@@ -70,6 +73,7 @@ impl Worker {
                 config: Arc::new(config),
                 worker_id,
                 notifier: notify::Notifier::new(notify_link, topology_for_notices, metrics.clone()),
+                decider,
                 metrics,
             }),
             metrics_listener,

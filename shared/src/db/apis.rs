@@ -114,8 +114,8 @@ impl Claim {
             return Ok(None);
         };
         let rows: Vec<(Uuid, u64, u32)> = sqlx::query_as(
-            "SELECT id, product_id, total FROM orders \
-             WHERE status = 'PENDING' AND recorded_by = ? AND id >= ? \
+            "SELECT id, product_id, total FROM orders FORCE INDEX (idx_orders_recorded_by) \
+             WHERE recorded_by = ? AND id >= ? AND status = 'PENDING' \
              ORDER BY id LIMIT ? FOR UPDATE",
         )
         .bind(dead)
@@ -169,13 +169,13 @@ pub async fn own_pending(
     limit: u32,
 ) -> Result<Vec<OrderMessage>, sqlx::Error> {
     let rows: Vec<(Uuid, u64, u32)> = sqlx::query_as(
-        "SELECT id, product_id, total FROM orders FORCE INDEX (uq_orders_id) \
-         WHERE id >= ? AND id < ? AND recorded_by = ? AND status = 'PENDING' \
+        "SELECT id, product_id, total FROM orders FORCE INDEX (idx_orders_recorded_by) \
+         WHERE recorded_by = ? AND id >= ? AND id < ? AND status = 'PENDING' \
          ORDER BY id LIMIT ?",
     )
+    .bind(me)
     .bind(from.uuid())
     .bind(to.uuid())
-    .bind(me)
     .bind(limit)
     .fetch_all(pool)
     .await?;
