@@ -50,4 +50,30 @@ done
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.5; done
 watch=()
 for pid in "${pids[@]}"; do watch+=(--watch-pid "$pid"); done
-"$bin/bench" --base-url "http://127.0.0.1:$port" "${watch[@]}" "$@"
+# The database and the broker are processes of this machine too: their CPU
+# per order is part of the cost.
+for server in mariadbd beam.smp; do
+  for pid in $(pidof "$server" 2>/dev/null || true); do watch+=(--watch-pid "$pid"); done
+done
+status() {
+  mysql --protocol=TCP -h 127.0.0.1 -u root -N -e "SHOW GLOBAL STATUS WHERE Variable_name REGEXP '^(Handler_|Innodb_rows_|Com_(insert|update|select|delete|commit|begin)$|Innodb_data_fsyncs|Innodb_log_writes)'"
+}
+before=$(mktemp)
+status >"$before"
+status=0
+"$bin/bench" --base-url "http://127.0.0.1:$port" "${watch[@]}" "$@" || status=$?
+# The database's own work per recorded order (every order of this run's
+# database; other databases on the server add noise).
+recorded=$(mysql --protocol=TCP -h 127.0.0.1 -u root -N -e "SELECT COUNT(*) FROM \`$name\`.orders" 2>/dev/null || echo 0)
+status | python3 -c '
+import sys
+before = dict(l.split("\t") for l in open(sys.argv[1]).read().splitlines() if "\t" in l)
+after = dict(l.split("\t") for l in sys.stdin.read().splitlines() if "\t" in l)
+n = int(sys.argv[2])
+if n:
+    rows = [(k, int(after[k]) - int(before.get(k, 0))) for k in sorted(after) if after[k].isdigit()]
+    rows = [(k, d) for k, d in rows if d > 0]
+    print(f"database work per recorded order ({n} orders; SHOW GLOBAL STATUS deltas):", file=sys.stderr)
+    print("  " + "  ".join(f"{k}={d / n:.2f}" for k, d in rows), file=sys.stderr)
+' "$before" "$recorded"
+exit "$status"

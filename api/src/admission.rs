@@ -193,30 +193,45 @@ impl Admission {
             return;
         }
         let now = Instant::now();
+        let State { parts, undecided } = &mut *state;
         for id in ids {
-            if let Some(partition) = state.undecided.remove(id) {
-                let part = &mut state.parts[usize::from(partition)];
+            if let Some(partition) = undecided.remove(id) {
+                let part = &mut parts[usize::from(partition)];
                 part.undecided -= 1;
                 if decided {
                     part.roll(now);
                     part.window_decided += 1;
                 }
+                // Decided entries leave the front now, not only on the next
+                // admission, so the queue stays as short as the backlog.
+                while part
+                    .queue
+                    .front()
+                    .is_some_and(|(id, _)| !undecided.contains_key(id))
+                {
+                    part.queue.pop_front();
+                }
             }
         }
     }
 
-    /// Up to `limit` undecided orders admitted more than `age` ago.
+    /// Undecided orders admitted more than `age` ago, the oldest of each
+    /// partition first, at most `limit` in all and a fair share of it per
+    /// partition (one stalled partition must not starve the others).
     fn overdue(&self, age: Duration, limit: usize) -> Vec<OrderId> {
         let now = Instant::now();
         let state = self.inner.lock().expect("admission lock");
+        let share = (limit / state.parts.len().max(1)).max(16);
         let mut found = Vec::new();
         for part in &state.parts {
+            let mut taken = 0;
             for (id, at) in &part.queue {
-                if now.duration_since(*at) <= age || found.len() >= limit {
+                if now.duration_since(*at) <= age || taken >= share || found.len() >= limit {
                     break;
                 }
                 if state.undecided.contains_key(id) {
                     found.push(*id);
+                    taken += 1;
                 }
             }
         }
@@ -245,7 +260,7 @@ pub async fn run_reconciler(db: MySqlPool, admission: Admission, shutdown: Cance
         if overdue.is_empty() {
             continue;
         }
-        match db::orders::not_pending(&db, &overdue).await {
+        match db::orders::decided_among(&db, &overdue).await {
             Ok(decided) => admission.decided(&decided),
             Err(e) => tracing::debug!(error = %e, "could not check overdue orders"),
         }

@@ -38,8 +38,8 @@ struct Inner {
     /// tracks one by one (more than `MAX_DEFERRED`, or a recording whose
     /// outcome is unknown); the relay looks in the database from here.
     floor: Option<OrderId>,
-    /// Bumped whenever `floor` is lowered, so a relay scan that started
-    /// before can tell.
+    /// Bumped whenever an id is handed to the floor (whether or not it
+    /// lowers it), so a relay scan that started before can tell.
     floor_changes: u64,
 }
 
@@ -147,18 +147,20 @@ impl Outbox {
         }
     }
 
-    /// The floor, if any, with its version for [`Outbox::clear_floor`].
+    /// The floor, if any, with its version for [`Outbox::advance_floor`].
     pub fn floor(&self) -> Option<(OrderId, u64)> {
         let inner = self.lock();
         inner.floor.map(|f| (f, inner.floor_changes))
     }
 
     /// The relay republished every PENDING order of this api from the floor
-    /// on: forgets the floor unless it was lowered meanwhile.
-    pub fn clear_floor(&self, version: u64) {
+    /// up to `to`: the floor moves there (or goes, with `to` = `None`),
+    /// unless an order was lost track of meanwhile (then the next round
+    /// scans from the floor again).
+    pub fn advance_floor(&self, version: u64, to: Option<OrderId>) {
         let mut inner = self.lock();
         if inner.floor_changes == version {
-            inner.floor = None;
+            inner.floor = to;
         }
     }
 
@@ -196,7 +198,62 @@ impl Inner {
     fn lower_floor(&mut self, id: OrderId) {
         if self.floor.is_none_or(|f| id < f) {
             self.floor = Some(id);
-            self.floor_changes += 1;
         }
+        self.floor_changes += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::domain::{ProductId, Quantity};
+
+    fn message(id: OrderId) -> OrderMessage {
+        OrderMessage {
+            order_id: id,
+            product_id: ProductId::new(1).unwrap(),
+            total: Quantity::new(1, 10).unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_watermark_stays_below_every_unconfirmed_id() {
+        let outbox = Outbox::default();
+        let first = outbox.new_id();
+        let second = outbox.new_id();
+        assert_eq!(outbox.watermark(), first.get());
+        // Confirmed (dropped): the watermark moves on to the next one.
+        let first_id = first.get();
+        drop(first);
+        assert_eq!(outbox.watermark(), second.get());
+        // Deferred: it stays until the relay confirms it.
+        let order = message(second.get());
+        outbox.defer(vec![order], vec![second]);
+        assert_eq!(outbox.watermark(), order.order_id);
+        assert_eq!(outbox.take_deferred(), vec![order]);
+        outbox.confirmed(&[order]);
+        assert!(outbox.watermark() > first_id);
+        assert!(outbox.is_clean());
+    }
+
+    #[test]
+    fn past_the_bound_only_the_floor_is_kept_until_the_relay_moves_it() {
+        let outbox = Outbox::default();
+        let ids: Vec<NewId> = (0..MAX_DEFERRED + 5).map(|_| outbox.new_id()).collect();
+        let lowest = ids[0].get();
+        let orders: Vec<OrderMessage> = ids.iter().map(|i| message(i.get())).collect();
+        outbox.defer(orders, ids);
+        assert_eq!(outbox.deferred_len(), MAX_DEFERRED);
+        let (floor, version) = outbox.floor().expect("a floor");
+        assert!(floor > lowest, "the first ones are kept one by one");
+        assert_eq!(outbox.watermark(), lowest);
+        // A scan that saw no new loss moves the floor; one that did does not.
+        let lost = outbox.new_id();
+        outbox.lose_track(vec![lost]);
+        outbox.advance_floor(version, None);
+        assert!(outbox.floor().is_some());
+        let (_, version) = outbox.floor().unwrap();
+        outbox.advance_floor(version, None);
+        assert!(outbox.floor().is_none());
     }
 }

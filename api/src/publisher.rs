@@ -97,9 +97,17 @@ impl Publisher {
             by_partition.entry(p).or_default().push(order);
         }
         let mut sent = Vec::with_capacity(by_partition.len());
+        // After one publish times out, the broker is not taking messages:
+        // the rest fail at once rather than wait their turn.
+        let mut stalled = false;
         for (p, orders) in by_partition {
             for chunk in orders.chunks(MAX_ORDERS_PER_MESSAGE) {
-                let confirm = self.send_batch(p, chunk).await;
+                let confirm = if stalled {
+                    Err(PublishError::Timeout)
+                } else {
+                    self.send_batch(p, chunk).await
+                };
+                stalled |= matches!(confirm, Err(PublishError::Timeout));
                 sent.push((chunk.to_vec(), confirm));
             }
         }

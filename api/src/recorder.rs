@@ -21,7 +21,7 @@ use shared::message::OrderMessage;
 use sqlx::MySqlPool;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// Recording loops: while one waits on the database, the other records.
@@ -39,8 +39,9 @@ pub enum Recorded {
     Existing(OrderRow),
     /// The idempotency key was used before with a different request.
     KeyReused,
-    /// The broker refused the order's message (its partition queue is full):
-    /// the order was removed again, and the client is told to come back.
+    /// Not recorded: the recording queue was full, or the broker refused the
+    /// order's message (its partition queue is full) and the order was
+    /// removed again. The client is told to come back.
     Shed,
 }
 
@@ -58,22 +59,33 @@ pub struct Submission {
     pub claimed: Claimed,
 }
 
-/// Set once the recorder has taken a request's order: from then on the
-/// order may be recorded, so the request waits for the answer rather than
-/// time out (the rest of the way is bounded by the database's and the
-/// broker's own timeouts). The request-timeout layer puts one in every
-/// request's extensions.
+/// Who won a request: the recorder, which takes its order (from then on
+/// the order may be recorded, so the request waits for the answer rather
+/// than time out; the rest of the way is bounded by the database's and the
+/// broker's own timeouts), or the request-timeout layer, which gives up on
+/// it (then the recorder leaves the order alone). Exactly one of them wins.
+/// The request-timeout layer puts one in every request's extensions.
 #[derive(Debug, Clone, Default)]
-pub struct Claimed(Arc<AtomicBool>);
+pub struct Claimed(Arc<AtomicU8>);
+
+const OPEN: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
 
 impl Claimed {
-    /// Whether the order was taken.
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    /// The recorder takes the order; false when the request was abandoned.
+    fn take(&self) -> bool {
+        self.0
+            .compare_exchange(OPEN, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
-    fn set(&self) {
-        self.0.store(true, Ordering::Release);
+    /// The request gives up; false when its order was already taken (then
+    /// the request must wait for its answer).
+    pub fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(OPEN, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
@@ -109,7 +121,9 @@ impl Recorder {
         sold_out: SoldOut,
         api_id: &str,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        // Two batches' worth may wait: past that, recording is the
+        // bottleneck, and a new order is shed at once instead of queueing.
+        let (tx, rx) = mpsc::channel(2 * MAX_BATCH);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let shared = Loop {
             db,
@@ -125,13 +139,16 @@ impl Recorder {
     }
 
     /// Records `submission` and publishes it; returns once it is committed
-    /// and its message confirmed (or left to the relay).
+    /// and its message confirmed (or left to the relay). [`Recorded::Shed`]
+    /// at once, recording nothing, when the recording queue is full.
     pub async fn record(&self, submission: Submission) -> Result<Recorded, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { submission, reply })
-            .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
+        match self.jobs.try_send(Job { submission, reply }) {
+            Ok(()) => {}
+            // Dropping the job forgets its id: nothing was recorded.
+            Err(mpsc::error::TrySendError::Full(_)) => return Ok(Recorded::Shed),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(sqlx::Error::PoolClosed),
+        }
         answer.await.map_err(|_| sqlx::Error::PoolClosed)?
     }
 }
@@ -140,12 +157,13 @@ impl Loop {
     async fn run(self, jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
         let mut taken = Vec::with_capacity(MAX_BATCH);
         while jobs.lock().await.recv_many(&mut taken, MAX_BATCH).await > 0 {
-            // Clients gone before their batch started: nothing is recorded
-            // for them (their ids leave the outbox as the jobs drop).
-            let batch: Vec<Job> = taken.drain(..).filter(|j| !j.reply.is_closed()).collect();
-            for job in &batch {
-                job.submission.claimed.set();
-            }
+            // Clients gone (or timed out) before their batch started:
+            // nothing is recorded for them (their ids leave the outbox as
+            // the jobs drop).
+            let batch: Vec<Job> = taken
+                .drain(..)
+                .filter(|j| !j.reply.is_closed() && j.submission.claimed.take())
+                .collect();
             if !batch.is_empty() {
                 self.record_batch(batch).await;
             }
@@ -246,7 +264,9 @@ impl Loop {
             Err(_) => {
                 for job in plain {
                     if job.reply.is_closed() {
-                        // Gone while the batch failed: not recorded.
+                        // Gone while the batch failed: not recorded again,
+                        // but the failed batch may have committed after all.
+                        self.outbox.lose_track(vec![job.submission.id]);
                         continue;
                     }
                     let s = &job.submission;
@@ -292,7 +312,16 @@ impl Loop {
             Default::default()
         } else {
             match db::orders::delete_unqueued(&self.db, &refused).await {
-                Ok(_) => refused.into_iter().collect(),
+                Ok(deleted) => {
+                    // Not deleted: decided meanwhile (it reached the broker
+                    // another way), so nothing is owed for it either.
+                    for id in &refused {
+                        if !deleted.contains(id) {
+                            unpublished.remove(id);
+                        }
+                    }
+                    deleted.into_iter().collect()
+                }
                 // Still recorded: the relay publishes them later.
                 Err(e) => {
                     tracing::warn!(error = %e, "could not remove orders the broker refused; the relay has them");
@@ -305,10 +334,7 @@ impl Loop {
             let Job { submission, reply } = job;
             let id = submission.id.get();
             let answer = match result {
-                Ok(Recorded::New(_)) if shed.contains(&id) => {
-                    Metrics::inc(&metrics.orders_shed);
-                    Ok(Recorded::Shed)
-                }
+                Ok(Recorded::New(_)) if shed.contains(&id) => Ok(Recorded::Shed),
                 Ok(recorded) => {
                     if let Some(order) = unpublished.remove(&id) {
                         Metrics::inc(&metrics.publish_failures);

@@ -54,16 +54,19 @@ impl Relay {
     /// records meanwhile; once back, it heartbeats again (an order both
     /// publish is decided once all the same).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut cut_off_since: Option<std::time::Instant> = None;
+        // On a timer of its own: publishing can take seconds while the
+        // broker is slow, and a late heartbeat would get this api claimed.
+        let heartbeat = tokio::spawn(heartbeat(
+            self.db.clone(),
+            self.publisher.clone(),
+            self.outbox.clone(),
+            self.api_id.clone(),
+            self.interval,
+            self.lease,
+            shutdown.clone(),
+        ));
         loop {
-            if self.publisher.is_connected() {
-                cut_off_since = None;
-            } else {
-                cut_off_since.get_or_insert_with(std::time::Instant::now);
-            }
-            if cut_off_since.is_some_and(|t| t.elapsed() > self.lease) {
-                tracing::debug!("no broker for longer than the lease: not heartbeating");
-            } else {
+            if self.publisher.is_connected() && !self.publisher.is_blocked() {
                 self.round(&shutdown).await;
             }
             tokio::select! {
@@ -71,8 +74,9 @@ impl Relay {
                 _ = tokio::time::sleep(self.interval) => {}
             }
         }
+        let _ = heartbeat.await;
         // One last try at what is still owed, then hand over the rest.
-        if self.publisher.is_connected() {
+        if self.publisher.is_connected() && !self.publisher.is_blocked() {
             self.republish_deferred().await;
         }
         let unpublished = (!self.outbox.is_clean()).then(|| self.outbox.watermark());
@@ -82,13 +86,6 @@ impl Relay {
     }
 
     async fn round(&self, shutdown: &CancellationToken) {
-        if let Err(e) = apis::heartbeat(&self.db, &self.api_id, self.outbox.watermark()).await {
-            tracing::warn!(error = %e, "api heartbeat failed");
-            return;
-        }
-        if !self.publisher.is_connected() || self.publisher.is_blocked() {
-            return;
-        }
         self.republish_deferred().await;
         self.republish_floor(shutdown).await;
         self.claim_dead(shutdown).await;
@@ -112,7 +109,9 @@ impl Relay {
         );
     }
 
-    /// Republishes this api's PENDING orders from its floor on.
+    /// Republishes this api's PENDING orders from its floor on, page by
+    /// page; the floor follows each confirmed page, so a long scan never
+    /// starts over (and never republishes what it already did).
     async fn republish_floor(&self, shutdown: &CancellationToken) {
         let Some((floor, version)) = self.outbox.floor() else {
             return;
@@ -129,22 +128,30 @@ impl Relay {
                 }
             };
             let full = page.len() == PAGE as usize;
-            let next = page.last().map(|o| o.order_id);
+            let next = page.last().map(|o| next_after(o.order_id));
             let (published, failed) = self.publish(page).await;
-            tracing::info!(
-                published = published.len(),
-                failed = failed.len(),
-                "relay republished orders this api had lost track of"
-            );
-            if !failed.is_empty() || shutdown.is_cancelled() {
+            if !published.is_empty() {
+                tracing::info!(
+                    published = published.len(),
+                    failed = failed.len(),
+                    "relay republished orders this api had lost track of"
+                );
+            }
+            if !failed.is_empty() {
                 return;
             }
             match next {
-                Some(last) if full => from = next_after(last),
+                Some(next) if full => {
+                    self.outbox.advance_floor(version, Some(next));
+                    from = next;
+                }
                 _ => {
-                    self.outbox.clear_floor(version);
+                    self.outbox.advance_floor(version, None);
                     return;
                 }
+            }
+            if shutdown.is_cancelled() {
+                return;
             }
         }
     }
@@ -207,6 +214,43 @@ impl Relay {
             .relay_republished
             .fetch_add(published.len() as u64, Ordering::Relaxed);
         (published, failed)
+    }
+}
+
+/// Every `interval` until `shutdown`: records that this api is alive, with
+/// its watermark. An api cut off from the broker for longer than `lease`
+/// keeps its row but stops refreshing it (creating it, already stale, if a
+/// claimer retired it), so a live api with a broker publishes what it
+/// records meanwhile; once back, it heartbeats again.
+async fn heartbeat(
+    db: MySqlPool,
+    publisher: Publisher,
+    outbox: Outbox,
+    api_id: String,
+    interval: Duration,
+    lease: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut cut_off_since: Option<std::time::Instant> = None;
+    loop {
+        if publisher.is_connected() {
+            cut_off_since = None;
+        } else {
+            cut_off_since.get_or_insert_with(std::time::Instant::now);
+        }
+        let alive = cut_off_since.is_none_or(|t| t.elapsed() <= lease);
+        let beat = if alive {
+            apis::heartbeat(&db, &api_id, outbox.watermark()).await
+        } else {
+            apis::ensure_listed(&db, &api_id, outbox.watermark()).await
+        };
+        if let Err(e) = beat {
+            tracing::warn!(error = %e, "api heartbeat failed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
     }
 }
 

@@ -18,14 +18,22 @@ use tokio_util::task::TaskTracker;
 
 /// Serves `router` on `listener` until `stop` fires, then stops accepting,
 /// lets in-flight requests finish (connections close once idle), and returns.
+/// At most `max_connections` connections are open at once (each holds its
+/// buffers); past that, new ones wait in the kernel's accept queue.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_read_timeout: Duration,
+    max_connections: usize,
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -45,6 +53,7 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let stop = stop.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let mut builder = Builder::new(TokioExecutor::new());
             builder
                 .http1()

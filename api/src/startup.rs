@@ -30,6 +30,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     header_read_timeout: std::time::Duration,
+    max_connections: usize,
     shutdown: CancellationToken,
     relay: tokio::task::JoinHandle<()>,
 }
@@ -94,6 +95,7 @@ impl Application {
         }
         let listener = TcpListener::bind(config.api_addr).await?;
         let header_read_timeout = config.header_read_timeout;
+        let max_connections = config.max_connections as usize;
         tracing::info!(%api_id, "api started");
         let state = AppState {
             recorder: Recorder::start(
@@ -116,6 +118,7 @@ impl Application {
             listener,
             router: router(state),
             header_read_timeout,
+            max_connections,
             shutdown,
             relay,
         })
@@ -129,7 +132,14 @@ impl Application {
     /// Serves until `stop` fires, then stops accepting, drains in-flight
     /// requests and stops the background tasks.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
-        crate::serve::serve(self.listener, self.router, self.header_read_timeout, stop).await;
+        crate::serve::serve(
+            self.listener,
+            self.router,
+            self.header_read_timeout,
+            self.max_connections,
+            stop,
+        )
+        .await;
         self.shutdown.cancel();
         // The relay hands over what is still unpublished before it ends.
         let _ = self.relay.await;
@@ -189,7 +199,7 @@ pub fn router(state: AppState) -> Router {
                     Ok(response) => response,
                     // Its order is being recorded: the answer must say what
                     // became of it, never that it timed out.
-                    Err(_) if claimed.is_set() => handling.await,
+                    Err(_) if !claimed.abandon() => handling.await,
                     Err(_) => respond(
                         StatusCode::REQUEST_TIMEOUT,
                         ErrorBody {

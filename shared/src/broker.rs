@@ -170,12 +170,18 @@ impl Topology {
                 .await;
             match declared {
                 Ok(_) => {}
-                // Declared by an earlier version with other arguments (such
-                // as no length limit): use it as it is; the refusal closed
-                // the channel.
+                // Declared by an earlier version, without the length limit:
+                // use it as it is if that is the only difference (the
+                // refusal closed the channel; a second refusal is an error).
                 Err(e) if e.to_string().contains("PRECONDITION_FAILED") => {
                     older = true;
                     ch = conn.create_channel().await?;
+                    ch.queue_declare(
+                        self.partition_queue(p).into(),
+                        durable_queue,
+                        self.partition_arguments_before_length_limit(),
+                    )
+                    .await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -200,6 +206,16 @@ impl Topology {
     }
 
     fn partition_arguments(&self) -> FieldTable {
+        let mut args = self.partition_arguments_before_length_limit();
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongInt(self.max_length.min(i32::MAX as u32) as i32),
+        );
+        args
+    }
+
+    /// The arguments earlier versions declared partition queues with.
+    fn partition_arguments_before_length_limit(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
@@ -223,10 +239,6 @@ impl Topology {
         args.insert(
             "x-overflow".into(),
             AMQPValue::LongString("reject-publish".into()),
-        );
-        args.insert(
-            "x-max-length".into(),
-            AMQPValue::LongInt(self.max_length.min(i32::MAX as u32) as i32),
         );
         args
     }

@@ -74,6 +74,9 @@ pub struct Config {
     /// `HEADER_READ_TIMEOUT`: longest a connection may take to send a
     /// request's headers before the api closes it.
     pub header_read_timeout: Duration,
+    /// `MAX_CONNECTIONS`: most client connections the api keeps open at
+    /// once; more wait in the kernel's accept queue.
+    pub max_connections: u32,
 }
 
 /// A value that must never be printed: its `Debug` shows `***`.
@@ -136,6 +139,7 @@ impl Config {
             max_waiting: number(get("MAX_WAITING", "1000"), 1, 1_000_000)?,
             request_timeout: duration(get("REQUEST_TIMEOUT", "60s"))?,
             header_read_timeout: duration(get("HEADER_READ_TIMEOUT", "10s"))?,
+            max_connections: number(get("MAX_CONNECTIONS", "4096"), 1, 1_000_000)?,
         };
         if config.request_timeout <= config.max_wait {
             return Err(ConfigError {

@@ -44,6 +44,12 @@ impl Notifier {
         if notice.decisions.is_empty() && notice.sold_out.is_empty() {
             return;
         }
+        if self.link.is_blocked() {
+            // The broker would hold the publish until its alarm clears: do
+            // not slow the consumers down waiting for it.
+            Metrics::inc(&self.metrics.notices_dropped);
+            return;
+        }
         let payload = serde_json::to_vec(notice).expect("a notice serializes");
         match tokio::time::timeout(PUBLISH_TIMEOUT, self.publish(&payload)).await {
             Ok(Ok(())) => {}

@@ -136,9 +136,10 @@ pub async fn create_order(
     ensure_product_exists(&state, product).await?;
 
     let new_id = state.outbox.new_id();
-    let ticket = admit(&state, product, new_id.get())?;
+    let order_id = new_id.get();
+    let ticket = admit(&state, product, order_id)?;
     // Register before publishing so a fast decision cannot slip past.
-    let waiting = wait.map(|_| state.waiters.register(new_id.get()));
+    let waiting = wait.map(|_| state.waiters.register(order_id));
     let recorded = state
         .recorder
         .record(Submission {
@@ -148,8 +149,16 @@ pub async fn create_order(
             key,
             claimed: claimed.map(|Extension(c)| c).unwrap_or_default(),
         })
-        .await
-        .map_err(|e| order_error(e, product))?;
+        .await;
+    let recorded = match recorded {
+        Ok(recorded) => recorded,
+        // The failure may have come after the commit: then the order is
+        // recorded (and the relay publishes it), and the answer says so.
+        Err(e) => match db::orders::fetch(&state.db, order_id).await {
+            Ok(Some(row)) => Recorded::New(row),
+            _ => return Err(order_error(e, product)),
+        },
+    };
     let metrics = &state.publisher.metrics;
     let (row, replayed) = match recorded {
         Recorded::New(row) => (row, false),

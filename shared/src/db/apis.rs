@@ -27,6 +27,25 @@ pub async fn heartbeat(
     Ok(())
 }
 
+/// Keeps api `id` listed without refreshing its heartbeat (an api cut off
+/// from the broker): creates the row, already stale, if a claimer retired
+/// it, so what it records stays claimable.
+pub async fn ensure_listed(
+    pool: &MySqlPool,
+    id: &str,
+    confirmed_below: OrderId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO apis (id, heartbeat_at, confirmed_below) VALUES (?, '1970-01-02', ?) \
+         ON DUPLICATE KEY UPDATE id = id",
+    )
+    .bind(id)
+    .bind(confirmed_below.uuid())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Api `id` stops: with every publish confirmed it leaves the table (its
 /// PENDING orders are all on the broker); otherwise it marks itself dead at
 /// once, so another api claims what it could not publish without waiting
@@ -45,10 +64,11 @@ pub async fn leave(
         }
         Some(below) => {
             sqlx::query(
-                "UPDATE apis SET heartbeat_at = '1970-01-02', confirmed_below = ? WHERE id = ?",
+                "INSERT INTO apis (id, heartbeat_at, confirmed_below) VALUES (?, '1970-01-02', ?) \
+                 ON DUPLICATE KEY UPDATE heartbeat_at = '1970-01-02', confirmed_below = VALUES(confirmed_below)",
             )
-            .bind(below.uuid())
             .bind(id)
+            .bind(below.uuid())
             .execute(pool)
             .await?
         }
@@ -70,7 +90,9 @@ pub async fn dead(pool: &MySqlPool, me: &str, lease: Duration) -> Result<Vec<Str
 
 /// A claim on a dead api's unpublished orders: a transaction holding the
 /// dead api's row (locked with `SKIP LOCKED`, so two claimers never take
-/// the same orders) and one page of its PENDING orders, locked. The caller
+/// the same orders) and one page of its PENDING orders (not locked: a
+/// worker may decide one meanwhile, which the republish then leaves
+/// alone). The caller
 /// publishes them and then [`Claim::finish`]es; dropping the claim instead
 /// rolls it back, and the orders stay the dead api's for the next round.
 pub struct Claim {
@@ -116,7 +138,7 @@ impl Claim {
         let rows: Vec<(Uuid, u64, u32)> = sqlx::query_as(
             "SELECT id, product_id, total FROM orders FORCE INDEX (idx_orders_recorded_by) \
              WHERE recorded_by = ? AND id >= ? AND status = 'PENDING' \
-             ORDER BY id LIMIT ? FOR UPDATE",
+             ORDER BY id LIMIT ?",
         )
         .bind(dead)
         .bind(below.unwrap_or(Uuid::nil()))

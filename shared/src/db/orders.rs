@@ -165,46 +165,62 @@ pub async fn fetch<'e>(
 
 /// Removes orders the broker refused to queue (a partition queue at its
 /// length limit) while they are still PENDING: no worker will ever see
-/// them, and their clients are answered 503 `OVERLOADED`. Returns how many
-/// were removed.
-pub async fn delete_unqueued(pool: &MySqlPool, ids: &[OrderId]) -> Result<u64, sqlx::Error> {
+/// them, and their clients are answered 503 `OVERLOADED`. Returns the ids
+/// removed (one decided meanwhile, through another publish, stays).
+pub async fn delete_unqueued(
+    pool: &MySqlPool,
+    ids: &[OrderId],
+) -> Result<Vec<OrderId>, sqlx::Error> {
     if ids.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let sql = format!(
-        "DELETE FROM orders WHERE status = 'PENDING' AND id IN ({})",
-        placeholders(padded_len(ids.len()))
-    );
-    let mut q = sqlx::query(AssertSqlSafe(sql));
+    let mut tx = pool.begin().await?;
+    let list = placeholders(padded_len(ids.len()));
+    let mut q = sqlx::query_as::<_, (Uuid,)>(AssertSqlSafe(format!(
+        "SELECT id FROM orders FORCE INDEX (uq_orders_id) \
+         WHERE status = 'PENDING' AND id IN ({list}) FOR UPDATE"
+    )));
     for id in padded(ids) {
         q = q.bind(id.uuid());
     }
-    Ok(q.execute(pool).await?.rows_affected())
+    let pending: Vec<Uuid> = q
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(id,)| id)
+        .collect();
+    if !pending.is_empty() {
+        let mut q = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM orders WHERE id IN ({})",
+            placeholders(padded_len(pending.len()))
+        )));
+        for id in padded(&pending) {
+            q = q.bind(id);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(pending.into_iter().map(OrderId::from).collect())
 }
 
-/// The orders among `ids` that are no longer PENDING (or do not exist).
-pub async fn not_pending(pool: &MySqlPool, ids: &[OrderId]) -> Result<Vec<OrderId>, sqlx::Error> {
+/// The orders among `ids` that are recorded and no longer PENDING (an id
+/// not recorded yet is not among them).
+pub async fn decided_among(pool: &MySqlPool, ids: &[OrderId]) -> Result<Vec<OrderId>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT id FROM orders FORCE INDEX (uq_orders_id) WHERE status = 'PENDING' AND id IN ({})",
+        "SELECT id FROM orders FORCE INDEX (uq_orders_id) WHERE status <> 'PENDING' AND id IN ({})",
         placeholders(padded_len(ids.len()))
     );
     let mut q = sqlx::query_as::<_, (Uuid,)>(AssertSqlSafe(sql));
     for id in padded(ids) {
         q = q.bind(id.uuid());
     }
-    let pending: std::collections::HashSet<Uuid> = q
-        .fetch_all(pool)
+    Ok(q.fetch_all(pool)
         .await?
         .into_iter()
-        .map(|(id,)| id)
-        .collect();
-    Ok(ids
-        .iter()
-        .filter(|id| !pending.contains(&id.uuid()))
-        .copied()
+        .map(|(id,)| OrderId::from(id))
         .collect())
 }
 
