@@ -93,7 +93,12 @@ impl Application {
         if config.admin_token.is_none() {
             tracing::warn!("ADMIN_TOKEN is not set: anyone can create products and change stock");
         }
-        let listener = TcpListener::bind(config.api_addr).await?;
+        let addr = config.api_addr;
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {addr} (API_ADDR): {e}; stop what uses it or set API_ADDR to another address"
+            )
+        })?;
         let header_read_timeout = config.header_read_timeout;
         let max_connections = config.max_connections as usize;
         tracing::info!(%api_id, "api started");

@@ -183,3 +183,25 @@ async fn a_worker_stopped_with_sigterm_releases_its_partitions_at_once() {
     app.wait_for_owners(|l| l.len() == 1).await;
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_start_and_run_log_no_error() {
+    let app = Arc::new(TestApp::spawn(sixteen_partitions()).await);
+    // Every start asks the broker for the queue past the last partition,
+    // which must not exist: that refusal is expected, not an error.
+    let api = app.spawn_api_process(&[]).await;
+    let worker = app.spawn_worker_process();
+    app.wait_for_owners(|l| l.len() == 1).await;
+    let product = app.create_product("quiet", 10).await;
+    let (status, _) = app.post_order(product, 1, Some(10)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for (who, log) in [("api", api.log_text()), ("worker", worker.log_text())] {
+        assert!(!log.is_empty(), "{who} logged nothing");
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+        assert!(
+            errors.is_empty(),
+            "{who} logged errors:\n{}",
+            errors.join("\n")
+        );
+    }
+}

@@ -62,7 +62,13 @@ impl Worker {
         )
         .await?;
         let metrics: Arc<metrics::Metrics> = Arc::default();
-        let metrics_listener = TcpListener::bind(config.worker_metrics_addr).await?;
+        let addr = config.worker_metrics_addr;
+        let metrics_listener = TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot serve /metrics on {addr} (WORKER_METRICS_ADDR): {e}; give each worker on \
+                 this host its own WORKER_METRICS_ADDR, such as 127.0.0.1:0 for any free port"
+            )
+        })?;
         let topology_for_notices = topology.clone();
         let decider = decider::Decider::start(db.clone(), config.reservation_ttl);
         Ok(Self {
