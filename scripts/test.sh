@@ -47,6 +47,8 @@ bash scripts/schemathesis.sh 100 120
 echo "== benchmark smoke run (the harness and its checks, not a speed gate)"
 bash scripts/bench.sh --debug -- --json --max-seconds 120 flash-sale --stock 500 --orders 3000 --clients 32
 bash scripts/bench.sh --debug -- --json --max-seconds 120 many-products --products 8 --stock 100 --orders 2000 --skewed
+echo "== scripts/run.sh end to end (an order placed with curl is decided; SIGTERM leaves no process)"
+bash scripts/run-check.sh
 echo "== done"
 grep -E '^ *Summary .* tests run' "$results" | tail -1
 grep -E '^ *Summary .* tests run' "$faults" | tail -1

@@ -157,11 +157,14 @@ impl Outbox {
     /// up to `to`: the floor moves there (or goes, with `to` = `None`),
     /// unless an order was lost track of meanwhile (then the next round
     /// scans from the floor again).
-    pub fn advance_floor(&self, version: u64, to: Option<OrderId>) {
+    /// Returns whether it moved.
+    pub fn advance_floor(&self, version: u64, to: Option<OrderId>) -> bool {
         let mut inner = self.lock();
-        if inner.floor_changes == version {
+        let current = inner.floor_changes == version;
+        if current {
             inner.floor = to;
         }
+        current
     }
 
     /// The lowest id this api cannot vouch for: every order it recorded

@@ -242,7 +242,7 @@ async fn heartbeat(
         let beat = if alive {
             apis::heartbeat(&db, &api_id, outbox.watermark()).await
         } else {
-            apis::ensure_listed(&db, &api_id, outbox.watermark()).await
+            apis::ensure_listed(&db, &api_id, outbox.watermark(), lease).await
         };
         if let Err(e) = beat {
             tracing::warn!(error = %e, "api heartbeat failed");

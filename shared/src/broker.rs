@@ -170,16 +170,21 @@ impl Topology {
                 .await;
             match declared {
                 Ok(_) => {}
-                // Declared by an earlier version, without the length limit:
-                // use it as it is if that is the only difference (the
-                // refusal closed the channel; a second refusal is an error).
+                // Declared with other arguments (an earlier version without
+                // the length limit, or another QUEUE_MAX_LENGTH or
+                // DELIVERY_LIMIT): use it as it is, and say so. The refusal
+                // closed the channel.
                 Err(e) if e.to_string().contains("PRECONDITION_FAILED") => {
                     older = true;
                     ch = conn.create_channel().await?;
+                    let passive = QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    };
                     ch.queue_declare(
                         self.partition_queue(p).into(),
-                        durable_queue,
-                        self.partition_arguments_before_length_limit(),
+                        passive,
+                        FieldTable::default(),
                     )
                     .await?;
                 }
@@ -197,8 +202,9 @@ impl Topology {
         if older {
             tracing::warn!(
                 namespace = %self.namespace,
-                "the partition queues were declared with other arguments by an earlier version; \
-                 using them as they are (QUEUE_MAX_LENGTH does not apply to them; a broker policy can set max-length)"
+                "the partition queues were declared with other arguments (an earlier version, or another \
+                 QUEUE_MAX_LENGTH or DELIVERY_LIMIT); using them as they are: delete the queues while \
+                 they are empty, or set a broker policy, to change them"
             );
         }
         let _ = ch.close(200, "declared".into()).await;

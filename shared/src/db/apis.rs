@@ -27,20 +27,25 @@ pub async fn heartbeat(
     Ok(())
 }
 
-/// Keeps api `id` listed without refreshing its heartbeat (an api cut off
-/// from the broker): creates the row, already stale, if a claimer retired
-/// it, so what it records stays claimable.
+/// Keeps api `id` listed as dead but not retired (an api cut off from the
+/// broker): its heartbeat is set just past `lease`, so live apis claim what
+/// it records, and a claimer never deletes its row while it runs.
 pub async fn ensure_listed(
     pool: &MySqlPool,
     id: &str,
     confirmed_below: OrderId,
+    lease: Duration,
 ) -> Result<(), sqlx::Error> {
+    let stale = (lease + Duration::from_secs(1)).as_micros() as u64;
     sqlx::query(
-        "INSERT INTO apis (id, heartbeat_at, confirmed_below) VALUES (?, '1970-01-02', ?) \
-         ON DUPLICATE KEY UPDATE id = id",
+        "INSERT INTO apis (id, heartbeat_at, confirmed_below) \
+         VALUES (?, NOW(6) - INTERVAL ? MICROSECOND, ?) \
+         ON DUPLICATE KEY UPDATE heartbeat_at = NOW(6) - INTERVAL ? MICROSECOND",
     )
     .bind(id)
+    .bind(stale)
     .bind(confirmed_below.uuid())
+    .bind(stale)
     .execute(pool)
     .await?;
     Ok(())
