@@ -94,16 +94,7 @@ impl Outbox {
     /// Keeps recorded orders whose publish failed, for the relay; past
     /// [`MAX_DEFERRED`], only their lowest id is kept (the floor).
     pub fn defer(&self, orders: Vec<OrderMessage>, ids: Vec<NewId>) {
-        let mut inner = self.lock();
-        for order in orders {
-            if inner.deferred.len() < MAX_DEFERRED {
-                inner.deferred.push(order);
-            } else {
-                inner.lower_floor(order.order_id);
-                inner.unconfirmed.remove(&order.order_id);
-            }
-        }
-        drop(inner);
+        self.lock().keep(orders);
         // Their ids stay unconfirmed (or under the floor) past the guards.
         ids.into_iter().for_each(NewId::disarm);
     }
@@ -136,15 +127,7 @@ impl Outbox {
 
     /// Deferred orders the relay could not publish either: kept again.
     pub fn redefer(&self, orders: Vec<OrderMessage>) {
-        let mut inner = self.lock();
-        for order in orders {
-            if inner.deferred.len() < MAX_DEFERRED {
-                inner.deferred.push(order);
-            } else {
-                inner.lower_floor(order.order_id);
-                inner.unconfirmed.remove(&order.order_id);
-            }
-        }
+        self.lock().keep(orders);
     }
 
     /// The floor, if any, with its version for [`Outbox::advance_floor`].
@@ -198,6 +181,19 @@ impl Outbox {
 }
 
 impl Inner {
+    /// Keeps unpublished orders, up to [`MAX_DEFERRED`]; past it, only the
+    /// floor remembers them.
+    fn keep(&mut self, orders: Vec<OrderMessage>) {
+        for order in orders {
+            if self.deferred.len() < MAX_DEFERRED {
+                self.deferred.push(order);
+            } else {
+                self.lower_floor(order.order_id);
+                self.unconfirmed.remove(&order.order_id);
+            }
+        }
+    }
+
     fn lower_floor(&mut self, id: OrderId) {
         if self.floor.is_none_or(|f| id < f) {
             self.floor = Some(id);

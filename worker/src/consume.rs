@@ -179,8 +179,7 @@ async fn process_batch(
     for chunk in orders.chunks(usize::from(ctx.config.worker_batch_size)) {
         let part =
             decide_isolating(ctx, ch, chunk, lease, shutdown, MAX_PERMANENT_FAILURES).await?;
-        decided.decisions.extend(part.decisions);
-        decided.sold_out.extend(part.sold_out);
+        decided.append(part);
     }
     // Committed: now, and only now, acknowledge.
     shared::fault::point(shared::fault::WORKER_AFTER_COMMIT);
@@ -223,9 +222,7 @@ async fn decide_isolating(
     }
     let (first, second) = orders.split_at(orders.len() / 2);
     let mut decided = Box::pin(decide_isolating(ctx, ch, first, lease, shutdown, 1)).await?;
-    let rest = Box::pin(decide_isolating(ctx, ch, second, lease, shutdown, 1)).await?;
-    decided.decisions.extend(rest.decisions);
-    decided.sold_out.extend(rest.sold_out);
+    decided.append(Box::pin(decide_isolating(ctx, ch, second, lease, shutdown, 1)).await?);
     Ok(decided)
 }
 

@@ -73,6 +73,14 @@ pub struct Group<'a> {
     pub lease: &'a Lease,
 }
 
+impl Decided {
+    /// Adds `later`'s decisions (decided after these) and sold-out products.
+    pub fn append(&mut self, later: Decided) {
+        self.decisions.extend(later.decisions);
+        self.sold_out.extend(later.sold_out);
+    }
+}
+
 /// Decides `orders` (in arrival order) inside the caller's transaction `tx`,
 /// recording `decider` (the lease's owner and epoch) on each decision:
 /// locks the order rows and the product rows involved, accepts each order
