@@ -171,17 +171,28 @@ async fn a_worker_stopped_with_sigterm_releases_its_partitions_at_once() {
     let app = TestApp::spawn(sixteen_partitions().env("LEASE_DURATION", "30s")).await;
     let mut first = app.spawn_worker_process();
     app.wait_for_owners(|l| l.len() == 1).await;
-    let _second = app.spawn_worker_process();
+    let second = app.spawn_worker_process();
     app.wait_for_owners(|l| l.len() == 2).await;
     first.signal("TERM");
     let status = first
         .wait_exit(Duration::from_secs(20))
         .expect("the worker exits on SIGTERM");
     assert!(status.success(), "{status:?}");
+    let after_exit = shared::db::leases::owners(&app.db).await.unwrap();
+    let workers_after_exit: Vec<(String,)> = sqlx::query_as("SELECT id FROM workers")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
     // With a 30 s lease, only a release explains a takeover this fast.
     let started = Instant::now();
     app.wait_for_owners(|l| l.len() == 1).await;
-    assert!(started.elapsed() < Duration::from_secs(20));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "the takeover took {took:?}\nleases after the exit: {after_exit:?}\nworkers: {workers_after_exit:?}\n--- stopped worker ---\n{}\n--- remaining worker ---\n{}",
+        first.log_text(),
+        second.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,12 +49,18 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
     for (_, h) in std::mem::take(&mut held) {
         let lease = h.stop().await;
-        let _ = leases::release(&ctx.db, &lease).await;
+        if let Err(e) = leases::release(&ctx.db, &lease).await {
+            tracing::warn!(partition = lease.partition, error = %e,
+                "could not release the partition; it passes on when its lease expires");
+        }
     }
     ctx.metrics
         .partitions_owned
         .store(0, std::sync::atomic::Ordering::Relaxed);
-    let _ = leases::remove_worker(&ctx.db, &me).await;
+    if let Err(e) = leases::remove_worker(&ctx.db, &me).await {
+        tracing::warn!(error = %e,
+            "could not leave the worker list; the others rebalance when the heartbeat expires");
+    }
     tracing::info!("released every partition");
 }
 
@@ -71,14 +77,18 @@ async fn rebalance(
     let live = leases::live_workers(&ctx.db, lease_duration).await?;
     let targets = assign(&live, partitions);
 
-    // Consumers that stopped on their own (lease lost) are forgotten.
+    // Consumers that ended on their own (lease lost, or shutdown begun while
+    // this round ran) give their lease up: the release names the epoch, so a
+    // lost lease is left to its new owner, and a held one passes on at once
+    // instead of when it expires.
     let ended: Vec<u16> = held
         .iter()
         .filter(|(_, h)| h.task.is_finished())
         .map(|(p, _)| *p)
         .collect();
     for p in ended {
-        held.remove(&p);
+        let lease = held.remove(&p).expect("held").stop().await;
+        leases::release(&ctx.db, &lease).await?;
     }
     let owned = &ctx.metrics.partitions_owned;
     for p in 0..partitions {
@@ -90,7 +100,10 @@ async fn rebalance(
             let lease = held.remove(&p).expect("held").stop().await;
             leases::release(&ctx.db, &lease).await?;
             tracing::info!(partition = p, epoch = lease.epoch, "released partition");
-        } else if mine && let Some(lease) = leases::acquire(&ctx.db, p, me, lease_duration).await? {
+        } else if mine
+            && !shutdown.is_cancelled()
+            && let Some(lease) = leases::acquire(&ctx.db, p, me, lease_duration).await?
+        {
             tracing::info!(partition = p, epoch = lease.epoch, "took partition");
             let stop = shutdown.child_token();
             let span = tracing::info_span!("partition", partition = p, epoch = lease.epoch);
