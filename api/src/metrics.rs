@@ -126,6 +126,7 @@ impl Metrics {
             "Order ids handed out whose orders are not yet confirmed by the broker.",
             gauges.unconfirmed as u64,
         );
+        w.process_memory();
         w.finish()
     }
 }

@@ -69,6 +69,44 @@ impl Writer {
         self.sample(name, "", value);
     }
 
+    /// A gauge family: one sample per `(labels, value)`, labels like
+    /// `partition="3"`. Writes nothing but the header when empty.
+    pub fn gauges(&mut self, name: &str, help: &str, samples: &[(String, f64)]) {
+        self.header(name, help, "gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// `process_resident_memory_bytes` (from `/proc/self/status`) and, when
+    /// the process runs under a cgroup memory limit (a container's),
+    /// `flashstock_memory_limit_bytes`. Nothing where neither can be read.
+    pub fn process_memory(&mut self) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        if let Some(kib) = rss_kib {
+            self.header(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                "gauge",
+            );
+            self.sample("process_resident_memory_bytes", "", kib * 1024);
+        }
+        let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(limit) = limit {
+            self.gauge(
+                "flashstock_memory_limit_bytes",
+                "The memory limit of this process's cgroup (its container's), in bytes.",
+                limit,
+            );
+        }
+    }
+
     /// A histogram.
     pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
         self.header(name, help, "histogram");
@@ -119,8 +157,16 @@ mod tests {
         let mut w = Writer::new();
         w.counter("x_total", "An x.", &[("kind=\"a\"", &c)]);
         w.histogram("lat_seconds", "Latency.", &h);
+        w.gauges("age_seconds", "An age.", &[("partition=\"3\"".into(), 1.5)]);
+        w.process_memory();
         let text = w.finish();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("process_resident_memory_bytes ")),
+            "{text}"
+        );
         for line in [
+            "age_seconds{partition=\"3\"} 1.5",
             "x_total{kind=\"a\"} 3",
             "lat_seconds_bucket{le=\"0.1\"} 1",
             "lat_seconds_bucket{le=\"1\"} 2",

@@ -1,10 +1,12 @@
 //! Partition leases across workers: spreading, joining, releasing, fencing.
 
 use flashstock_tests::{Options, TestApp};
+use reqwest::StatusCode;
 use shared::db::leases;
 use shared::domain::{OrderId, ProductId, Quantity};
 use shared::message::OrderMessage;
-use std::time::Duration;
+use shared::partition::partition_of;
+use std::time::{Duration, Instant};
 
 fn fast_leases() -> Options {
     Options::default()
@@ -129,6 +131,80 @@ async fn worker_metrics_count_decisions_and_owned_partitions() {
         );
     }
     assert!(text.contains("flashstock_worker_batch_size_bucket{le=\"+Inf\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_partition_shows_its_backlog_and_its_age() {
+    let app = TestApp::spawn(Options::default()).await;
+    let stuck = app.create_product("stuck", 10).await;
+    let flowing = app.create_product("flowing", 10).await;
+    let (status, _) = app.post_order(flowing, 1, Some(10)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Recorded but never published: nothing will decide them, as when a
+    // partition's consumer is stuck.
+    let stuck_id = ProductId::new(stuck as i64).unwrap();
+    for _ in 0..3 {
+        shared::db::orders::insert(
+            &app.db,
+            OrderId::generate(),
+            stuck_id,
+            Quantity::new(1, 10).unwrap(),
+            "nobody",
+        )
+        .await
+        .unwrap();
+    }
+    let partitions = app.config.order_partitions;
+    let stuck_partition = partition_of(stuck_id, partitions);
+    let port = app.worker_metrics_ports[0];
+    let waiting = format!("flashstock_worker_backlog_orders{{partition=\"{stuck_partition}\"}} 3");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let age = text.lines().find_map(|l| {
+            l.strip_prefix(&format!(
+                "flashstock_worker_backlog_oldest_seconds{{partition=\"{stuck_partition}\"}} "
+            ))?
+            .parse::<f64>()
+            .ok()
+        });
+        if text.lines().any(|l| l == waiting) && age.is_some_and(|a| a >= 1.0) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backlog of 3 aged 1 s in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Every other partition is held and shows no backlog: one sample each.
+    for p in (0..partitions).filter(|&p| p != stuck_partition) {
+        let line = format!("flashstock_worker_backlog_orders{{partition=\"{p}\"}} 0");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    let samples = text
+        .lines()
+        .filter(|l| l.starts_with("flashstock_worker_backlog_orders{"))
+        .count();
+    assert_eq!(samples, usize::from(partitions), "{text}");
+    for line in [
+        "flashstock_worker_database_up 1".to_owned(),
+        format!("flashstock_worker_partition_count {partitions}"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 //! - [`sweep`]: expiry of accepted orders nobody paid in time.
 //! - [`Worker`]: builds everything from the configuration and runs it.
 
+pub mod backlog;
 pub mod consume;
 pub mod decide;
 pub mod decider;
@@ -62,6 +63,10 @@ impl Worker {
         )
         .await?;
         let metrics: Arc<metrics::Metrics> = Arc::default();
+        metrics.partition_count.store(
+            u64::from(topology.partitions()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let addr = config.worker_metrics_addr;
         let metrics_listener = TcpListener::bind(addr).await.map_err(|e| {
             anyhow::anyhow!(
@@ -107,6 +112,7 @@ impl Worker {
         let mut tasks = JoinSet::new();
         tasks.spawn(ownership::run_coordinator(self.ctx.clone(), stop.clone()));
         tasks.spawn(consume::run_dead_letters(self.ctx.clone(), stop.clone()));
+        tasks.spawn(backlog::run_backlog(self.ctx.clone(), stop.clone()));
         tasks.spawn(sweep::run_sweeper(
             self.ctx.db.clone(),
             self.ctx.config.sweep_interval,

@@ -1,7 +1,9 @@
 //! The worker's Prometheus metrics, served as text at `GET /metrics` on
 //! `WORKER_METRICS_ADDR`.
 
+use crate::backlog::PartitionBacklog;
 use shared::prometheus::{self, Histogram, Writer};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static LATENCY_BOUNDS: [f64; 12] = [
@@ -35,6 +37,13 @@ pub struct Metrics {
     pub expired: AtomicU64,
     /// Partitions this worker holds now.
     pub partitions_owned: AtomicU64,
+    /// The configured partition count (`ORDER_PARTITIONS`).
+    pub partition_count: AtomicU64,
+    /// The held partitions' backlogs, as last read (one entry per held
+    /// partition at most).
+    pub backlog: Mutex<Vec<PartitionBacklog>>,
+    /// Whether the last backlog read reached the database.
+    pub database_up: AtomicU64,
     /// Seconds from recording to decision (database clock).
     pub decision_latency: Histogram,
     /// Orders per deciding transaction.
@@ -55,6 +64,9 @@ impl Default for Metrics {
             notices_dropped: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             partitions_owned: AtomicU64::new(0),
+            partition_count: AtomicU64::new(0),
+            backlog: Mutex::new(Vec::new()),
+            database_up: AtomicU64::new(1),
             decision_latency: Histogram::new(&LATENCY_BOUNDS),
             batch_size: Histogram::new(&BATCH_BOUNDS),
         }
@@ -123,6 +135,35 @@ impl Metrics {
             "Partitions this worker holds a lease on.",
             self.partitions_owned.load(Ordering::Relaxed),
         );
+        w.gauge(
+            "flashstock_worker_partition_count",
+            "The configured partition count (ORDER_PARTITIONS).",
+            self.partition_count.load(Ordering::Relaxed),
+        );
+        let backlog = self.backlog.lock().expect("backlog lock").clone();
+        let label = |b: &PartitionBacklog| format!("partition=\"{}\"", b.partition);
+        w.gauges(
+            "flashstock_worker_backlog_orders",
+            "Orders waiting for a decision (PENDING) per partition this worker holds, read from the database every 5 s.",
+            &backlog
+                .iter()
+                .map(|b| (label(b), b.waiting as f64))
+                .collect::<Vec<_>>(),
+        );
+        w.gauges(
+            "flashstock_worker_backlog_oldest_seconds",
+            "Seconds since the oldest order waiting for a decision was recorded, per partition this worker holds (0 when none waits).",
+            &backlog
+                .iter()
+                .map(|b| (label(b), b.oldest_seconds))
+                .collect::<Vec<_>>(),
+        );
+        w.gauge(
+            "flashstock_worker_database_up",
+            "Whether the last backlog read reached the database.",
+            self.database_up.load(Ordering::Relaxed),
+        );
+        w.process_memory();
         w.histogram(
             "flashstock_worker_decision_latency_seconds",
             "Seconds from an order's recording to its decision (database clock).",

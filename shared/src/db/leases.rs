@@ -164,3 +164,15 @@ pub async fn owners(pool: &MySqlPool) -> Result<Vec<(u16, Option<String>, u64, f
     .fetch_all(pool)
     .await
 }
+
+/// The partitions `owner` holds an unexpired lease on, ascending.
+pub async fn held_by(pool: &MySqlPool, owner: &str) -> Result<Vec<u16>, sqlx::Error> {
+    let rows: Vec<(u16,)> = sqlx::query_as(
+        "SELECT partition_no FROM partition_leases \
+         WHERE owner = ? AND expires_at > NOW(6) ORDER BY partition_no",
+    )
+    .bind(owner)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(p,)| p).collect())
+}

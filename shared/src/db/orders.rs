@@ -516,3 +516,33 @@ pub async fn count_by_status(
         .filter_map(|(s, n)| Some((OrderStatus::parse(&s).ok()?, n as u64)))
         .collect())
 }
+
+/// The waiting orders of `products`: per product with any PENDING order,
+/// how many there are and the age in seconds of the oldest (by the database
+/// clock). Counted on `idx_orders_product_status`; one row read per product
+/// for the age.
+pub async fn pending_by_product(
+    pool: &MySqlPool,
+    products: &[u64],
+) -> Result<Vec<(u64, u64, f64)>, sqlx::Error> {
+    if products.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT w.product_id, w.waiting, \
+                CAST(TIMESTAMPDIFF(MICROSECOND, o.created_at, NOW(6)) / 1e6 AS DOUBLE) \
+         FROM (SELECT product_id, COUNT(*) AS waiting, MIN(seq) AS first FROM orders \
+               WHERE status = 'PENDING' AND product_id IN ({}) GROUP BY product_id) w \
+         JOIN orders o ON o.seq = w.first",
+        placeholders(products.len())
+    );
+    let mut q = sqlx::query_as::<_, (u64, i64, f64)>(AssertSqlSafe(sql));
+    for p in products {
+        q = q.bind(p);
+    }
+    Ok(q.fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|(p, n, age)| (p, n as u64, age.max(0.0)))
+        .collect())
+}

@@ -75,3 +75,14 @@ pub async fn list(
         .await?;
     Ok((rows, count as u64))
 }
+
+/// Up to `limit` product ids greater than `after`, in id order.
+pub async fn ids_after(pool: &MySqlPool, after: u64, limit: u32) -> Result<Vec<u64>, sqlx::Error> {
+    let rows: Vec<(u64,)> =
+        sqlx::query_as("SELECT id FROM products WHERE id > ? ORDER BY id LIMIT ?")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
