@@ -49,6 +49,8 @@ bash scripts/bench.sh --debug -- --json --max-seconds 120 flash-sale --stock 500
 bash scripts/bench.sh --debug -- --json --max-seconds 120 many-products --products 8 --stock 100 --orders 2000 --skewed
 echo "== scripts/run.sh end to end (an order placed with curl is decided; SIGTERM leaves no process)"
 bash scripts/run-check.sh
+echo "== monitoring: promtool checks and rule tests, every rule and dashboard query against a live Prometheus"
+bash scripts/check-monitoring.sh
 echo "== done"
 grep -E '^ *Summary .* tests run' "$results" | tail -1
 grep -E '^ *Summary .* tests run' "$faults" | tail -1

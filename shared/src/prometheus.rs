@@ -78,16 +78,13 @@ impl Writer {
         }
     }
 
-    /// `process_resident_memory_bytes` (from `/proc/self/status`) and, when
-    /// the process runs under a cgroup memory limit (a container's),
-    /// `flashstock_memory_limit_bytes`. Nothing where neither can be read.
+    /// `process_resident_memory_bytes` (from `/proc/self/status`) and
+    /// `flashstock_memory_limit_bytes`: the process's cgroup memory limit (a
+    /// container's; cgroup v2 or v1), or the machine's memory where there is
+    /// none. Nothing where neither can be read (not Linux).
     pub fn process_memory(&mut self) {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-        if let Some(kib) = rss_kib {
+        if let Some(kib) = kib_field(&status, "VmRSS:") {
             self.header(
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes.",
@@ -95,13 +92,10 @@ impl Writer {
             );
             self.sample("process_resident_memory_bytes", "", kib * 1024);
         }
-        let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(limit) = limit {
+        if let Some(limit) = memory_limit() {
             self.gauge(
                 "flashstock_memory_limit_bytes",
-                "The memory limit of this process's cgroup (its container's), in bytes.",
+                "The memory this process may use: its cgroup's limit (a container's), or the machine's memory.",
                 limit,
             );
         }
@@ -137,6 +131,31 @@ impl Writer {
     }
 }
 
+/// The value in bytes of a `Name:   123 kB` line of a `/proc` file.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The cgroup memory limit, or else the machine's memory.
+fn memory_limit() -> Option<u64> {
+    // cgroup v1 writes "no limit" as a number near 2^63.
+    const UNLIMITED: u64 = 1 << 60;
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&v| v < UNLIMITED)
+    };
+    read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .or_else(|| {
+            let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+            kib_field(&meminfo, "MemTotal:").map(|kib| kib * 1024)
+        })
+}
+
 /// Adds one to `counter`.
 pub fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
@@ -160,11 +179,15 @@ mod tests {
         w.gauges("age_seconds", "An age.", &[("partition=\"3\"".into(), 1.5)]);
         w.process_memory();
         let text = w.finish();
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with("process_resident_memory_bytes ")),
-            "{text}"
-        );
+        for name in [
+            "process_resident_memory_bytes ",
+            "flashstock_memory_limit_bytes ",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} in\n{text}"
+            );
+        }
         for line in [
             "age_seconds{partition=\"3\"} 1.5",
             "x_total{kind=\"a\"} 3",
