@@ -244,19 +244,25 @@ impl Admission {
     }
 }
 
-/// Every second until `shutdown`: asks the database about orders undecided
-/// for longer than the target (their notice may have been lost) and stops
-/// counting those that are decided.
+/// Until `shutdown`, a few times per target: asks the database about orders
+/// undecided for longer than half the target (their notice may have been
+/// lost, or they were cancelled while PENDING) and stops counting those
+/// that are decided.
 pub async fn run_reconciler(db: MySqlPool, admission: Admission, shutdown: CancellationToken) {
     if admission.target.is_zero() {
         return;
     }
+    // An order whose notice never comes (cancelled while PENDING through
+    // another api, or a notice lost in a reconnect) must be found before it
+    // looks like a stalled partition: checked from half the target on, a
+    // few times per target.
+    let every = (admission.target / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(every) => {}
         }
-        let overdue = admission.overdue(admission.target, RECONCILE_BATCH);
+        let overdue = admission.overdue(admission.target / 2, RECONCILE_BATCH);
         if overdue.is_empty() {
             continue;
         }

@@ -30,7 +30,70 @@ pub fn document() -> utoipa::openapi::OpenApi {
     .split_for_parts();
     let mut api = api;
     add_links(&mut api);
+    add_security(&mut api);
     api
+}
+
+/// The bearer credentials, and which each operation takes. An empty
+/// requirement (`{}`) among them means the operation is open in the mode
+/// where that credential is not configured (buyers anonymous, no
+/// `ADMIN_TOKEN`, no `PAYMENT_TOKEN`).
+fn add_security(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    let bearer = |format: Option<&str>, description: &str| {
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.bearer_format = format.map(str::to_owned);
+        http.description = Some(description.to_owned());
+        SecurityScheme::Http(http)
+    };
+    let components = api.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "buyer",
+        bearer(
+            Some("JWT"),
+            "A buyer's token from the shop's identity provider (BUYER_JWT_SECRET: HS256; BUYER_JWT_PUBLIC_KEY_FILE: RS256 or ES256); `sub` is the buyer. Required once a buyer key is configured.",
+        ),
+    );
+    components.add_security_scheme("admin", bearer(None, "ADMIN_TOKEN, when set."));
+    components.add_security_scheme(
+        "payment",
+        bearer(
+            None,
+            "PAYMENT_TOKEN: the payment service confirming payments.",
+        ),
+    );
+    let only = |names: &[&str]| -> Vec<SecurityRequirement> {
+        names
+            .iter()
+            .map(|n| SecurityRequirement::new(*n, Vec::<String>::new()))
+            .chain(std::iter::once(SecurityRequirement::default()))
+            .collect()
+    };
+    for item in api.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let requirement = match operation.operation_id.as_deref() {
+                Some("create_order") => only(&["buyer"]),
+                Some("get_order" | "list_orders") => only(&["buyer", "admin", "payment"]),
+                Some("cancel_order") => only(&["buyer", "admin"]),
+                Some("pay_order") => only(&["payment", "admin"]),
+                Some(
+                    "create_product" | "update_product" | "put_inventory" | "get_invariants"
+                    | "get_order_summary",
+                ) => only(&["admin"]),
+                _ => continue,
+            };
+            operation.security = Some(requirement);
+        }
+    }
 }
 
 /// OpenAPI links: where the id a response carries can be used next. They

@@ -15,7 +15,8 @@ use crate::metrics::Metrics;
 use crate::outbox::{NewId, Outbox};
 use crate::publisher::{PublishError, Publisher};
 use crate::sold_out::SoldOut;
-use shared::db::{self, orders::IdempotencyKey, orders::OrderRow};
+use shared::db;
+use shared::db::orders::{IdempotencyKey, NewOrder, OrderRow};
 use shared::domain::{OrderId, ProductId, Quantity};
 use shared::message::OrderMessage;
 use sqlx::MySqlPool;
@@ -45,6 +46,17 @@ pub enum Recorded {
     Shed,
 }
 
+impl Submission {
+    fn new_order(&self) -> NewOrder {
+        NewOrder {
+            id: self.id.get(),
+            product: self.product,
+            total: self.total,
+            buyer: self.buyer.clone(),
+        }
+    }
+}
+
 /// A submission for the recorder.
 pub struct Submission {
     /// The new order's id, unconfirmed in the outbox until published.
@@ -53,6 +65,10 @@ pub struct Submission {
     pub product: ProductId,
     /// Units.
     pub total: Quantity,
+    /// The buyer, when buyers have identities.
+    pub buyer: Option<String>,
+    /// The product's sale may not have started: check it while recording.
+    pub opening: bool,
     /// The scoped idempotency key, if the client sent one.
     pub key: Option<IdempotencyKey>,
     /// Set when the recorder takes the submission.
@@ -178,20 +194,14 @@ impl Loop {
         self.insert_plain(plain, &mut results).await;
         for job in keyed {
             let s = &job.submission;
-            let recorded = db::orders::record(
-                &self.db,
-                s.id.get(),
-                s.product,
-                s.total,
-                s.key.as_ref(),
-                &self.api_id,
-            )
-            .await
-            .map(|r| match r {
-                db::orders::Recorded::New(row) => Recorded::New(row),
-                db::orders::Recorded::Existing(row) => Recorded::Existing(row),
-                db::orders::Recorded::KeyReused => Recorded::KeyReused,
-            });
+            let recorded =
+                db::orders::record(&self.db, &s.new_order(), s.key.as_ref(), &self.api_id)
+                    .await
+                    .map(|r| match r {
+                        db::orders::Recorded::New(row) => Recorded::New(row),
+                        db::orders::Recorded::Existing(row) => Recorded::Existing(row),
+                        db::orders::Recorded::KeyReused => Recorded::KeyReused,
+                    });
             results.push((job, recorded));
         }
         // Publish what was newly recorded as PENDING, messages per partition.
@@ -230,18 +240,16 @@ impl Loop {
         if plain.is_empty() {
             return;
         }
-        let orders: Vec<(OrderId, ProductId, Quantity)> = plain
+        let orders: Vec<NewOrder> = plain.iter().map(|j| j.submission.new_order()).collect();
+        let check = self.sold_out.among(orders.iter().map(|o| o.product));
+        let mut opening: Vec<ProductId> = plain
             .iter()
-            .map(|j| {
-                (
-                    j.submission.id.get(),
-                    j.submission.product,
-                    j.submission.total,
-                )
-            })
+            .filter(|j| j.submission.opening)
+            .map(|j| j.submission.product)
             .collect();
-        let check = self.sold_out.among(orders.iter().map(|(_, p, _)| *p));
-        match db::orders::insert_many(&self.db, &orders, &check, &self.api_id).await {
+        opening.sort_unstable();
+        opening.dedup();
+        match db::orders::insert_many(&self.db, &orders, &check, &opening, &self.api_id).await {
             Ok(inserted) => {
                 self.sold_out.clear(&inserted.available);
                 for (job, row) in plain.into_iter().zip(inserted.rows) {
@@ -270,10 +278,9 @@ impl Loop {
                         continue;
                     }
                     let s = &job.submission;
-                    let row =
-                        db::orders::insert(&self.db, s.id.get(), s.product, s.total, &self.api_id)
-                            .await
-                            .map(Recorded::New);
+                    let row = db::orders::insert(&self.db, &s.new_order(), &self.api_id)
+                        .await
+                        .map(Recorded::New);
                     results.push((job, row));
                 }
             }

@@ -90,6 +90,16 @@ impl Application {
             }
             .run(shutdown.clone()),
         );
+        let buyers = match &config.buyer_jwt {
+            Some(jwt) => Some(Arc::new(crate::auth::BuyerTokens::new(jwt)?)),
+            None => {
+                tracing::warn!(
+                    "BUYER_JWT_SECRET and BUYER_JWT_PUBLIC_KEY_FILE are not set: buyers are anonymous, \
+                     anyone can read and cancel any order"
+                );
+                None
+            }
+        };
         if config.admin_token.is_none() {
             tracing::warn!("ADMIN_TOKEN is not set: anyone can create products and change stock");
         }
@@ -116,6 +126,7 @@ impl Application {
             admission,
             outbox,
             known_products: Arc::default(),
+            buyers,
             waiting_slots: Arc::new(tokio::sync::Semaphore::new(config.max_waiting as usize)),
             config: Arc::new(config),
         };

@@ -1,15 +1,18 @@
 //! The one state value every handler receives.
 
 use crate::admission::Admission;
+use crate::auth::BuyerTokens;
 use crate::metrics::Gauges;
 use crate::outbox::Outbox;
 use crate::publisher::Publisher;
 use crate::recorder::Recorder;
 use crate::waiters::Waiters;
+use chrono::{DateTime, Utc};
 use shared::Config;
+use shared::db::products::ProductRow;
 use shared::domain::ProductId;
 use sqlx::MySqlPool;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 /// Shared by every handler through `State`.
@@ -28,8 +31,13 @@ pub struct AppState {
     /// This api's unconfirmed orders.
     pub outbox: Outbox,
     /// Products known to exist (products are never deleted through the api),
-    /// so a flood of orders does not ask the database each time.
-    pub known_products: Arc<RwLock<HashSet<ProductId>>>,
+    /// so a flood of orders does not ask the database each time, with their
+    /// sale start as last seen by this api: the hint to check it while
+    /// recording (a stale hint only costs the fast answer; the worker checks
+    /// the rules in every deciding transaction).
+    pub known_products: Arc<RwLock<HashMap<ProductId, Option<DateTime<Utc>>>>>,
+    /// Verifies buyers' tokens; `None` when buyers are anonymous.
+    pub buyers: Option<Arc<BuyerTokens>>,
     /// Slots for requests waiting with `Prefer: wait` (`MAX_WAITING`), so a
     /// flood of slow clients cannot pile up without bound.
     pub waiting_slots: Arc<tokio::sync::Semaphore>,
@@ -38,6 +46,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Notes that `row` exists, with its sale start.
+    pub fn remember_product(&self, row: &ProductRow) {
+        if let Ok(id) = ProductId::new(row.id as i64) {
+            self.known_products
+                .write()
+                .expect("known products lock")
+                .insert(id, row.sale_starts_at);
+        }
+    }
+
     /// The gauges served at `/metrics`, read now.
     pub fn gauges(&self) -> Gauges {
         Gauges {

@@ -77,6 +77,33 @@ pub struct Config {
     /// `MAX_CONNECTIONS`: most client connections the api keeps open at
     /// once; more wait in the kernel's accept queue.
     pub max_connections: u32,
+    /// `PAYMENT_TOKEN`: the payment service's bearer token; with it (or the
+    /// admin token) `POST /api/orders/{id}/pay` is allowed.
+    pub payment_token: Option<Secret>,
+    /// How buyers' tokens are verified; `None` leaves buyers anonymous.
+    pub buyer_jwt: Option<BuyerJwt>,
+}
+
+/// `BUYER_JWT_*`: buyers' bearer tokens are JWTs from the shop's identity
+/// provider, verified with this key; `sub` is the buyer.
+#[derive(Debug, Clone)]
+pub struct BuyerJwt {
+    /// The verifying key.
+    pub key: BuyerKey,
+    /// `BUYER_JWT_ISSUER`: the `iss` a token must carry, when set.
+    pub issuer: Option<String>,
+    /// `BUYER_JWT_AUDIENCE`: an `aud` a token must carry, when set.
+    pub audience: Option<String>,
+}
+
+/// The key buyers' tokens are signed with.
+#[derive(Debug, Clone)]
+pub enum BuyerKey {
+    /// `BUYER_JWT_SECRET`: a shared HS256 secret.
+    Secret(Secret),
+    /// `BUYER_JWT_PUBLIC_KEY_FILE`: a PEM public key (RSA for RS256, EC P-256
+    /// for ES256), read at start.
+    PublicKeyPem(String),
 }
 
 /// A value that must never be printed: its `Debug` shows `***`.
@@ -140,7 +167,27 @@ impl Config {
             request_timeout: duration(get("REQUEST_TIMEOUT", "60s"))?,
             header_read_timeout: duration(get("HEADER_READ_TIMEOUT", "10s"))?,
             max_connections: number(get("MAX_CONNECTIONS", "4096"), 1, 1_000_000)?,
+            payment_token: Some(get("PAYMENT_TOKEN", "").1)
+                .filter(|t| !t.is_empty())
+                .map(Secret),
+            buyer_jwt: buyer_jwt(
+                get("BUYER_JWT_SECRET", ""),
+                get("BUYER_JWT_PUBLIC_KEY_FILE", ""),
+                get("BUYER_JWT_ISSUER", "").1,
+                get("BUYER_JWT_AUDIENCE", "").1,
+            )?,
         };
+        if config.buyer_jwt.is_some()
+            && config.payment_token.is_none()
+            && config.admin_token.is_none()
+        {
+            return Err(ConfigError {
+                variable: "PAYMENT_TOKEN",
+                message: "buyers' tokens are verified (BUYER_JWT_*), so paying needs a \
+                          service token: set PAYMENT_TOKEN (or ADMIN_TOKEN)"
+                    .into(),
+            });
+        }
         if config.request_timeout <= config.max_wait {
             return Err(ConfigError {
                 variable: "REQUEST_TIMEOUT",
@@ -170,6 +217,37 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+fn buyer_jwt(
+    (_, secret): (&'static str, String),
+    (key_var, key_file): (&'static str, String),
+    issuer: String,
+    audience: String,
+) -> Result<Option<BuyerJwt>, ConfigError> {
+    let key = match (secret.is_empty(), key_file.is_empty()) {
+        (true, true) => return Ok(None),
+        (false, false) => {
+            return Err(ConfigError {
+                variable: "BUYER_JWT_SECRET",
+                message: "set BUYER_JWT_SECRET or BUYER_JWT_PUBLIC_KEY_FILE, not both".into(),
+            });
+        }
+        (false, true) => BuyerKey::Secret(Secret(secret)),
+        (true, false) => {
+            let pem = std::fs::read_to_string(&key_file).map_err(|e| ConfigError {
+                variable: key_var,
+                message: format!("cannot read {key_file:?}: {e}"),
+            })?;
+            BuyerKey::PublicKeyPem(pem)
+        }
+    };
+    let nonempty = |v: String| Some(v).filter(|v| !v.is_empty());
+    Ok(Some(BuyerJwt {
+        key,
+        issuer: nonempty(issuer),
+        audience: nonempty(audience),
+    }))
 }
 
 fn parse<T: std::str::FromStr>((variable, value): (&'static str, String)) -> Result<T, ConfigError>

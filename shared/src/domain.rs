@@ -247,6 +247,12 @@ pub mod reason {
     /// Deciding this order failed in the database for a reason that is not
     /// transient, while the orders around it were decided; it holds nothing.
     pub const DECISION_FAILED: &str = "DECISION_FAILED";
+    /// The buyer would hold more than the product's `max_per_buyer` units.
+    pub const BUYER_LIMIT: &str = "BUYER_LIMIT";
+    /// The product's sale had not started (`sale_starts_at`, database clock).
+    pub const SALE_NOT_STARTED: &str = "SALE_NOT_STARTED";
+    /// The product's sale had ended (`sale_ends_at`, database clock).
+    pub const SALE_ENDED: &str = "SALE_ENDED";
 }
 
 #[cfg(test)]

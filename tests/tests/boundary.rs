@@ -73,7 +73,7 @@ async fn seller_endpoints_need_the_admin_token_and_buyers_do_not() {
         .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["data"]["ok"], true);
 
-    // Buyers need no token.
+    // Buyers need no token (no buyer key is configured)...
     assert_eq!(
         app.get(&format!("/api/products/{product}/inventory"))
             .await
@@ -83,7 +83,19 @@ async fn seller_endpoints_need_the_admin_token_and_buyers_do_not() {
     let (status, body) = app.post_order(product, 1, Some(10)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["data"]["id"].as_str().unwrap();
-    assert_eq!(app.order_action(id, "pay").await.0, StatusCode::OK);
+    // ...but paying is the payment service's call: the admin token will do.
+    assert_eq!(
+        app.order_action(id, "pay").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = app
+        .client
+        .post(url(&format!("/api/orders/{id}/pay")))
+        .header("Authorization", admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,15 +144,15 @@ async fn a_stuck_partition_shows_its_backlog_and_its_age() {
     // partition's consumer is stuck.
     let stuck_id = ProductId::new(stuck as i64).unwrap();
     for _ in 0..3 {
-        shared::db::orders::insert(
-            &app.db,
-            OrderId::generate(),
-            stuck_id,
-            Quantity::new(1, 10).unwrap(),
-            "nobody",
-        )
-        .await
-        .unwrap();
+        let order = shared::db::orders::NewOrder {
+            id: OrderId::generate(),
+            product: stuck_id,
+            total: Quantity::new(1, 10).unwrap(),
+            buyer: None,
+        };
+        shared::db::orders::insert(&app.db, &order, "nobody")
+            .await
+            .unwrap();
     }
     let partitions = app.config.order_partitions;
     let stuck_partition = partition_of(stuck_id, partitions);

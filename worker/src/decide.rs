@@ -135,29 +135,36 @@ pub async fn decide_groups(
     }
     let sql = format!(
         "SELECT id, product_id, total, status, \
-                CAST(TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS SIGNED) \
+                CAST(TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS SIGNED), buyer_id \
          FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({}) FOR UPDATE",
         placeholders(padded_len(ids.len()))
     );
-    let mut q = sqlx::query_as::<_, (Uuid, u64, u32, String, i64)>(AssertSqlSafe(sql));
+    let mut q =
+        sqlx::query_as::<_, (Uuid, u64, u32, String, i64, Option<String>)>(AssertSqlSafe(sql));
     for id in padded(&ids) {
         q = q.bind(id);
     }
     let mut waited: HashMap<Uuid, Duration> = HashMap::new();
-    let rows: HashMap<Uuid, (u64, u32, String)> = q
+    let rows: HashMap<Uuid, Row> = q
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .map(|(id, product, total, status, micros)| {
+        .map(|(id, product, total, status, micros, buyer)| {
             waited.insert(id, Duration::from_micros(micros.max(0) as u64));
-            (id, (product, total, status))
+            let row = Row {
+                product,
+                total,
+                pending: status == "PENDING",
+                buyer,
+            };
+            (id, row)
         })
         .collect();
 
     let mut products: Vec<u64> = rows
         .values()
-        .filter(|(_, _, status)| status == "PENDING")
-        .map(|(product, _, _)| *product)
+        .filter(|r| r.pending)
+        .map(|r| r.product)
         .collect();
     products.sort_unstable();
     products.dedup();
@@ -179,6 +186,8 @@ pub async fn decide_groups(
         }
     }
     let before: BTreeMap<u64, i64> = stock.iter().map(|(p, (_, r))| (*p, *r)).collect();
+    let rules = sale_rules(tx, &products).await?;
+    let mut held = held_by_buyers(tx, &rules, rows.values().filter(|r| r.pending)).await?;
 
     let mut out = Vec::with_capacity(groups.len());
     for (group, ids) in groups.iter().zip(group_ids) {
@@ -188,15 +197,39 @@ pub async fn decide_groups(
             let order_id = OrderId::from(id);
             let outcome = match rows.get(&id) {
                 None => Outcome::Unknown,
-                Some((_, _, status)) if status != "PENDING" => Outcome::AlreadyDecided,
-                Some((product, total, _)) => {
-                    touched.push(*product);
-                    match stock.get_mut(product) {
+                Some(row) if !row.pending => Outcome::AlreadyDecided,
+                Some(row) => {
+                    touched.push(row.product);
+                    let rule = rules.get(&row.product);
+                    let limit = rule.and_then(|r| r.max_per_buyer);
+                    let holding = row
+                        .buyer
+                        .as_ref()
+                        .filter(|_| limit.is_some())
+                        .map(|b| held.entry((row.product, b.clone())).or_default());
+                    let total = i64::from(row.total);
+                    match stock.get_mut(&row.product) {
                         None => Outcome::Rejected(reason::PRODUCT_NOT_FOUND),
+                        Some(_) if rule.is_some_and(|r| r.not_started) => {
+                            Outcome::Rejected(reason::SALE_NOT_STARTED)
+                        }
+                        Some(_) if rule.is_some_and(|r| r.ended) => {
+                            Outcome::Rejected(reason::SALE_ENDED)
+                        }
+                        Some(_)
+                            if holding
+                                .as_ref()
+                                .zip(limit)
+                                .is_some_and(|(h, l)| **h + total > i64::from(l)) =>
+                        {
+                            Outcome::Rejected(reason::BUYER_LIMIT)
+                        }
                         Some((stored, reserved)) => {
-                            let total = i64::from(*total);
                             if *stored - *reserved >= total {
                                 *reserved += total;
+                                if let Some(h) = holding {
+                                    *h += total;
+                                }
                                 Outcome::Accepted
                             } else {
                                 Outcome::Rejected(reason::OUT_OF_STOCK)
@@ -242,6 +275,93 @@ pub async fn decide_groups(
                 .filter_map(|p| ProductId::new(p as i64).ok())
                 .collect(),
         })
+        .collect())
+}
+
+/// An order row as the deciding transaction locked it.
+struct Row {
+    product: u64,
+    total: u32,
+    pending: bool,
+    buyer: Option<String>,
+}
+
+/// A product's sale rules, as of this transaction (database clock).
+#[derive(Debug, Clone, Copy)]
+struct SaleRule {
+    max_per_buyer: Option<u32>,
+    not_started: bool,
+    ended: bool,
+}
+
+/// The rules of those `products` that have any. A plain read: locking the
+/// product rows would block the recording inserts (their foreign-key
+/// checks share-lock them); the rules only change by an admin's PATCH.
+async fn sale_rules(
+    tx: &mut MySqlConnection,
+    products: &[u64],
+) -> Result<HashMap<u64, SaleRule>, sqlx::Error> {
+    if products.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT id, max_per_buyer, COALESCE(sale_starts_at > NOW(6), FALSE), \
+                COALESCE(sale_ends_at <= NOW(6), FALSE) \
+         FROM products WHERE id IN ({}) \
+           AND (max_per_buyer IS NOT NULL OR sale_starts_at IS NOT NULL OR sale_ends_at IS NOT NULL)",
+        placeholders(padded_len(products.len()))
+    );
+    let mut q = sqlx::query_as::<_, (u64, Option<u32>, bool, bool)>(AssertSqlSafe(sql));
+    for p in padded(products) {
+        q = q.bind(p);
+    }
+    Ok(q.fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(p, max_per_buyer, not_started, ended)| {
+            let rule = SaleRule {
+                max_per_buyer,
+                not_started,
+                ended,
+            };
+            (p, rule)
+        })
+        .collect())
+}
+
+/// Units each buyer of `orders` already holds (ACCEPTED or PAID) of each
+/// product that has a `max_per_buyer`. Only this partition accepts orders
+/// for these products, in order, so nothing can add to them meanwhile; a
+/// cancel or expiry meanwhile only lowers them.
+async fn held_by_buyers<'r>(
+    tx: &mut MySqlConnection,
+    rules: &HashMap<u64, SaleRule>,
+    orders: impl Iterator<Item = &'r Row>,
+) -> Result<HashMap<(u64, String), i64>, sqlx::Error> {
+    let pairs: HashSet<(u64, &str)> = orders
+        .filter(|r| {
+            rules
+                .get(&r.product)
+                .is_some_and(|r| r.max_per_buyer.is_some())
+        })
+        .filter_map(|r| Some((r.product, r.buyer.as_deref()?)))
+        .collect();
+    if pairs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let condition = vec!["(buyer_id = ? AND product_id = ?)"; pairs.len()].join(" OR ");
+    let sql = format!(
+        "SELECT product_id, buyer_id, CAST(SUM(total) AS SIGNED) FROM orders \
+         WHERE status IN ('ACCEPTED', 'PAID') AND ({condition}) GROUP BY product_id, buyer_id"
+    );
+    let mut q = sqlx::query_as::<_, (u64, String, i64)>(AssertSqlSafe(sql));
+    for (product, buyer) in &pairs {
+        q = q.bind(*buyer).bind(*product);
+    }
+    Ok(q.fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(p, b, units)| ((p, b), units))
         .collect())
 }
 

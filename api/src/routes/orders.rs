@@ -2,6 +2,7 @@
 
 use super::products::product_not_found;
 use crate::admission::Ticket;
+use crate::auth::Caller;
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
 use crate::extract::AppQuery;
@@ -60,7 +61,7 @@ pub struct Order {
     pub total: u32,
     /// Where it is in its life.
     pub status: OrderStatus,
-    /// Why it was rejected: `OUT_OF_STOCK`, `PRODUCT_NOT_FOUND`, `DEAD_LETTERED`, `DECISION_FAILED`.
+    /// Why it was rejected: `OUT_OF_STOCK`, `BUYER_LIMIT`, `SALE_NOT_STARTED`, `SALE_ENDED`, `PRODUCT_NOT_FOUND`, `DEAD_LETTERED`, `DECISION_FAILED`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// When it was recorded.
@@ -71,6 +72,9 @@ pub struct Order {
     /// Until when an accepted order holds its units.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// The buyer (the `sub` of their token); absent while buyers are anonymous.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buyer_id: Option<String>,
 }
 
 impl From<OrderRow> for Order {
@@ -84,6 +88,7 @@ impl From<OrderRow> for Order {
             created_at: row.created_at,
             decided_at: row.decided_at,
             expires_at: row.expires_at,
+            buyer_id: row.buyer_id,
         }
     }
 }
@@ -114,6 +119,9 @@ pub enum OrderOrError {
         (status = 400, description = "Decided and rejected (with `Prefer: wait`; `data` is the order with its reason), or malformed JSON (`data` is an error)", body = Envelope<OrderOrError>),
         (status = 404, description = "No such product", body = Envelope<ErrorBody>),
         (status = 413, description = "Body too large", body = Envelope<ErrorBody>),
+        (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "A service token (admin, payment): orders are placed with a buyer's token", body = Envelope<ErrorBody>),
         (status = 415, description = "Not JSON", body = Envelope<ErrorBody>),
         (status = 422, description = "Invalid product_id or total, invalid Idempotency-Key, or a key reused with another body", body = Envelope<ErrorBody>),
         (status = 503, description = "`OVERLOADED`: more orders are waiting than can be decided within ADMISSION_MAX_DELAY (or the broker refused more); `SERVICE_UNAVAILABLE`: the database is down. Either way the order was not recorded", body = Envelope<ErrorBody>,
@@ -121,10 +129,12 @@ pub enum OrderOrError {
     ))]
 pub async fn create_order(
     State(state): State<AppState>,
+    caller: Caller,
     claimed: Option<Extension<Claimed>>,
     headers: HeaderMap,
     AppJson(body): AppJson<CreateOrder>,
 ) -> Result<Response, ApiError> {
+    let buyer = caller.placing_buyer()?;
     let product = ProductId::new(body.product_id)?;
     let total = Quantity::new(body.total, state.config.max_order_total)?;
     // A request waits only if a waiting slot is free; otherwise it is
@@ -132,8 +142,11 @@ pub async fn create_order(
     let slot = preferred_wait(&headers)
         .and_then(|w| Some((w, state.waiting_slots.clone().try_acquire_owned().ok()?)));
     let wait = slot.as_ref().map(|(w, _)| (*w).min(state.config.max_wait));
-    let key = idempotency_key(&headers, product, total)?;
-    ensure_product_exists(&state, product).await?;
+    let key = idempotency_key(&headers, buyer.as_deref(), product, total)?;
+    let sale_start = product_sale_start(&state, product).await?;
+    // Checked while recording when the start may lie ahead (by this api's
+    // clock, with room for skew); the database clock decides.
+    let opening = sale_start.is_some_and(|start| start > Utc::now() - CLOCK_SKEW);
 
     let new_id = state.outbox.new_id();
     let order_id = new_id.get();
@@ -146,6 +159,8 @@ pub async fn create_order(
             id: new_id,
             product,
             total,
+            buyer,
+            opening,
             key,
             claimed: claimed.map(|Extension(c)| c).unwrap_or_default(),
         })
@@ -182,7 +197,8 @@ pub async fn create_order(
     if replayed {
         Metrics::inc(&metrics.orders_replayed);
     } else if row.status() == OrderStatus::Rejected {
-        // Sold out: decided on the spot by the recorder, never queued.
+        // Sold out (or not on sale yet): decided on the spot by the
+        // recorder, never queued.
         Metrics::inc(&metrics.orders_rejected_sold_out);
     } else {
         Metrics::inc(&metrics.orders_recorded);
@@ -260,13 +276,14 @@ fn order_error(e: sqlx::Error, product: ProductId) -> ApiError {
 
 /// The `Idempotency-Key` header, scoped and hashed with the request.
 ///
-/// Scope: the key is hashed together with the `Authorization` header (when
-/// present), so callers with different credentials can never collide or
-/// read each other's orders; without credentials the key itself is the
+/// Scope: the key is hashed together with the buyer id (with buyers'
+/// tokens) or the `Authorization` header (when present), so callers with
+/// different identities can never collide or read each other's orders; without credentials the key itself is the
 /// secret, which is why at least 16 characters are required. Only the hash
 /// is stored.
 fn idempotency_key(
     headers: &HeaderMap,
+    buyer: Option<&str>,
     product: ProductId,
     total: Quantity,
 ) -> Result<Option<db::orders::IdempotencyKey>, ApiError> {
@@ -299,13 +316,18 @@ fn idempotency_key(
             "Idempotency-Key must be 16 to 255 visible ASCII characters, such as a random UUID",
         ));
     }
-    let scope = headers
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
+    // A buyer's keys are theirs whatever token they come with (tokens
+    // rotate, the buyer does not); otherwise the credentials scope them.
+    let scope = match buyer {
+        Some(buyer) => format!("buyer:{buyer}").into_bytes(),
+        None => headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+    };
     let request = Sha256::digest(format!("{}:{}", product.get(), total.get()));
     Ok(Some(db::orders::IdempotencyKey {
-        key: scoped_key(scope, key),
+        key: scoped_key(&scope, key),
         request_hash: request.into(),
     }))
 }
@@ -344,24 +366,28 @@ fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
         .next()
 }
 
-async fn ensure_product_exists(state: &AppState, product: ProductId) -> Result<(), ApiError> {
-    if state
+/// Room for the difference between this api's clock and the database's.
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// The product's sale start (as last seen), or 404 when there is no such
+/// product. Cached: a flood of orders does not ask the database each time.
+async fn product_sale_start(
+    state: &AppState,
+    product: ProductId,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    if let Some(start) = state
         .known_products
         .read()
         .expect("known products lock")
-        .contains(&product)
+        .get(&product)
     {
-        return Ok(());
+        return Ok(*start);
     }
-    if !db::products::exists(&state.db, product).await? {
-        return Err(product_not_found(product));
-    }
-    state
-        .known_products
-        .write()
-        .expect("known products lock")
-        .insert(product);
-    Ok(())
+    let row = db::products::get(&state.db, product)
+        .await?
+        .ok_or_else(|| product_not_found(product))?;
+    state.remember_product(&row);
+    Ok(row.sale_starts_at)
 }
 
 /// Reads an order: its status, reason and timestamps.
@@ -370,18 +396,21 @@ async fn ensure_product_exists(state: &AppState, product: ProductId) -> Result<(
     responses(
         (status = 200, description = "The order", body = Envelope<Order>),
         (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
-        (status = 404, description = "No such order", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such order, or another buyer's", body = Envelope<ErrorBody>),
+        (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn get_order(
     State(state): State<AppState>,
+    caller: Caller,
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
-    let id = OrderId::parse(&id)
-        .map_err(|e| ApiError::client(StatusCode::BAD_REQUEST, e.code, e.message))?;
-    let row = db::orders::fetch(&state.db, id).await?.ok_or_else(|| {
-        ApiError::not_found("ORDER_NOT_FOUND", format!("order {id} does not exist"))
-    })?;
+    let id = parse_order_id(&id)?;
+    let row = db::orders::fetch(&state.db, id)
+        .await?
+        .filter(|row| caller.may_read(row.buyer_id.as_deref()))
+        .ok_or_else(|| order_not_found(id))?;
     Ok(respond(StatusCode::OK, Order::from(row)))
 }
 
@@ -394,12 +423,17 @@ pub async fn get_order(
         (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
         (status = 404, description = "No such order", body = Envelope<ErrorBody>),
         (status = 409, description = "Not ACCEPTED, or past `expires_at` (the order is then EXPIRED); the message names the status", body = Envelope<ErrorBody>),
+        (status = 401, description = "PAYMENT_TOKEN or ADMIN_TOKEN (or a buyer key) is configured and the request carries neither service token", body = Envelope<ErrorBody>,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "A buyer's token: payments are confirmed by the payment service", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn pay_order(
     State(state): State<AppState>,
+    caller: Caller,
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
+    caller.may_pay(&state)?;
     let id = parse_order_id(&id)?;
     // Pay, cancel and the sweeper lock the same rows; a lost deadlock is retried.
     let result = db::retry_lock_conflicts(|| db::orders::pay(&state.db, id)).await?;
@@ -412,16 +446,32 @@ pub async fn pay_order(
     responses(
         (status = 200, description = "Cancelled", body = Envelope<Order>),
         (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
-        (status = 404, description = "No such order", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such order, or another buyer's", body = Envelope<ErrorBody>),
         (status = 409, description = "Already REJECTED, PAID, CANCELLED or EXPIRED; the message names the status", body = Envelope<ErrorBody>),
+        (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "The payment token: it cannot cancel", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn cancel_order(
     State(state): State<AppState>,
+    caller: Caller,
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
+    // An order's buyer never changes: checked before, not under, the lock.
+    let owner = db::orders::fetch(&state.db, id)
+        .await?
+        .ok_or_else(|| order_not_found(id))?
+        .buyer_id;
+    if !caller.may_cancel(owner.as_deref())? {
+        return Err(order_not_found(id));
+    }
     let result = db::retry_lock_conflicts(|| db::orders::cancel(&state.db, id)).await?;
+    if matches!(result, Transition::Done(_)) {
+        // Cancelled while PENDING, it will get no decision notice.
+        state.admission.decided(&[id]);
+    }
     transition_response(id, "cancel", result)
 }
 
@@ -469,16 +519,21 @@ pub struct OrderQuery {
     pub per_page: Option<u32>,
 }
 
-/// Lists orders in the order they were recorded, optionally by product and status.
+/// Lists orders in the order they were recorded, optionally by product and
+/// status: a buyer's own orders with a buyer's token; every order with the
+/// admin or payment token, or while buyers are anonymous.
 #[utoipa::path(get, path = "/orders", tag = "orders",
     params(OrderQuery),
     responses(
         (status = 200, description = "A page of orders", body = Envelope<Page<Order>>),
         (status = 400, description = "Invalid filter or page", body = Envelope<ErrorBody>),
+        (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn list_orders(
     State(state): State<AppState>,
+    caller: Caller,
     AppQuery(query): AppQuery<OrderQuery>,
 ) -> Result<Response, ApiError> {
     let bounds = PageQuery {
@@ -496,6 +551,10 @@ pub async fn list_orders(
     let filter = OrderFilter {
         product,
         status: query.status,
+        buyer: match caller {
+            Caller::Buyer(buyer) => Some(buyer),
+            _ => None,
+        },
     };
     let (rows, total_items) =
         db::orders::list(&state.db, &filter, bounds.per_page, bounds.offset()).await?;
@@ -532,16 +591,21 @@ pub struct OrderSummary {
     params(("id" = u64, Path, description = "Product id")),
     responses(
         (status = 200, description = "Counts by status", body = Envelope<OrderSummary>),
+        (status = 401, description = "A buyer key is configured and the request carries neither the admin token nor a valid buyer's token", body = Envelope<ErrorBody>,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "A buyer's token: summaries are for the admin", body = Envelope<ErrorBody>),
         (status = 400, description = "Not a product id", body = Envelope<ErrorBody>),
         (status = 404, description = "No such product", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn get_order_summary(
     State(state): State<AppState>,
+    caller: Caller,
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
     let product = parse_product_id(&id)?;
-    ensure_product_exists(&state, product).await?;
+    caller.may_see_all()?;
+    product_sale_start(&state, product).await?;
     let mut summary = OrderSummary {
         product_id: product.get(),
         total: 0,

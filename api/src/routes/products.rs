@@ -1,4 +1,4 @@
-//! `/api/products`: create, list, read.
+//! `/api/products`: create, list, read, change the sale rules.
 
 use super::parse_product_id;
 use crate::auth::Admin;
@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::db::products::{self, ProductRow};
+use shared::db::products::{self, ProductRow, SaleRules};
 use shared::domain::{ProductName, Stock};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -21,8 +21,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_product, list_products))
-        .routes(routes!(get_product))
+        .routes(routes!(get_product, update_product))
 }
+
+/// The largest `max_per_buyer`.
+const MAX_PER_BUYER: i64 = 1_000_000;
 
 /// A new product.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -34,6 +37,43 @@ pub struct CreateProduct {
     /// Initial `stored_stock`, 0 to 1,000,000,000; 0 when absent.
     #[schema(example = 100, minimum = 0, maximum = 1000000000)]
     pub stock: Option<i64>,
+    /// The most units one buyer may hold (ACCEPTED and PAID), 1 to
+    /// 1,000,000; no limit when absent. Counted per buyer id, so it needs
+    /// buyers' tokens (`BUYER_JWT_*`); anonymous orders are not limited.
+    #[schema(example = 2, minimum = 1, maximum = 1000000)]
+    pub max_per_buyer: Option<i64>,
+    /// RFC 3339: orders before it are rejected `SALE_NOT_STARTED`, at once.
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    /// RFC 3339, after `sale_starts_at`: orders from it on are rejected `SALE_ENDED`.
+    pub sale_ends_at: Option<DateTime<Utc>>,
+}
+
+/// A change of a product's sale rules: a field left out stays as it is,
+/// `null` removes the rule.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProduct {
+    /// The most units one buyer may hold, 1 to 1,000,000; `null`: no limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000000, example = 2)]
+    pub max_per_buyer: Option<Option<i64>>,
+    /// RFC 3339; `null`: open from the start.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub sale_starts_at: Option<Option<DateTime<Utc>>>,
+    /// RFC 3339; `null`: never closes.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub sale_ends_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// A field that is present, possibly `null`.
+fn present<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A product.
@@ -46,6 +86,12 @@ pub struct Product {
     pub name: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// The most units one buyer may hold; `null`: no limit.
+    pub max_per_buyer: Option<u32>,
+    /// When the sale opens; `null`: open.
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    /// When it closes; `null`: never.
+    pub sale_ends_at: Option<DateTime<Utc>>,
 }
 
 impl From<ProductRow> for Product {
@@ -54,8 +100,47 @@ impl From<ProductRow> for Product {
             id: row.id,
             name: row.name,
             created_at: row.created_at,
+            max_per_buyer: row.max_per_buyer,
+            sale_starts_at: row.sale_starts_at,
+            sale_ends_at: row.sale_ends_at,
         }
     }
+}
+
+fn max_per_buyer(value: Option<i64>) -> Result<Option<u32>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(n) if (1..=MAX_PER_BUYER).contains(&n) => Ok(Some(n as u32)),
+        Some(n) => Err(ApiError::client(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_MAX_PER_BUYER",
+            format!("max_per_buyer must be an integer from 1 to {MAX_PER_BUYER}, got {n}"),
+        )),
+    }
+}
+
+/// Stored to the microsecond, so compared and shown to the microsecond.
+fn micros(at: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    use chrono::SubsecRound;
+    at.map(|t| t.trunc_subsecs(6))
+}
+
+fn check_window(rules: SaleRules) -> Result<SaleRules, ApiError> {
+    let rules = SaleRules {
+        sale_starts_at: micros(rules.sale_starts_at),
+        sale_ends_at: micros(rules.sale_ends_at),
+        ..rules
+    };
+    if let (Some(start), Some(end)) = (rules.sale_starts_at, rules.sale_ends_at)
+        && end <= start
+    {
+        return Err(ApiError::client(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_SALE_WINDOW",
+            format!("sale_ends_at ({end}) must be after sale_starts_at ({start})"),
+        ));
+    }
+    Ok(rules)
 }
 
 /// Creates a product and its inventory.
@@ -67,7 +152,7 @@ impl From<ProductRow> for Product {
         (status = 400, description = "Malformed JSON", body = Envelope<ErrorBody>),
         (status = 413, description = "Body too large", body = Envelope<ErrorBody>),
         (status = 415, description = "Not JSON", body = Envelope<ErrorBody>),
-        (status = 422, description = "Invalid name or stock", body = Envelope<ErrorBody>),
+        (status = 422, description = "Invalid name, stock, max_per_buyer or sale window", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn create_product(
@@ -77,8 +162,51 @@ pub async fn create_product(
 ) -> Result<Response, ApiError> {
     let name = ProductName::parse(&body.name)?;
     let stock = Stock::new(body.stock.unwrap_or(0))?;
-    let row = products::create(&state.db, &name, stock).await?;
+    let rules = check_window(SaleRules {
+        max_per_buyer: max_per_buyer(body.max_per_buyer)?,
+        sale_starts_at: body.sale_starts_at,
+        sale_ends_at: body.sale_ends_at,
+    })?;
+    let row = products::create(&state.db, &name, stock, rules).await?;
+    state.remember_product(&row);
     Ok(respond(StatusCode::CREATED, Product::from(row)))
+}
+
+/// Changes a product's per-buyer limit and sale window (admin). Orders
+/// already decided keep their decisions; the worker applies the new rules
+/// from its next transaction.
+#[utoipa::path(patch, path = "/products/{id}", tag = "products",
+    params(("id" = u64, Path, description = "Product id")),
+    request_body = UpdateProduct,
+    responses(
+        (status = 200, description = "The product as it is now", body = Envelope<Product>),
+        (status = 400, description = "Not a product id, or malformed JSON", body = Envelope<ErrorBody>),
+        (status = 401, description = "ADMIN_TOKEN is set and the request lacks `Authorization: Bearer <token>`", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such product", body = Envelope<ErrorBody>),
+        (status = 413, description = "Body too large", body = Envelope<ErrorBody>),
+        (status = 415, description = "Not JSON", body = Envelope<ErrorBody>),
+        (status = 422, description = "Invalid max_per_buyer or sale window", body = Envelope<ErrorBody>),
+        (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
+    ))]
+pub async fn update_product(
+    _admin: Admin,
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+    AppJson(body): AppJson<UpdateProduct>,
+) -> Result<Response, ApiError> {
+    let id = parse_product_id(&id)?;
+    let limit = body.max_per_buyer.map(max_per_buyer).transpose()?;
+    let changed = products::update_rules(&state.db, id, |current| {
+        check_window(SaleRules {
+            max_per_buyer: limit.unwrap_or(current.max_per_buyer),
+            sale_starts_at: body.sale_starts_at.unwrap_or(current.sale_starts_at),
+            sale_ends_at: body.sale_ends_at.unwrap_or(current.sale_ends_at),
+        })
+    })
+    .await?
+    .ok_or_else(|| product_not_found(id))??;
+    state.remember_product(&changed);
+    Ok(respond(StatusCode::OK, Product::from(changed)))
 }
 
 /// Lists products by id, a page at a time.

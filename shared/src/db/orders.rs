@@ -28,6 +28,8 @@ pub struct OrderRow {
     pub decided_at: Option<DateTime<Utc>>,
     /// Until when an accepted order holds its units.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The buyer (the `sub` of their token), when buyers have identities.
+    pub buyer_id: Option<String>,
 }
 
 impl OrderRow {
@@ -37,25 +39,42 @@ impl OrderRow {
     }
 }
 
-const COLUMNS: &str = "id, product_id, total, status, reason, created_at, decided_at, expires_at";
+const COLUMNS: &str =
+    "id, product_id, total, status, reason, created_at, decided_at, expires_at, buyer_id";
+
+/// An order to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    /// Its id.
+    pub id: OrderId,
+    /// The product.
+    pub product: ProductId,
+    /// Units.
+    pub total: Quantity,
+    /// The buyer, when buyers have identities.
+    pub buyer: Option<String>,
+}
 
 /// Records a new PENDING order.
 pub async fn insert(
     pool: &MySqlPool,
-    id: OrderId,
-    product: ProductId,
-    total: Quantity,
+    order: &NewOrder,
     recorded_by: &str,
 ) -> Result<OrderRow, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO orders (id, product_id, total, recorded_by) VALUES (?, ?, ?, ?)")
-        .bind(id.uuid())
-        .bind(product.get())
-        .bind(total.get())
-        .bind(recorded_by)
-        .execute(&mut *tx)
-        .await?;
-    let row = fetch(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    sqlx::query(
+        "INSERT INTO orders (id, product_id, total, buyer_id, recorded_by) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(order.id.uuid())
+    .bind(order.product.get())
+    .bind(order.total.get())
+    .bind(&order.buyer)
+    .bind(recorded_by)
+    .execute(&mut *tx)
+    .await?;
+    let row = fetch(&mut *tx, order.id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
     tx.commit().await?;
     Ok(row)
 }
@@ -77,18 +96,23 @@ pub struct Inserted {
 /// recorded as already REJECTED (`OUT_OF_STOCK`, decided by `api`) instead
 /// of PENDING, so it never needs the queue. That is the decision the worker
 /// would make: only a restock, cancel or expiry raises availability, and
-/// the read sees every one committed before it.
+/// the read sees every one committed before it. Likewise products in
+/// `opening` (a sale start that may lie ahead) are read for
+/// `sale_starts_at > NOW(6)`, and their orders recorded REJECTED
+/// `SALE_NOT_STARTED`: time only moves on, so the worker would agree.
 pub async fn insert_many(
     pool: &MySqlPool,
-    orders: &[(OrderId, ProductId, Quantity)],
+    orders: &[NewOrder],
     check: &[ProductId],
+    opening: &[ProductId],
     recorded_by: &str,
 ) -> Result<Inserted, sqlx::Error> {
+    use crate::domain::reason;
     if orders.is_empty() {
         return Ok(Inserted::default());
     }
     let mut tx = pool.begin().await?;
-    let mut sold_out = std::collections::HashSet::new();
+    let mut refused: std::collections::HashMap<u64, &'static str> = Default::default();
     if !check.is_empty() {
         let mut q = sqlx::query_as::<_, (u64,)>(AssertSqlSafe(format!(
             "SELECT product_id FROM inventories \
@@ -98,24 +122,41 @@ pub async fn insert_many(
         for p in padded(check) {
             q = q.bind(p.get());
         }
-        sold_out.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(p,)| p));
+        for (p,) in q.fetch_all(&mut *tx).await? {
+            refused.insert(p, reason::OUT_OF_STOCK);
+        }
+    }
+    let sold_out: std::collections::HashSet<u64> = refused.keys().copied().collect();
+    if !opening.is_empty() {
+        let mut q = sqlx::query_as::<_, (u64,)>(AssertSqlSafe(format!(
+            "SELECT id FROM products WHERE sale_starts_at > NOW(6) AND id IN ({})",
+            placeholders(padded_len(opening.len()))
+        )));
+        for p in padded(opening) {
+            q = q.bind(p.get());
+        }
+        for (p,) in q.fetch_all(&mut *tx).await? {
+            refused.insert(p, reason::SALE_NOT_STARTED);
+        }
     }
     let mut rest = orders;
     for size in power_of_two_chunks(orders.len()) {
         let (chunk, after) = rest.split_at(size);
         rest = after;
-        let values = vec!["(?, ?, ?, ?, ?, IF(?, NOW(6), NULL), ?, ?)"; size].join(", ");
+        let values = vec!["(?, ?, ?, ?, ?, ?, IF(?, NOW(6), NULL), ?, ?)"; size].join(", ");
         let mut insert = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO orders (id, product_id, total, status, reason, decided_at, decided_by, recorded_by) VALUES {values}"
+            "INSERT INTO orders (id, product_id, total, buyer_id, status, reason, decided_at, decided_by, recorded_by) VALUES {values}"
         )));
-        for (id, product, total) in chunk {
-            let rejected = sold_out.contains(&product.get());
+        for order in chunk {
+            let reason = refused.get(&order.product.get()).copied();
+            let rejected = reason.is_some();
             insert = insert
-                .bind(id.uuid())
-                .bind(product.get())
-                .bind(total.get())
+                .bind(order.id.uuid())
+                .bind(order.product.get())
+                .bind(order.total.get())
+                .bind(&order.buyer)
                 .bind(if rejected { "REJECTED" } else { "PENDING" })
-                .bind(rejected.then_some(crate::domain::reason::OUT_OF_STOCK))
+                .bind(reason)
                 .bind(rejected)
                 .bind(rejected.then_some("api"))
                 .bind(recorded_by);
@@ -126,8 +167,8 @@ pub async fn insert_many(
         "SELECT {COLUMNS} FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({})",
         placeholders(padded_len(orders.len()))
     )));
-    for (id, _, _) in padded(orders) {
-        select = select.bind(id.uuid());
+    for order in padded(orders) {
+        select = select.bind(order.id.uuid());
     }
     let mut rows: std::collections::HashMap<Uuid, OrderRow> = select
         .fetch_all(&mut *tx)
@@ -138,7 +179,7 @@ pub async fn insert_many(
     tx.commit().await?;
     let rows = orders
         .iter()
-        .map(|(id, _, _)| rows.remove(&id.uuid()).ok_or(sqlx::Error::RowNotFound))
+        .map(|o| rows.remove(&o.id.uuid()).ok_or(sqlx::Error::RowNotFound))
         .collect::<Result<_, _>>()?;
     Ok(Inserted {
         rows,
@@ -251,24 +292,22 @@ pub enum Recorded {
 /// unique key decides, not a pre-check.
 pub async fn record(
     pool: &MySqlPool,
-    id: OrderId,
-    product: ProductId,
-    total: Quantity,
+    order: &NewOrder,
     key: Option<&IdempotencyKey>,
     recorded_by: &str,
 ) -> Result<Recorded, sqlx::Error> {
     let Some(key) = key else {
-        return insert(pool, id, product, total, recorded_by)
-            .await
-            .map(Recorded::New);
+        return insert(pool, order, recorded_by).await.map(Recorded::New);
     };
+    let id = order.id;
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO orders (id, product_id, total, idempotency_key, request_hash, recorded_by) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO orders (id, product_id, total, buyer_id, idempotency_key, request_hash, recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id.uuid())
-    .bind(product.get())
-    .bind(total.get())
+    .bind(order.product.get())
+    .bind(order.total.get())
+    .bind(&order.buyer)
     .bind(&key.key)
     .bind(&key.request_hash[..])
     .bind(recorded_by)
@@ -462,6 +501,8 @@ pub struct OrderFilter {
     pub product: Option<ProductId>,
     /// Only orders in this status.
     pub status: Option<OrderStatus>,
+    /// Only this buyer's orders.
+    pub buyer: Option<String>,
 }
 
 /// A page of orders in recording order, and how many match in all.
@@ -472,6 +513,9 @@ pub async fn list(
     offset: u64,
 ) -> Result<(Vec<OrderRow>, u64), sqlx::Error> {
     let mut clauses = Vec::new();
+    if filter.buyer.is_some() {
+        clauses.push("buyer_id = ?");
+    }
     if filter.product.is_some() {
         clauses.push("product_id = ?");
     }
@@ -488,6 +532,10 @@ pub async fn list(
     let count_sql = format!("SELECT COUNT(*) FROM orders {condition}");
     let mut page = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(page_sql));
     let mut count = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(count_sql));
+    if let Some(b) = &filter.buyer {
+        page = page.bind(b.clone());
+        count = count.bind(b.clone());
+    }
     if let Some(p) = filter.product {
         page = page.bind(p.get());
         count = count.bind(p.get());

@@ -2,7 +2,7 @@
 
 use crate::domain::{ProductId, ProductName, Stock};
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, MySqlPool};
+use sqlx::{AssertSqlSafe, FromRow, MySqlPool};
 
 /// A product as stored.
 #[derive(Debug, Clone, FromRow)]
@@ -13,6 +13,36 @@ pub struct ProductRow {
     pub name: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// The most units one buyer may hold (ACCEPTED and PAID).
+    pub max_per_buyer: Option<u32>,
+    /// Orders before this instant are rejected `SALE_NOT_STARTED`.
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    /// Orders from this instant on are rejected `SALE_ENDED`.
+    pub sale_ends_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, name, created_at, max_per_buyer, sale_starts_at, sale_ends_at";
+
+/// A product's sale rules; `None` means no limit, or no bound on the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaleRules {
+    /// The most units one buyer may hold.
+    pub max_per_buyer: Option<u32>,
+    /// When the sale opens.
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    /// When it closes.
+    pub sale_ends_at: Option<DateTime<Utc>>,
+}
+
+impl ProductRow {
+    /// Its sale rules.
+    pub fn rules(&self) -> SaleRules {
+        SaleRules {
+            max_per_buyer: self.max_per_buyer,
+            sale_starts_at: self.sale_starts_at,
+            sale_ends_at: self.sale_ends_at,
+        }
+    }
 }
 
 /// Creates a product with its inventory (`stored_stock = stock`) in one transaction.
@@ -20,33 +50,82 @@ pub async fn create(
     pool: &MySqlPool,
     name: &ProductName,
     stock: Stock,
+    rules: SaleRules,
 ) -> Result<ProductRow, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let id = sqlx::query("INSERT INTO products (name) VALUES (?)")
-        .bind(name.as_str())
-        .execute(&mut *tx)
-        .await?
-        .last_insert_id();
+    let id = sqlx::query(
+        "INSERT INTO products (name, max_per_buyer, sale_starts_at, sale_ends_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(name.as_str())
+    .bind(rules.max_per_buyer)
+    .bind(rules.sale_starts_at)
+    .bind(rules.sale_ends_at)
+    .execute(&mut *tx)
+    .await?
+    .last_insert_id();
     sqlx::query("INSERT INTO inventories (product_id, stored_stock) VALUES (?, ?)")
         .bind(id)
         .bind(stock.get())
         .execute(&mut *tx)
         .await?;
-    let row =
-        sqlx::query_as::<_, ProductRow>("SELECT id, name, created_at FROM products WHERE id = ?")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let row = sqlx::query_as::<_, ProductRow>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM products WHERE id = ?"
+    )))
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(row)
 }
 
 /// One product, if it exists.
 pub async fn get(pool: &MySqlPool, id: ProductId) -> Result<Option<ProductRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, name, created_at FROM products WHERE id = ?")
-        .bind(id.get())
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM products WHERE id = ?"
+    )))
+    .bind(id.get())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Changes a product's sale rules: `change` gets the current rules (the row
+/// locked) and returns the new ones, or refuses with its own error. `None`
+/// when there is no such product.
+pub async fn update_rules<E>(
+    pool: &MySqlPool,
+    id: ProductId,
+    change: impl FnOnce(SaleRules) -> Result<SaleRules, E>,
+) -> Result<Option<Result<ProductRow, E>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(row) = sqlx::query_as::<_, ProductRow>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM products WHERE id = ? FOR UPDATE"
+    )))
+    .bind(id.get())
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let rules = match change(row.rules()) {
+        Ok(rules) => rules,
+        Err(e) => return Ok(Some(Err(e))),
+    };
+    sqlx::query(
+        "UPDATE products SET max_per_buyer = ?, sale_starts_at = ?, sale_ends_at = ? WHERE id = ?",
+    )
+    .bind(rules.max_per_buyer)
+    .bind(rules.sale_starts_at)
+    .bind(rules.sale_ends_at)
+    .bind(id.get())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(Ok(ProductRow {
+        max_per_buyer: rules.max_per_buyer,
+        sale_starts_at: rules.sale_starts_at,
+        sale_ends_at: rules.sale_ends_at,
+        ..row
+    })))
 }
 
 /// Whether a product exists.
@@ -64,12 +143,13 @@ pub async fn list(
     limit: u32,
     offset: u64,
 ) -> Result<(Vec<ProductRow>, u64), sqlx::Error> {
-    let rows =
-        sqlx::query_as("SELECT id, name, created_at FROM products ORDER BY id LIMIT ? OFFSET ?")
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(pool)
-            .await?;
+    let rows = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM products ORDER BY id LIMIT ? OFFSET ?"
+    )))
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
     let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM products")
         .fetch_one(pool)
         .await?;

@@ -1,0 +1,480 @@
+//! Buyers: identity from a verified JWT, ownership of orders, payment by the
+//! payment service only, a limit per buyer and the sale's window.
+
+use chrono::{Duration as TimeDelta, Utc};
+use flashstock_tests::{Options, TestApp};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{RequestBuilder, StatusCode};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SECRET: &str = "buyer-signing-secret-0123456789abcdef";
+const PAYMENT: &str = "payment-service-token-0123456789";
+const ISSUER: &str = "https://id.shop.example";
+const AUDIENCE: &str = "flashstock";
+
+fn with_buyers() -> Options {
+    Options::default()
+        .env("BUYER_JWT_SECRET", SECRET)
+        .env("BUYER_JWT_ISSUER", ISSUER)
+        .env("BUYER_JWT_AUDIENCE", AUDIENCE)
+        .env("PAYMENT_TOKEN", PAYMENT)
+}
+
+fn sign(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A valid token for `buyer`, good for ten minutes.
+fn token(buyer: &str) -> String {
+    let now = Utc::now().timestamp();
+    sign(
+        json!({"sub": buyer, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600}),
+        SECRET,
+    )
+}
+
+fn bearer(req: RequestBuilder, token: &str) -> RequestBuilder {
+    req.header("Authorization", format!("Bearer {token}"))
+}
+
+async fn send(req: RequestBuilder) -> (StatusCode, Value) {
+    let r = req.send().await.expect("request");
+    let status = r.status();
+    if status == StatusCode::UNAUTHORIZED {
+        assert_eq!(
+            r.headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap()),
+            Some("Bearer"),
+            "a 401 names the scheme"
+        );
+    }
+    (status, r.json().await.expect("json body"))
+}
+
+async fn order_as(app: &TestApp, token: &str, product: u64, wait: u64) -> (StatusCode, Value) {
+    let req = app
+        .client
+        .post(format!("{}/api/orders", app.address))
+        .header("Prefer", format!("wait={wait}"))
+        .json(&json!({"product_id": product, "total": 1}));
+    send(bearer(req, token)).await
+}
+
+async fn count_orders(app: &TestApp) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_see_and_cancel_only_their_own_orders_and_only_the_payment_service_pays() {
+    let app = TestApp::spawn(with_buyers()).await;
+    let url = |p: &str| format!("{}{p}", app.address);
+    let product = app.create_product("Kaos", 10).await;
+    let (alice, bob) = (token("alice"), token("bob"));
+
+    let (status, body) = order_as(&app, &alice, product, 10).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["data"]["buyer_id"], "alice");
+    let id = body["data"]["id"].as_str().unwrap().to_owned();
+    let order = format!("/api/orders/{id}");
+
+    // Bob cannot see it, cancel it or pay it; its existence is not revealed.
+    let (status, body) = send(bearer(app.client.get(url(&order)), &bob)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["data"]["error"], "ORDER_NOT_FOUND");
+    let (status, _) = send(bearer(
+        app.client.post(url(&format!("{order}/cancel"))),
+        &bob,
+    ))
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = send(bearer(app.client.post(url(&format!("{order}/pay"))), &bob)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // Nobody anonymous reads or pays.
+    let (status, _) = send(app.client.get(url(&order))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = send(app.client.post(url(&format!("{order}/pay")))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Alice reads it (the scheme's case does not matter); still ACCEPTED.
+    let (status, body) = send(
+        app.client
+            .get(url(&order))
+            .header("Authorization", format!("bearer {alice}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["status"], "ACCEPTED");
+    // The payment service pays.
+    let (status, body) = send(bearer(
+        app.client.post(url(&format!("{order}/pay"))),
+        PAYMENT,
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["status"], "PAID");
+
+    // Lists: each buyer their own; the payment service every order.
+    let (status, body) = order_as(&app, &bob, product, 10).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let bobs = body["data"]["id"].as_str().unwrap().to_owned();
+    for (who, token, expected) in [
+        ("alice", &alice, vec![id.clone()]),
+        ("bob", &bob, vec![bobs.clone()]),
+    ] {
+        let (status, body) = send(bearer(app.client.get(url("/api/orders")), token)).await;
+        assert_eq!(status, StatusCode::OK);
+        let ids: Vec<&str> = body["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, expected, "{who}'s list");
+    }
+    let (_, body) = send(bearer(app.client.get(url("/api/orders")), PAYMENT)).await;
+    assert_eq!(body["data"]["total_items"], 2);
+    let (status, _) = send(app.client.get(url("/api/orders"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Summaries are not for buyers.
+    let summary = url(&format!("/api/products/{product}/orders/summary"));
+    assert_eq!(
+        send(bearer(app.client.get(&summary), &bob)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(app.client.get(&summary)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(bearer(app.client.get(&summary), PAYMENT)).await.0,
+        StatusCode::OK
+    );
+
+    // Bob cancels his own; the payment service cannot cancel.
+    let cancel = url(&format!("/api/orders/{bobs}/cancel"));
+    assert_eq!(
+        send(bearer(app.client.post(&cancel), PAYMENT)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, body) = send(bearer(app.client.post(&cancel), &bob)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["status"], "CANCELLED");
+
+    // An order is placed with a buyer's token: none, or a service token, records nothing.
+    let before = count_orders(&app).await;
+    let new_order = || {
+        app.client
+            .post(url("/api/orders"))
+            .json(&json!({"product_id": product, "total": 1}))
+    };
+    assert_eq!(send(new_order()).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(bearer(new_order(), PAYMENT)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(count_orders(&app).await, before);
+
+    // An Idempotency-Key belongs to the buyer, whatever token they bring.
+    let keyed = |token: &str| {
+        bearer(new_order(), token).header("Idempotency-Key", "alice-checkout-0001-abcdef")
+    };
+    let (status, first) = send(keyed(&alice)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, again) = send(keyed(&token("alice"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(first["data"]["id"], again["data"]["id"]);
+    let (_, bobs_key) = send(keyed(&bob)).await;
+    assert_ne!(first["data"]["id"], bobs_key["data"]["id"]);
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_401_and_change_nothing() {
+    let app = TestApp::spawn(with_buyers()).await;
+    let product = app.create_product("Kaos", 10).await;
+    let now = Utc::now().timestamp();
+    let claims = |extra: Value| {
+        let mut c = json!({"sub": "mallory", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    // alg "none": the header {"alg":"none","typ":"JWT"}, a valid token's
+    // claims, no signature.
+    let valid = sign(claims(json!({})), SECRET);
+    let unsigned = format!(
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+        valid.split('.').nth(1).unwrap()
+    );
+    let cases = [
+        ("expired", sign(claims(json!({"exp": now - 3600})), SECRET)),
+        (
+            "not yet valid",
+            sign(claims(json!({"nbf": now + 3600})), SECRET),
+        ),
+        (
+            "forged signature",
+            sign(claims(json!({})), "another-secret-0123456789abcdef"),
+        ),
+        ("alg none", unsigned),
+        (
+            "wrong audience",
+            sign(claims(json!({"aud": "someone-else"})), SECRET),
+        ),
+        (
+            "wrong issuer",
+            sign(claims(json!({"iss": "https://evil.example"})), SECRET),
+        ),
+        (
+            "no subject",
+            sign(
+                json!({"iss": ISSUER, "aud": AUDIENCE, "exp": now + 600}),
+                SECRET,
+            ),
+        ),
+        (
+            "no expiry",
+            sign(
+                json!({"sub": "mallory", "iss": ISSUER, "aud": AUDIENCE}),
+                SECRET,
+            ),
+        ),
+        ("garbage", "not.a.jwt".to_owned()),
+    ];
+    let (status, body) = order_as(&app, &token("alice"), product, 10).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["data"]["id"].as_str().unwrap().to_owned();
+    let before = count_orders(&app).await;
+    for (what, bad) in &cases {
+        let (status, body) = order_as(&app, bad, product, 0).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
+        assert_eq!(body["data"]["error"], "UNAUTHORIZED", "{what}");
+        let cancel = app
+            .client
+            .post(format!("{}/api/orders/{id}/cancel", app.address));
+        assert_eq!(
+            send(bearer(cancel, bad)).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{what}"
+        );
+    }
+    assert_eq!(count_orders(&app).await, before);
+    let inventory: Value = app
+        .get(&format!("/api/products/{product}/inventory"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        inventory["data"]["reserved_stock"], 1,
+        "only alice's order holds units"
+    );
+}
+
+/// Sends `orders` of 1 each, every one on a connection of its own, all at
+/// once, waiting for the decisions; returns the final order bodies.
+async fn flood(app: &Arc<TestApp>, product: u64, tokens: Vec<String>) -> Vec<Value> {
+    let sends = tokens.into_iter().map(|token| {
+        let app = app.clone();
+        async move {
+            let client = reqwest::Client::new();
+            let req = client
+                .post(format!("{}/api/orders", app.address))
+                .header("Prefer", "wait=20")
+                .json(&json!({"product_id": product, "total": 1}));
+            let (status, body) = send(bearer(req, &token)).await;
+            assert!(
+                [
+                    StatusCode::CREATED,
+                    StatusCode::BAD_REQUEST,
+                    StatusCode::ACCEPTED
+                ]
+                .contains(&status),
+                "{status}: {body}"
+            );
+            let id = body["data"]["id"].as_str().unwrap().to_owned();
+            let order = bearer(
+                client.get(format!("{}/api/orders/{id}", app.address)),
+                PAYMENT,
+            );
+            let mut order = send(order).await.1["data"].clone();
+            for _ in 0..200 {
+                if order["status"] != "PENDING" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let again = bearer(
+                    client.get(format!("{}/api/orders/{id}", app.address)),
+                    PAYMENT,
+                );
+                order = send(again).await.1["data"].clone();
+            }
+            order
+        }
+    });
+    futures::future::join_all(sends).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_buyer_through_fifty_connections_gets_exactly_the_limit() {
+    let app = Arc::new(TestApp::spawn(with_buyers()).await);
+    let r = app
+        .post_json(
+            "/api/products",
+            &json!({"name": "Sepatu", "stock": 100, "max_per_buyer": 2}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let product = r.json::<Value>().await.unwrap()["data"]["id"]
+        .as_u64()
+        .unwrap();
+    let alice = token("alice");
+    let orders = flood(&app, product, vec![alice; 50]).await;
+    let accepted = orders.iter().filter(|o| o["status"] == "ACCEPTED").count();
+    let limited = orders
+        .iter()
+        .filter(|o| o["status"] == "REJECTED" && o["reason"] == "BUYER_LIMIT")
+        .count();
+    assert_eq!((accepted, limited), (2, 48), "{orders:?}");
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_buyers_three_orders_each_stock_one_hundred_limit_one() {
+    let app = Arc::new(TestApp::spawn(with_buyers()).await);
+    let r = app
+        .post_json(
+            "/api/products",
+            &json!({"name": "Tas", "stock": 100, "max_per_buyer": 1}),
+        )
+        .await;
+    let product = r.json::<Value>().await.unwrap()["data"]["id"]
+        .as_u64()
+        .unwrap();
+    let tokens: Vec<String> = (0..200)
+        .flat_map(|b| {
+            let t = token(&format!("buyer-{b}"));
+            [t.clone(), t.clone(), t]
+        })
+        .collect();
+    let orders = flood(&app, product, tokens).await;
+    let mut per_buyer: HashMap<String, usize> = HashMap::new();
+    let mut accepted = 0;
+    for o in &orders {
+        match (o["status"].as_str().unwrap(), o["reason"].as_str()) {
+            ("ACCEPTED", _) => {
+                accepted += 1;
+                *per_buyer
+                    .entry(o["buyer_id"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+            ("REJECTED", Some("OUT_OF_STOCK" | "BUYER_LIMIT")) => {}
+            other => panic!("unexpected {other:?}: {o}"),
+        }
+    }
+    assert_eq!(accepted, 100);
+    assert!(per_buyer.values().all(|&n| n == 1), "{per_buyer:?}");
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sale_window_is_kept_on_the_database_clock() {
+    let app = TestApp::spawn(with_buyers()).await;
+    let starts = Utc::now() + TimeDelta::seconds(3);
+    let r = app
+        .post_json(
+            "/api/products",
+            &json!({"name": "Jaket", "stock": 10, "sale_starts_at": starts.to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    let product = body["data"]["id"].as_u64().unwrap();
+    assert_eq!(body["data"]["max_per_buyer"], Value::Null);
+    assert!(body["data"]["sale_starts_at"].is_string(), "{body}");
+
+    // Before the start: rejected at once, on the spot, holding nothing.
+    let alice = token("alice");
+    let req = app
+        .client
+        .post(format!("{}/api/orders", app.address))
+        .json(&json!({"product_id": product, "total": 1}));
+    let (status, body) = send(bearer(req, &alice)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        body["data"]["status"], "REJECTED",
+        "answered at once: {body}"
+    );
+    assert_eq!(body["data"]["reason"], "SALE_NOT_STARTED");
+    let (status, body) = order_as(&app, &alice, product, 10).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["data"]["reason"], "SALE_NOT_STARTED");
+    let inventory: Value = app
+        .get(&format!("/api/products/{product}/inventory"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(inventory["data"]["reserved_stock"], 0);
+
+    // After it: decided normally.
+    let wait = (starts - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(300);
+    tokio::time::sleep(wait).await;
+    let (status, body) = order_as(&app, &alice, product, 10).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // The admin closes the sale: later orders are SALE_ENDED.
+    let patch = |body: Value| {
+        app.client
+            .patch(format!("{}/api/products/{product}", app.address))
+            .json(&body)
+    };
+    let (status, body) = send(patch(json!({"sale_ends_at": starts.to_rfc3339()}))).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an end at the start: {body}"
+    );
+    assert_eq!(body["data"]["error"], "INVALID_SALE_WINDOW");
+    let (status, body) = send(patch(json!({"max_per_buyer": 0}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let ended = Utc::now() - TimeDelta::milliseconds(1);
+    let (status, body) = send(patch(
+        json!({"sale_ends_at": ended.to_rfc3339(), "max_per_buyer": 5}),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["max_per_buyer"], 5);
+    let (status, body) = order_as(&app, &token("bob"), product, 10).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["data"]["reason"], "SALE_ENDED");
+    // Reopened (null removes the end): decided normally again.
+    let (status, body) = send(patch(json!({"sale_ends_at": null}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["sale_ends_at"], Value::Null);
+    assert_eq!(body["data"]["max_per_buyer"], 5, "a field left out stays");
+    let (status, body) = order_as(&app, &token("bob"), product, 10).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let got: Value = app
+        .get(&format!("/api/products/{product}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["data"]["max_per_buyer"], 5);
+    app.assert_invariants().await;
+}
