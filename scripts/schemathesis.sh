@@ -9,6 +9,9 @@
 #   bash scripts/schemathesis.sh 200 300
 # (MAX_SECONDS: fuzzing and the stateful phase, which follows the spec's
 # links from product to order to payment, repeat until it is spent).
+# With BUYER_JWT_SECRET (and PAYMENT_TOKEN) in the environment, the api
+# verifies buyers' tokens and every request carries a buyer's token signed
+# with that secret; CI runs both modes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAX_EXAMPLES=${1:-${SCHEMATHESIS_EXAMPLES:-25}}
@@ -49,12 +52,28 @@ for _ in $(seq 60); do
 done
 curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$logs/api.log"; exit 1; }
 
-echo "== schemathesis: $MAX_EXAMPLES examples per operation against apispec.json${MAX_SECONDS:+, for $MAX_SECONDS s}"
+echo "== schemathesis: $MAX_EXAMPLES examples per operation against apispec.json${MAX_SECONDS:+, for $MAX_SECONDS s}${BUYER_JWT_SECRET:+, as a buyer}"
+auth=()
+if [[ -n ${BUYER_JWT_SECRET:-} ]]; then
+  # A buyer's HS256 token, signed here with the api's secret (stdlib only).
+  token=$(python3 - <<'PY'
+import base64, hashlib, hmac, json, os, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+claims = b64(json.dumps({"sub": "schemathesis", "exp": int(time.time()) + 3600}).encode())
+signed = f"{header}.{claims}".encode()
+mac = hmac.new(os.environ["BUYER_JWT_SECRET"].encode(), signed, hashlib.sha256).digest()
+print(f"{header}.{claims}.{b64(mac)}")
+PY
+)
+  auth=(-H "Authorization: Bearer $token")
+fi
 status=0
 .venv/bin/st run apispec.json ${MAX_SECONDS:+--max-time "$MAX_SECONDS"} \
   --url "http://127.0.0.1:$port" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
   --max-examples "$MAX_EXAMPLES" \
+  "${auth[@]}" \
   --seed 1 \
   --no-color || status=$?
 # lapin logs the broker's answer to the passive declares of the start-up

@@ -44,6 +44,9 @@ if ((fault_status != 0)); then
 fi
 echo "== contract check"
 bash scripts/schemathesis.sh 100 120
+echo "== contract check with buyers' tokens verified, as a buyer"
+BUYER_JWT_SECRET=schemathesis-buyer-secret-0123456789 PAYMENT_TOKEN=schemathesis-payment-0123456789 \
+  bash scripts/schemathesis.sh 50 60
 echo "== benchmark smoke run (the harness and its checks, not a speed gate)"
 bash scripts/bench.sh --debug -- --json --max-seconds 120 flash-sale --stock 500 --orders 3000 --clients 32
 bash scripts/bench.sh --debug -- --json --max-seconds 120 many-products --products 8 --stock 100 --orders 2000 --skewed

@@ -242,6 +242,14 @@ pub fn router(state: AppState) -> Router {
                 response
             },
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // A 5xx is logged where it arises (an internal error at ERROR, the
+        // database down at WARN); a shed order (503 OVERLOADED) is expected
+        // past capacity and must not flood the log, so the trace layer's
+        // own failure line is DEBUG.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
         .with_state(state)
 }
