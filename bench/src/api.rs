@@ -7,6 +7,7 @@ use indicatif::ProgressBar;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An order id (a UUID) in 16 bytes rather than a 36-character string, so
@@ -82,57 +83,88 @@ pub struct DecisionReading {
     pub failed: usize,
 }
 
+/// The bench's credentials towards the api.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// Sent when creating products and reading orders, summaries and the
+    /// invariant check: the admin token, or else the payment token.
+    pub service: Option<Arc<str>>,
+    /// Buyers' tokens; order `n` is buyer `n % len`. Empty: orders are
+    /// anonymous.
+    pub buyers: Arc<Vec<String>>,
+}
+
+impl Credentials {
+    fn service(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.service {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+}
+
 /// A client of the public API.
 #[derive(Clone)]
 pub struct Api {
     base: String,
     http: reqwest::Client,
+    credentials: Credentials,
 }
 
 impl Api {
     /// A client keeping at most `idle` idle keep-alive connections.
-    pub fn new(base: &str, wait: u64, idle: usize) -> anyhow::Result<Self> {
+    pub fn new(
+        base: &str,
+        wait: u64,
+        idle: usize,
+        credentials: &Credentials,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(idle)
                 .timeout(Duration::from_secs(30 + wait))
                 .build()?,
+            credentials: credentials.clone(),
         })
     }
 
     /// `data` of a GET.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let body: Value = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let req = self.http.get(format!("{}{path}", self.base));
+        let body: Value = self.credentials.service(req).send().await?.json().await?;
         Ok(body["data"].clone())
     }
 
-    /// Creates a product with `stock` units; its id.
-    pub async fn product(&self, name: &str, stock: i64) -> anyhow::Result<u64> {
-        let r = self
+    /// Creates a product with `stock` units (and at most `max_per_buyer`
+    /// units per buyer); its id.
+    pub async fn product(
+        &self,
+        name: &str,
+        stock: i64,
+        max_per_buyer: Option<u32>,
+    ) -> anyhow::Result<u64> {
+        let req = self
             .http
             .post(format!("{}/api/products", self.base))
-            .json(&json!({"name": name, "stock": stock}))
-            .send()
-            .await?;
+            .json(&json!({"name": name, "stock": stock, "max_per_buyer": max_per_buyer}));
+        let r = self.credentials.service(req).send().await?;
         let body: Value = r.json().await?;
         body["data"]["id"]
             .as_u64()
             .with_context(|| format!("creating a product: {body}"))
     }
 
-    /// Submits one order of one unit.
-    pub async fn order(&self, product: u64, wait: u64) -> Answer {
+    /// Submits one order of one unit, as buyer `buyer` (modulo the buyers).
+    pub async fn order(&self, product: u64, wait: u64, buyer: usize) -> Answer {
         let mut req = self
             .http
             .post(format!("{}/api/orders", self.base))
             .json(&json!({"product_id": product, "total": 1}));
+        let buyers = &self.credentials.buyers;
+        if !buyers.is_empty() {
+            req = req.bearer_auth(&buyers[buyer % buyers.len()]);
+        }
         if wait > 0 {
             req = req.header("Prefer", format!("wait={wait}"));
         }
@@ -199,9 +231,10 @@ impl Api {
     }
 
     async fn order_times(&self, key: OrderKey) -> anyhow::Result<OrderTimes> {
+        let req = self.http.get(format!("{}/api/orders/{key}", self.base));
         let r = self
-            .http
-            .get(format!("{}/api/orders/{key}", self.base))
+            .credentials
+            .service(req)
             .send()
             .await?
             .error_for_status()?;

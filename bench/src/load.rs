@@ -2,7 +2,7 @@
 //! order when the last one is answered) or open loop (orders arrive on a
 //! schedule, whatever the answers), and the tally of the answers.
 
-use crate::api::{Answer, Api, OrderKey};
+use crate::api::{Answer, Api, Credentials, OrderKey};
 use crate::stats::Latencies;
 use indicatif::ProgressBar;
 use std::sync::Arc;
@@ -130,6 +130,7 @@ pub struct Plan {
 /// every order is sent or `deadline` passes.
 pub async fn closed_loop(
     base: &str,
+    credentials: &Credentials,
     clients: usize,
     wait: u64,
     plan: &Plan,
@@ -140,9 +141,10 @@ pub async fn closed_loop(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        // Each client its own connection, as separate buyers would have.
+        // Each client its own connection, as separate buyers would have;
+        // with buyers' tokens, order n is buyer n % N whoever sends it.
         let (api, next, orders, products, progress) = (
-            Api::new(base, wait, 1)?,
+            Api::new(base, wait, 1, credentials)?,
             next.clone(),
             plan.orders.clone(),
             plan.products.clone(),
@@ -156,7 +158,7 @@ pub async fn closed_loop(
                     return out;
                 }
                 let sent = Instant::now();
-                let answer = api.order(products[orders[i]], wait).await;
+                let answer = api.order(products[orders[i]], wait, i).await;
                 out.push(Record {
                     second: second_of(sent - started),
                     product: orders[i],
@@ -259,7 +261,7 @@ pub async fn open_loop(
                 let product_id = plan.products[product];
                 let scheduled = started + offset;
                 tokio::spawn(async move {
-                    let answer = api.order(product_id, wait).await;
+                    let answer = api.order(product_id, wait, i).await;
                     let latency = scheduled.elapsed();
                     // The collector outlives every sender.
                     let _ = tx.send(Record {

@@ -75,6 +75,25 @@ struct Cli {
     /// Print the summary as one JSON object instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Buyers: sign N buyers' tokens (HS256) with --buyer-secret; order n
+    /// is placed by buyer n % N (so one buyer's orders come from several
+    /// connections at once).
+    #[arg(long, global = true)]
+    buyers: Option<usize>,
+    /// The api's BUYER_JWT_SECRET (its BUYER_JWT_ISSUER and
+    /// BUYER_JWT_AUDIENCE, when set, are read from the environment too).
+    #[arg(long, env = "BUYER_JWT_SECRET", hide_env_values = true, global = true)]
+    buyer_secret: Option<String>,
+    /// Every product's max_per_buyer.
+    #[arg(long, global = true)]
+    max_per_buyer: Option<u32>,
+    /// The admin token (ADMIN_TOKEN), for creating products and reading.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, global = true)]
+    admin_token: Option<String>,
+    /// The payment token (PAYMENT_TOKEN), for reading orders when there is
+    /// no admin token.
+    #[arg(long, env = "PAYMENT_TOKEN", hide_env_values = true, global = true)]
+    payment_token: Option<String>,
     /// Report the CPU time, peak resident memory (VmHWM) and name of these process ids.
     #[arg(long = "watch-pid", global = true)]
     watch_pids: Vec<u32>,
@@ -221,22 +240,73 @@ impl Watched {
     }
 }
 
+/// The service token, and the buyers' tokens when --buyers is given.
+fn credentials(cli: &Cli) -> anyhow::Result<api::Credentials> {
+    let service = cli
+        .admin_token
+        .clone()
+        .or_else(|| cli.payment_token.clone())
+        .map(Arc::from);
+    let Some(n) = cli.buyers else {
+        return Ok(api::Credentials {
+            service,
+            buyers: Arc::default(),
+        });
+    };
+    if n == 0 {
+        bail!("--buyers needs at least 1");
+    }
+    let secret = cli
+        .buyer_secret
+        .as_deref()
+        .context("--buyers needs --buyer-secret (or BUYER_JWT_SECRET): the api's HS256 secret")?;
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let now = chrono::Utc::now().timestamp();
+    let issuer = std::env::var("BUYER_JWT_ISSUER").ok();
+    let audience = std::env::var("BUYER_JWT_AUDIENCE").ok();
+    let buyers = (0..n)
+        .map(|b| {
+            let mut claims = serde_json::json!({
+                "sub": format!("bench-buyer-{b}"),
+                "iat": now,
+                "exp": now + 24 * 3600,
+            });
+            if let Some(iss) = &issuer {
+                claims["iss"] = iss.as_str().into();
+            }
+            if let Some(aud) = &audience {
+                claims["aud"] = aud.as_str().into();
+            }
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(api::Credentials {
+        service,
+        buyers: Arc::new(buyers),
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ensure_loopback(&cli.base_url)?;
     let mode = Mode::of(&cli)?;
     let deadline = Instant::now() + Duration::from_secs(cli.max_seconds);
-    let api = Api::new(&cli.base_url, cli.wait, 1)?;
+    let credentials = credentials(&cli)?;
+    let api = Api::new(&cli.base_url, cli.wait, 1, &credentials)?;
     let total = mode.orders(&cli.scenario);
+    let limit = cli.max_per_buyer;
 
     // The world: products and their stock.
     let (stocks, plan): (Vec<(u64, i64)>, Vec<usize>) = match &cli.scenario {
         Scenario::FlashSale { stock, .. } => (
-            vec![(api.product("flash-sale", *stock).await?, *stock)],
+            vec![(api.product("flash-sale", *stock, limit).await?, *stock)],
             vec![0; total],
         ),
-        Scenario::SoldOut { .. } => (vec![(api.product("sold-out", 0).await?, 0)], vec![0; total]),
+        Scenario::SoldOut { .. } => (
+            vec![(api.product("sold-out", 0, limit).await?, 0)],
+            vec![0; total],
+        ),
         Scenario::ManyProducts {
             products,
             stock,
@@ -245,7 +315,8 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let mut ids = Vec::new();
             for i in 0..*products {
-                ids.push((api.product(&format!("product-{i}"), *stock).await?, *stock));
+                let id = api.product(&format!("product-{i}"), *stock, limit).await?;
+                ids.push((id, *stock));
             }
             (ids, spread(total, *products, *skewed))
         }
@@ -276,6 +347,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::Closed => (
             load::closed_loop(
                 &cli.base_url,
+                &credentials,
                 cli.clients,
                 cli.wait,
                 &plan,
@@ -292,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             // One client for every request; it keeps as many idle
             // connections as requests may be in flight.
-            let shared = Api::new(&cli.base_url, cli.wait, max_in_flight)?;
+            let shared = Api::new(&cli.base_url, cli.wait, max_in_flight, &credentials)?;
             let (tally, schedule) = load::open_loop(
                 shared,
                 cli.wait,
@@ -352,7 +424,7 @@ async fn main() -> anyhow::Result<()> {
     reading_bar.set_style(ProgressStyle::with_template(
         "{spinner} reading decisions [{bar:40}] {pos}/{len} ({per_sec}, {eta})",
     )?);
-    let reader = Api::new(&cli.base_url, 0, READ_CONCURRENCY)?;
+    let reader = Api::new(&cli.base_url, 0, READ_CONCURRENCY, &credentials)?;
     let read_started = Instant::now();
     let reading = reader
         .decision_latencies(&sample, READ_CONCURRENCY, &reading_bar)
@@ -384,6 +456,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut expected_accepted = 0u64;
     let mut total_stock = 0i64;
+    // With a per-buyer limit (and buyers), no product can accept more than
+    // the buyers may hold; the exact count then depends on who got in first.
+    let buyer_cap = match (limit, credentials.buyers.len()) {
+        (Some(l), n) if n > 0 => Some(i64::from(l) * n as i64),
+        _ => None,
+    };
     for (i, &(product, stock)) in stocks.iter().enumerate() {
         let ordered = tally.admitted_per_product[i] as i64;
         let expect = ordered.min(stock) as u64;
@@ -394,6 +472,16 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         let reserved = inv["reserved_stock"].as_i64().unwrap_or(-1);
         match mode {
+            _ if buyer_cap.is_some() => {
+                let cap = buyer_cap.unwrap_or_default().min(stock);
+                expected_accepted = expected_accepted - expect + reserved.max(0) as u64;
+                check(
+                    format!(
+                        "product {product}: reserved {reserved} <= min(stock {stock}, buyers x max_per_buyer) = {cap}"
+                    ),
+                    (0..=cap).contains(&reserved),
+                )
+            }
             Mode::Closed => check(
                 format!(
                     "product {product}: reserved {reserved} = min(orders {ordered}, stock {stock})"
