@@ -342,6 +342,44 @@ mod tests {
     }
 
     #[test]
+    fn buyer_keys_are_one_of_two_and_need_a_payment_token() {
+        let from = |vars: &'static [(&'static str, &'static str)]| {
+            Config::from_lookup(move |n| {
+                vars.iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+        };
+        let err = from(&[("BUYER_JWT_SECRET", "s")]).unwrap_err();
+        assert_eq!(err.variable, "PAYMENT_TOKEN");
+        let both = &[
+            ("BUYER_JWT_SECRET", "s"),
+            ("BUYER_JWT_PUBLIC_KEY_FILE", "/k.pem"),
+            ("PAYMENT_TOKEN", "p"),
+        ];
+        assert_eq!(from(both).unwrap_err().variable, "BUYER_JWT_SECRET");
+        let missing = &[
+            ("BUYER_JWT_PUBLIC_KEY_FILE", "/nonexistent/k.pem"),
+            ("PAYMENT_TOKEN", "p"),
+        ];
+        assert_eq!(
+            from(missing).unwrap_err().variable,
+            "BUYER_JWT_PUBLIC_KEY_FILE"
+        );
+        let ok = from(&[
+            ("BUYER_JWT_SECRET", "s"),
+            ("ADMIN_TOKEN", "a"),
+            ("BUYER_JWT_AUDIENCE", "shop"),
+        ])
+        .unwrap();
+        let jwt = ok.buyer_jwt.expect("buyer keys");
+        assert!(matches!(jwt.key, BuyerKey::Secret(_)));
+        assert_eq!(jwt.audience.as_deref(), Some("shop"));
+        assert_eq!(jwt.issuer, None);
+        assert!(from(&[]).unwrap().buyer_jwt.is_none());
+    }
+
+    #[test]
     fn the_admin_token_never_prints() {
         let c =
             Config::from_lookup(|n| (n == "ADMIN_TOKEN").then(|| "s3cret-token".into())).unwrap();

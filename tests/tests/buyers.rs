@@ -478,3 +478,75 @@ async fn the_sale_window_is_kept_on_the_database_clock() {
     assert_eq!(got["data"]["max_per_buyer"], 5);
     app.assert_invariants().await;
 }
+
+/// Generates a key pair with openssl: the private key (PKCS#8 PEM) and the
+/// path of the public key file.
+fn key_pair(dir: &std::path::Path, name: &str, genpkey: &[&str]) -> (Vec<u8>, std::path::PathBuf) {
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let mut args = vec!["genpkey", "-out", private.to_str().unwrap()];
+    args.extend_from_slice(genpkey);
+    run(&args);
+    run(&[
+        "pkey",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    (std::fs::read(&private).unwrap(), public)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_and_es256_tokens_verify_with_the_public_key_file() {
+    let dir =
+        std::env::temp_dir().join(format!("flashstock-keys-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kinds = [
+        (
+            "rsa",
+            Algorithm::RS256,
+            vec!["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        ),
+        (
+            "ec",
+            Algorithm::ES256,
+            vec!["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+    ];
+    for (name, algorithm, genpkey) in kinds {
+        let (private, public) = key_pair(&dir, name, &genpkey);
+        let app = TestApp::spawn(
+            Options::default()
+                .env("BUYER_JWT_PUBLIC_KEY_FILE", public.to_str().unwrap())
+                .env("PAYMENT_TOKEN", PAYMENT),
+        )
+        .await;
+        let product = app.create_product("Kaos", 5).await;
+        let key = match algorithm {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&private).unwrap(),
+            _ => EncodingKey::from_ec_pem(&private).unwrap(),
+        };
+        let now = Utc::now().timestamp();
+        let claims = json!({"sub": format!("{name}-buyer"), "exp": now + 600});
+        let good = jsonwebtoken::encode(&Header::new(algorithm), &claims, &key).unwrap();
+        let (status, body) = order_as(&app, &good, product, 10).await;
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+        assert_eq!(body["data"]["buyer_id"], format!("{name}-buyer"));
+        // The classic confusion: HS256 "signed" with the public key as the secret.
+        let public_pem = std::fs::read_to_string(&public).unwrap();
+        let confused = sign(claims, &public_pem);
+        let (status, body) = order_as(&app, &confused, product, 0).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
