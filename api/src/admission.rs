@@ -40,7 +40,7 @@ pub const MAX_UNDECIDED: usize = 100_000;
 /// How often the decision rate is folded into its moving average.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// Most overdue orders the reconciler checks per round.
-const RECONCILE_BATCH: usize = 1_000;
+const RECONCILE_BATCH: usize = 256;
 
 /// The answer to an order past capacity.
 #[derive(Debug, Clone, Copy)]
@@ -182,6 +182,12 @@ impl Admission {
     /// database).
     pub fn decided(&self, ids: &[OrderId]) {
         self.remove(ids, true);
+    }
+
+    /// Orders cancelled before their decision: they leave the count
+    /// without adding to the decision rate.
+    pub fn cancelled(&self, ids: &[OrderId]) {
+        self.remove(ids, false);
     }
 
     fn remove(&self, ids: &[OrderId], decided: bool) {

@@ -74,12 +74,13 @@ pub enum Caller {
 
 impl Caller {
     /// The buyer id to record on a new order, or the refusal: with buyer
-    /// keys configured, orders are placed with a buyer's token.
-    pub fn placing_buyer(&self) -> Result<Option<String>, ApiError> {
+    /// keys configured, orders are placed with a buyer's token; without,
+    /// every order is anonymous, whatever token it carries.
+    pub fn placing_buyer(&self, state: &AppState) -> Result<Option<String>, ApiError> {
         match self {
-            Caller::Anonymous => Ok(None),
             Caller::Buyer(id) => Ok(Some(id.clone())),
-            Caller::Admin | Caller::Payment => Err(forbidden(
+            _ if state.buyers.is_none() => Ok(None),
+            Caller::Anonymous | Caller::Admin | Caller::Payment => Err(forbidden(
                 "orders are placed with a buyer's token, not a service token",
             )),
         }
@@ -199,14 +200,21 @@ impl BuyerTokens {
         validation.leeway = LEEWAY.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present, not only right
+        // when present.
+        let mut required = vec!["exp", "sub"];
         match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Self { key, validation })
     }
 

@@ -177,14 +177,12 @@ impl Config {
                 get("BUYER_JWT_AUDIENCE", "").1,
             )?,
         };
-        if config.buyer_jwt.is_some()
-            && config.payment_token.is_none()
-            && config.admin_token.is_none()
-        {
+        if config.buyer_jwt.is_some() && config.admin_token.is_none() {
             return Err(ConfigError {
-                variable: "PAYMENT_TOKEN",
-                message: "buyers' tokens are verified (BUYER_JWT_*), so paying needs a \
-                          service token: set PAYMENT_TOKEN (or ADMIN_TOKEN)"
+                variable: "ADMIN_TOKEN",
+                message: "buyers' tokens are verified (BUYER_JWT_*), so the sellers' endpoints \
+                          must not be open to them: set ADMIN_TOKEN (and PAYMENT_TOKEN for the \
+                          payment service)"
                     .into(),
             });
         }
@@ -219,6 +217,9 @@ impl Config {
     }
 }
 
+/// The shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash's size).
+const MIN_SECRET_BYTES: usize = 32;
+
 fn buyer_jwt(
     (_, secret): (&'static str, String),
     (key_var, key_file): (&'static str, String),
@@ -231,6 +232,16 @@ fn buyer_jwt(
             return Err(ConfigError {
                 variable: "BUYER_JWT_SECRET",
                 message: "set BUYER_JWT_SECRET or BUYER_JWT_PUBLIC_KEY_FILE, not both".into(),
+            });
+        }
+        (false, true) if secret.len() < MIN_SECRET_BYTES => {
+            return Err(ConfigError {
+                variable: "BUYER_JWT_SECRET",
+                message: format!(
+                    "{} bytes is too short to resist guessing from a token: use at least \
+                     {MIN_SECRET_BYTES} random bytes",
+                    secret.len()
+                ),
             });
         }
         (false, true) => BuyerKey::Secret(Secret(secret)),
@@ -342,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn buyer_keys_are_one_of_two_and_need_a_payment_token() {
+    fn buyer_keys_are_one_of_two_long_enough_and_need_the_admin_token() {
         let from = |vars: &'static [(&'static str, &'static str)]| {
             Config::from_lookup(move |n| {
                 vars.iter()
@@ -350,24 +361,27 @@ mod tests {
                     .map(|(_, v)| (*v).to_owned())
             })
         };
-        let err = from(&[("BUYER_JWT_SECRET", "s")]).unwrap_err();
-        assert_eq!(err.variable, "PAYMENT_TOKEN");
+        const LONG: &str = "a-secret-of-thirty-two-bytes-0123";
+        let err = from(&[("BUYER_JWT_SECRET", LONG), ("PAYMENT_TOKEN", "p")]).unwrap_err();
+        assert_eq!(err.variable, "ADMIN_TOKEN");
+        let short = &[("BUYER_JWT_SECRET", "short"), ("ADMIN_TOKEN", "a")];
+        assert_eq!(from(short).unwrap_err().variable, "BUYER_JWT_SECRET");
         let both = &[
-            ("BUYER_JWT_SECRET", "s"),
+            ("BUYER_JWT_SECRET", LONG),
             ("BUYER_JWT_PUBLIC_KEY_FILE", "/k.pem"),
-            ("PAYMENT_TOKEN", "p"),
+            ("ADMIN_TOKEN", "a"),
         ];
         assert_eq!(from(both).unwrap_err().variable, "BUYER_JWT_SECRET");
         let missing = &[
             ("BUYER_JWT_PUBLIC_KEY_FILE", "/nonexistent/k.pem"),
-            ("PAYMENT_TOKEN", "p"),
+            ("ADMIN_TOKEN", "a"),
         ];
         assert_eq!(
             from(missing).unwrap_err().variable,
             "BUYER_JWT_PUBLIC_KEY_FILE"
         );
         let ok = from(&[
-            ("BUYER_JWT_SECRET", "s"),
+            ("BUYER_JWT_SECRET", LONG),
             ("ADMIN_TOKEN", "a"),
             ("BUYER_JWT_AUDIENCE", "shop"),
         ])

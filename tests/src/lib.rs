@@ -338,7 +338,20 @@ impl TestApp {
 
     /// `POST path` with a JSON body.
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.send_json(reqwest::Method::POST, path, body).await
+        self.as_admin(self.client.post(format!("{}{path}", self.address)))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `req` with `Authorization: Bearer <ADMIN_TOKEN>` when this test
+    /// configured an admin token.
+    pub fn as_admin(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.env.get("ADMIN_TOKEN") {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
     }
 
     /// Creates a product with `stock` and returns its id.
@@ -427,8 +440,13 @@ impl TestApp {
         let violations = shared::db::invariants::check(&self.db).await.unwrap();
         assert!(violations.is_empty(), "invariants broken: {violations:?}");
         let report: Value = self
-            .get("/api/admin/invariants")
+            .as_admin(
+                self.client
+                    .get(format!("{}/api/admin/invariants", self.address)),
+            )
+            .send()
             .await
+            .expect("request")
             .json()
             .await
             .unwrap();

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 const SECRET: &str = "buyer-signing-secret-0123456789abcdef";
 const PAYMENT: &str = "payment-service-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789abcdef";
 const ISSUER: &str = "https://id.shop.example";
 const AUDIENCE: &str = "flashstock";
 
@@ -21,6 +22,7 @@ fn with_buyers() -> Options {
         .env("BUYER_JWT_ISSUER", ISSUER)
         .env("BUYER_JWT_AUDIENCE", AUDIENCE)
         .env("PAYMENT_TOKEN", PAYMENT)
+        .env("ADMIN_TOKEN", ADMIN)
 }
 
 fn sign(claims: Value, secret: &str) -> String {
@@ -253,6 +255,20 @@ async fn bad_tokens_are_401_and_change_nothing() {
                 SECRET,
             ),
         ),
+        (
+            "no audience",
+            sign(
+                json!({"sub": "mallory", "iss": ISSUER, "exp": now + 600}),
+                SECRET,
+            ),
+        ),
+        (
+            "no issuer",
+            sign(
+                json!({"sub": "mallory", "aud": AUDIENCE, "exp": now + 600}),
+                SECRET,
+            ),
+        ),
         ("garbage", "not.a.jwt".to_owned()),
     ];
     let (status, body) = order_as(&app, &token("alice"), product, 10).await;
@@ -439,10 +455,21 @@ async fn the_sale_window_is_kept_on_the_database_clock() {
 
     // The admin closes the sale: later orders are SALE_ENDED.
     let patch = |body: Value| {
+        app.as_admin(
+            app.client
+                .patch(format!("{}/api/products/{product}", app.address)),
+        )
+        .json(&body)
+    };
+    // Not for buyers.
+    let (status, _) = send(bearer(
         app.client
             .patch(format!("{}/api/products/{product}", app.address))
-            .json(&body)
-    };
+            .json(&json!({"max_per_buyer": 1})),
+        &token("alice"),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, body) = send(patch(json!({"sale_ends_at": starts.to_rfc3339()}))).await;
     assert_eq!(
         status,
@@ -528,7 +555,8 @@ async fn rs256_and_es256_tokens_verify_with_the_public_key_file() {
         let app = TestApp::spawn(
             Options::default()
                 .env("BUYER_JWT_PUBLIC_KEY_FILE", public.to_str().unwrap())
-                .env("PAYMENT_TOKEN", PAYMENT),
+                .env("PAYMENT_TOKEN", PAYMENT)
+                .env("ADMIN_TOKEN", ADMIN),
         )
         .await;
         let product = app.create_product("Kaos", 5).await;

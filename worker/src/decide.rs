@@ -2,6 +2,7 @@
 //!
 //! Plain database code, callable from tests without RabbitMQ.
 
+use chrono::{DateTime, Utc};
 use shared::db::leases::{self, Lease};
 use shared::db::{padded, padded_len, placeholders};
 use shared::domain::{OrderId, OrderStatus, ProductId, reason};
@@ -135,12 +136,12 @@ pub async fn decide_groups(
     }
     let sql = format!(
         "SELECT id, product_id, total, status, \
-                CAST(TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS SIGNED), buyer_id \
+                CAST(TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS SIGNED), buyer_id, created_at \
          FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({}) FOR UPDATE",
         placeholders(padded_len(ids.len()))
     );
-    let mut q =
-        sqlx::query_as::<_, (Uuid, u64, u32, String, i64, Option<String>)>(AssertSqlSafe(sql));
+    type Selected = (Uuid, u64, u32, String, i64, Option<String>, DateTime<Utc>);
+    let mut q = sqlx::query_as::<_, Selected>(AssertSqlSafe(sql));
     for id in padded(&ids) {
         q = q.bind(id);
     }
@@ -149,13 +150,14 @@ pub async fn decide_groups(
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .map(|(id, product, total, status, micros, buyer)| {
+        .map(|(id, product, total, status, micros, buyer, created_at)| {
             waited.insert(id, Duration::from_micros(micros.max(0) as u64));
             let row = Row {
                 product,
                 total,
                 pending: status == "PENDING",
                 buyer,
+                created_at,
             };
             (id, row)
         })
@@ -210,10 +212,10 @@ pub async fn decide_groups(
                     let total = i64::from(row.total);
                     match stock.get_mut(&row.product) {
                         None => Outcome::Rejected(reason::PRODUCT_NOT_FOUND),
-                        Some(_) if rule.is_some_and(|r| r.not_started) => {
+                        Some(_) if rule.is_some_and(|r| r.not_started(row.created_at)) => {
                             Outcome::Rejected(reason::SALE_NOT_STARTED)
                         }
-                        Some(_) if rule.is_some_and(|r| r.ended) => {
+                        Some(_) if rule.is_some_and(|r| r.ended(row.created_at)) => {
                             Outcome::Rejected(reason::SALE_ENDED)
                         }
                         Some(_)
@@ -284,14 +286,28 @@ struct Row {
     total: u32,
     pending: bool,
     buyer: Option<String>,
+    /// When it was recorded (database clock): the time the window is
+    /// judged by, so an order placed in time is not refused for waiting in
+    /// the queue, and one placed early never gets in by waiting.
+    created_at: DateTime<Utc>,
 }
 
-/// A product's sale rules, as of this transaction (database clock).
+/// A product's sale rules.
 #[derive(Debug, Clone, Copy)]
 struct SaleRule {
     max_per_buyer: Option<u32>,
-    not_started: bool,
-    ended: bool,
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+}
+
+impl SaleRule {
+    fn not_started(&self, placed: DateTime<Utc>) -> bool {
+        self.starts_at.is_some_and(|start| placed < start)
+    }
+
+    fn ended(&self, placed: DateTime<Utc>) -> bool {
+        self.ends_at.is_some_and(|end| placed >= end)
+    }
 }
 
 /// The rules of those `products` that have any. A plain read: locking the
@@ -305,24 +321,29 @@ async fn sale_rules(
         return Ok(HashMap::new());
     }
     let sql = format!(
-        "SELECT id, max_per_buyer, COALESCE(sale_starts_at > NOW(6), FALSE), \
-                COALESCE(sale_ends_at <= NOW(6), FALSE) \
+        "SELECT id, max_per_buyer, sale_starts_at, sale_ends_at \
          FROM products WHERE id IN ({}) \
            AND (max_per_buyer IS NOT NULL OR sale_starts_at IS NOT NULL OR sale_ends_at IS NOT NULL)",
         placeholders(padded_len(products.len()))
     );
-    let mut q = sqlx::query_as::<_, (u64, Option<u32>, bool, bool)>(AssertSqlSafe(sql));
+    type Selected = (
+        u64,
+        Option<u32>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+    );
+    let mut q = sqlx::query_as::<_, Selected>(AssertSqlSafe(sql));
     for p in padded(products) {
         q = q.bind(p);
     }
     Ok(q.fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .map(|(p, max_per_buyer, not_started, ended)| {
+        .map(|(p, max_per_buyer, starts_at, ends_at)| {
             let rule = SaleRule {
                 max_per_buyer,
-                not_started,
-                ended,
+                starts_at,
+                ends_at,
             };
             (p, rule)
         })
@@ -349,13 +370,15 @@ async fn held_by_buyers<'r>(
     if pairs.is_empty() {
         return Ok(HashMap::new());
     }
-    let condition = vec!["(buyer_id = ? AND product_id = ?)"; pairs.len()].join(" OR ");
+    // Padded like every list here, so the statement cache keeps a few shapes.
+    let pairs: Vec<(u64, &str)> = pairs.into_iter().collect();
+    let condition = vec!["(buyer_id = ? AND product_id = ?)"; padded_len(pairs.len())].join(" OR ");
     let sql = format!(
         "SELECT product_id, buyer_id, CAST(SUM(total) AS SIGNED) FROM orders \
          WHERE status IN ('ACCEPTED', 'PAID') AND ({condition}) GROUP BY product_id, buyer_id"
     );
     let mut q = sqlx::query_as::<_, (u64, String, i64)>(AssertSqlSafe(sql));
-    for (product, buyer) in &pairs {
+    for (product, buyer) in padded(&pairs) {
         q = q.bind(*buyer).bind(*product);
     }
     Ok(q.fetch_all(&mut *tx)

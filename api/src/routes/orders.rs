@@ -134,7 +134,7 @@ pub async fn create_order(
     headers: HeaderMap,
     AppJson(body): AppJson<CreateOrder>,
 ) -> Result<Response, ApiError> {
-    let buyer = caller.placing_buyer()?;
+    let buyer = caller.placing_buyer(&state)?;
     let product = ProductId::new(body.product_id)?;
     let total = Quantity::new(body.total, state.config.max_order_total)?;
     // A request waits only if a waiting slot is free; otherwise it is
@@ -199,7 +199,9 @@ pub async fn create_order(
     } else if row.status() == OrderStatus::Rejected {
         // Sold out (or not on sale yet): decided on the spot by the
         // recorder, never queued.
-        Metrics::inc(&metrics.orders_rejected_sold_out);
+        if row.reason.as_deref() == Some(shared::domain::reason::OUT_OF_STOCK) {
+            Metrics::inc(&metrics.orders_rejected_sold_out);
+        }
     } else {
         Metrics::inc(&metrics.orders_recorded);
         // Queued: it counts against capacity until its decision.
@@ -469,8 +471,9 @@ pub async fn cancel_order(
     }
     let result = db::retry_lock_conflicts(|| db::orders::cancel(&state.db, id)).await?;
     if matches!(result, Transition::Done(_)) {
-        // Cancelled while PENDING, it will get no decision notice.
-        state.admission.decided(&[id]);
+        // Cancelled while PENDING, it will get no decision notice; it
+        // leaves admission without counting as a decision.
+        state.admission.cancelled(&[id]);
     }
     transition_response(id, "cancel", result)
 }
