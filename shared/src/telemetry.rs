@@ -25,12 +25,18 @@ pub fn init(json: bool) {
     };
 }
 
-/// Drops lapin's own ERROR line for a channel the broker closed because a
-/// queue does not exist. Every start asks for a queue that must not exist
-/// (the partition-count check in `broker`), and lapin logs the broker's
-/// answer as an error before our code handles it; an operator who learns to
-/// ignore ERROR misses the real ones. Any other refusal still logs, and our
-/// own code logs every error it gets back.
+/// Drops two of lapin's own ERROR lines that describe expected events:
+/// - a channel the broker closed because a queue does not exist: every
+///   start asks for a queue that must not exist (the partition-count check
+///   in `broker`), and lapin logs the broker's answer before our code
+///   handles it;
+/// - a channel.close arriving for a channel that is closing already (both
+///   ends closed it at once, as at shutdown): lapin turns it into a
+///   connection error; the supervisor logs the lost connection at WARN and
+///   reconnects.
+///
+/// An operator who learns to ignore ERROR misses the real ones. Any other
+/// refusal still logs, and our own code logs every error it gets back.
 struct ExpectedRefusals;
 
 impl<S: Subscriber> Layer<S> for ExpectedRefusals {
@@ -39,19 +45,21 @@ impl<S: Subscriber> Layer<S> for ExpectedRefusals {
         if *meta.level() != Level::ERROR || !meta.target().starts_with("lapin") {
             return true;
         }
-        let mut missing_queue = MissingQueue(false);
-        event.record(&mut missing_queue);
-        !missing_queue.0
+        let mut expected = Expected(false);
+        event.record(&mut expected);
+        !expected.0
     }
 }
 
-/// Whether an event's fields say NOT_FOUND for a queue.
-struct MissingQueue(bool);
+/// Whether an event's fields describe one of the expected refusals.
+struct Expected(bool);
 
-impl Visit for MissingQueue {
+impl Visit for Expected {
     fn record_debug(&mut self, _field: &Field, value: &dyn Debug) {
         let text = format!("{value:?}");
-        if text.contains("NOT_FOUND") && text.contains("no queue") {
+        let missing_queue = text.contains("NOT_FOUND") && text.contains("no queue");
+        let closed_twice = text.contains("invalid channel state: Closing (channel.close)");
+        if missing_queue || closed_twice {
             self.0 = true;
         }
     }
