@@ -4,10 +4,36 @@
 use crate::error::ApiError;
 use axum::extract::{FromRequest, FromRequestParts};
 
-/// JSON body.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON body that must be an object: an array or a scalar is a 422, as
+/// is an object that does not fit `T`; the message names the field, not
+/// the parser's internals.
 pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        if !value.is_object() {
+            return Err(invalid_body("the body must be a JSON object"));
+        }
+        serde_json::from_value(value)
+            .map(AppJson)
+            .map_err(|e| invalid_body(format!("the body does not fit: {e}")))
+    }
+}
+
+fn invalid_body(message: impl Into<String>) -> ApiError {
+    ApiError::client(
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "INVALID_BODY",
+        message,
+    )
+}
 
 /// Path parameters.
 #[derive(FromRequestParts)]

@@ -14,11 +14,12 @@ use crate::waiters::Waiters;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use shared::Config;
 use shared::broker::{BrokerLink, Topology};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -166,6 +167,7 @@ impl Application {
 /// The whole router: every route, the spec, the envelope for 404 and 405.
 pub fn router(state: AppState) -> Router {
     let request_timeout = state.config.request_timeout;
+    let cors = cors(&state.config.cors_allowed_origins);
     let (routes, _) = crate::routes::router().split_for_parts();
     let spec = openapi::document_json();
     routes
@@ -242,6 +244,10 @@ pub fn router(state: AppState) -> Router {
                 response
             },
         ))
+        // Outermost but for the trace: a preflight is answered before any
+        // timeout or handler, and every answer carries the CORS headers.
+        .layer(cors)
+        .layer(axum::middleware::from_fn(preflight_no_content))
         // A 5xx is logged where it arises (an internal error at ERROR, the
         // database down at WARN); a shed order (503 OVERLOADED) is expected
         // past capacity and must not flood the log, so the trace layer's
@@ -252,4 +258,56 @@ pub fn router(state: AppState) -> Router {
             ),
         )
         .with_state(state)
+}
+
+/// CORS for `origins` (`*`: any); none at all when the list is empty.
+fn cors(
+    origins: &[String],
+) -> tower::util::Either<tower_http::cors::CorsLayer, tower::layer::util::Identity> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return tower::util::Either::Right(tower::layer::util::Identity::new());
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let layer = CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("prefer"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::RETRY_AFTER,
+            header::ETAG,
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderName::from_static("preference-applied"),
+        ])
+        .max_age(Duration::from_secs(600));
+    tower::util::Either::Left(layer)
+}
+
+/// A CORS preflight is answered 204 No Content (tower-http answers 200).
+async fn preflight_no_content(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let preflight = request.method() == axum::http::Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(axum::http::header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = next.run(request).await;
+    if preflight && response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
 }

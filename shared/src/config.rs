@@ -82,6 +82,9 @@ pub struct Config {
     pub payment_token: Option<Secret>,
     /// How buyers' tokens are verified; `None` leaves buyers anonymous.
     pub buyer_jwt: Option<BuyerJwt>,
+    /// `CORS_ALLOWED_ORIGINS`: origins (`https://shop.example`) whose pages
+    /// may call the api from a browser, or `*` for any; empty: no CORS.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// `BUYER_JWT_*`: buyers' bearer tokens are JWTs from the shop's identity
@@ -170,6 +173,7 @@ impl Config {
             payment_token: Some(get("PAYMENT_TOKEN", "").1)
                 .filter(|t| !t.is_empty())
                 .map(Secret),
+            cors_allowed_origins: origins(get("CORS_ALLOWED_ORIGINS", ""))?,
             buyer_jwt: buyer_jwt(
                 get("BUYER_JWT_SECRET", ""),
                 get("BUYER_JWT_PUBLIC_KEY_FILE", ""),
@@ -215,6 +219,30 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+fn origins((variable, value): (&'static str, String)) -> Result<Vec<String>, ConfigError> {
+    let origins: Vec<String> = value
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    for origin in &origins {
+        let valid = origin == "*"
+            || (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin
+                    .split_once("://")
+                    .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+        if !valid || (origin == "*" && origins.len() > 1) {
+            return Err(ConfigError {
+                variable,
+                message: format!(
+                    "{origin:?} is not an origin: list scheme://host[:port] values separated by commas, or * alone"
+                ),
+            });
+        }
+    }
+    Ok(origins)
 }
 
 /// The shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash's size).

@@ -113,9 +113,21 @@ pub enum OrderOrError {
         ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters (a random UUID is ideal): resending the same key with the same body returns the same order; with another body, 422"),
     ),
     responses(
-        (status = 201, description = "Decided and accepted (with `Prefer: wait`)", body = Envelope<Order>),
-        (status = 202, description = "Recorded; poll `Location`. Usually PENDING; already REJECTED when the product was sold out at submission", body = Envelope<Order>,
-            headers(("Location" = String, description = "/api/orders/{id}"))),
+        (status = 201, description = "Decided and accepted (with `Prefer: wait`)", body = Envelope<Order>,
+            headers(
+                ("Location" = String, description = "/api/orders/{id}"),
+                ("Preference-Applied" = String, description = "`wait=N`: the wait was honoured (RFC 7240)"),
+                ("Idempotent-Replayed" = String, description = "`true` when answered from an earlier order with the same Idempotency-Key"),
+                ("Cache-Control" = String, description = "no-store"),
+            )),
+        (status = 202, description = "Recorded; poll `Location` after `Retry-After` seconds. Usually PENDING; already REJECTED when the product was sold out or its sale had not started at submission", body = Envelope<Order>,
+            headers(
+                ("Location" = String, description = "/api/orders/{id}"),
+                ("Retry-After" = String, description = "Seconds until polling is worth it"),
+                ("Preference-Applied" = String, description = "`wait=N`: the wait was honoured and ran out (RFC 7240)"),
+                ("Idempotent-Replayed" = String, description = "`true` when answered from an earlier order with the same Idempotency-Key"),
+                ("Cache-Control" = String, description = "no-store"),
+            )),
         (status = 400, description = "Decided and rejected (with `Prefer: wait`; `data` is the order with its reason), or malformed JSON (`data` is an error)", body = Envelope<OrderOrError>),
         (status = 404, description = "No such product", body = Envelope<ErrorBody>),
         (status = 413, description = "Body too large", body = Envelope<ErrorBody>),
@@ -230,10 +242,22 @@ pub async fn create_order(
         (_, OrderStatus::Rejected) => StatusCode::BAD_REQUEST,
         _ => StatusCode::CREATED,
     };
-    let mut response = respond(status, order);
+    let mut response = order_response(status, order);
     let location =
         HeaderValue::from_str(&format!("/api/orders/{id}")).expect("a uuid is a header value");
     response.headers_mut().insert(header::LOCATION, location);
+    if status == StatusCode::ACCEPTED {
+        // Not decided yet: when to poll `Location`.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let Some(wait) = wait {
+        // RFC 7240 §3: the preference was honoured, for this long.
+        let applied = HeaderValue::from_str(&format!("wait={}", wait.as_secs()))
+            .expect("digits are a header value");
+        response.headers_mut().insert("preference-applied", applied);
+    }
     if replayed {
         response
             .headers_mut()
@@ -396,9 +420,10 @@ async fn product_sale_start(
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders",
     params(("id" = uuid::Uuid, Path, description = "Order id (UUID)")),
     responses(
-        (status = 200, description = "The order", body = Envelope<Order>),
+        (status = 200, description = "The order", body = Envelope<Order>,
+            headers(("Cache-Control" = String, description = "no-store"))),
         (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
-        (status = 404, description = "No such order, or another buyer's", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such order, another buyer's, or an id not in its canonical form (lowercase, hyphenated)", body = Envelope<ErrorBody>),
         (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
@@ -413,7 +438,7 @@ pub async fn get_order(
         .await?
         .filter(|row| caller.may_read(row.buyer_id.as_deref()))
         .ok_or_else(|| order_not_found(id))?;
-    Ok(respond(StatusCode::OK, Order::from(row)))
+    Ok(order_response(StatusCode::OK, Order::from(row)))
 }
 
 /// Pays an accepted order: its units leave the store (`stored_stock` and
@@ -421,10 +446,14 @@ pub async fn get_order(
 #[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders",
     params(("id" = uuid::Uuid, Path, description = "Order id (UUID)")),
     responses(
-        (status = 200, description = "Paid", body = Envelope<Order>),
+        (status = 200, description = "Paid (or paid already: `Idempotent-Replayed: true`)", body = Envelope<Order>,
+            headers(
+                ("Idempotent-Replayed" = String, description = "`true` when the order was paid before this request"),
+                ("Cache-Control" = String, description = "no-store"),
+            )),
         (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
-        (status = 404, description = "No such order", body = Envelope<ErrorBody>),
-        (status = 409, description = "Not ACCEPTED, or past `expires_at` (the order is then EXPIRED); the message names the status", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such order, or an id not in its canonical form (lowercase, hyphenated)", body = Envelope<ErrorBody>),
+        (status = 409, description = "`INVALID_TRANSITION`: PENDING, REJECTED or CANCELLED; `ORDER_EXPIRED`: past `expires_at` (the order is then EXPIRED)", body = Envelope<ErrorBody>),
         (status = 401, description = "PAYMENT_TOKEN or ADMIN_TOKEN (or a buyer key) is configured and the request carries neither service token", body = Envelope<ErrorBody>,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 403, description = "A buyer's token: payments are confirmed by the payment service", body = Envelope<ErrorBody>),
@@ -446,10 +475,14 @@ pub async fn pay_order(
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders",
     params(("id" = uuid::Uuid, Path, description = "Order id (UUID)")),
     responses(
-        (status = 200, description = "Cancelled", body = Envelope<Order>),
+        (status = 200, description = "Cancelled (or cancelled already: `Idempotent-Replayed: true`)", body = Envelope<Order>,
+            headers(
+                ("Idempotent-Replayed" = String, description = "`true` when the order was cancelled before this request"),
+                ("Cache-Control" = String, description = "no-store"),
+            )),
         (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
-        (status = 404, description = "No such order, or another buyer's", body = Envelope<ErrorBody>),
-        (status = 409, description = "Already REJECTED, PAID, CANCELLED or EXPIRED; the message names the status", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such order, another buyer's, or an id not in its canonical form (lowercase, hyphenated)", body = Envelope<ErrorBody>),
+        (status = 409, description = "`INVALID_TRANSITION`: already REJECTED or PAID; `ORDER_EXPIRED`: already EXPIRED", body = Envelope<ErrorBody>),
         (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 403, description = "The payment token: it cannot cancel", body = Envelope<ErrorBody>),
@@ -478,10 +511,24 @@ pub async fn cancel_order(
     transition_response(id, "cancel", result)
 }
 
+/// The answer to pay or cancel. Asking again for the transition the order
+/// already made (a retry after a lost answer) is 200 with
+/// `Idempotent-Replayed: true`, so a client can tell it from a conflict.
 fn transition_response(id: OrderId, verb: &str, result: Transition) -> Result<Response, ApiError> {
+    let done = match verb {
+        "pay" => OrderStatus::Paid,
+        _ => OrderStatus::Cancelled,
+    };
     match result {
-        Transition::Done(row) => Ok(respond(StatusCode::OK, Order::from(row))),
+        Transition::Done(row) => Ok(order_response(StatusCode::OK, Order::from(row))),
         Transition::NotFound => Err(order_not_found(id)),
+        Transition::Refused(row) if row.status() == done => {
+            let mut response = order_response(StatusCode::OK, Order::from(row));
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
         Transition::Refused(row) => {
             let status = row.status();
             let code = if status == OrderStatus::Expired {
@@ -497,8 +544,28 @@ fn transition_response(id: OrderId, verb: &str, result: Transition) -> Result<Re
     }
 }
 
+/// An order id from a path: not a UUID is 400; a UUID in any form but the
+/// canonical one (lowercase, hyphenated, as the api hands them out) is 404,
+/// so that every order has exactly one URL.
 fn parse_order_id(text: &str) -> Result<OrderId, ApiError> {
-    OrderId::parse(text).map_err(|e| ApiError::client(StatusCode::BAD_REQUEST, e.code, e.message))
+    let id = OrderId::parse(text)
+        .map_err(|e| ApiError::client(StatusCode::BAD_REQUEST, e.code, e.message))?;
+    if id.to_string() != text {
+        return Err(ApiError::not_found(
+            "ORDER_NOT_FOUND",
+            format!("no order at this address; its canonical form is /api/orders/{id}"),
+        ));
+    }
+    Ok(id)
+}
+
+/// An order (or a page of them): never cached, since its status changes.
+fn order_response<T: Serialize>(status: StatusCode, body: T) -> Response {
+    let mut response = respond(status, body);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn order_not_found(id: OrderId) -> ApiError {
@@ -528,7 +595,8 @@ pub struct OrderQuery {
 #[utoipa::path(get, path = "/orders", tag = "orders",
     params(OrderQuery),
     responses(
-        (status = 200, description = "A page of orders", body = Envelope<Page<Order>>),
+        (status = 200, description = "A page of orders", body = Envelope<Page<Order>>,
+            headers(("Cache-Control" = String, description = "no-store"))),
         (status = 400, description = "Invalid filter or page", body = Envelope<ErrorBody>),
         (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
@@ -562,7 +630,7 @@ pub async fn list_orders(
     let (rows, total_items) =
         db::orders::list(&state.db, &filter, bounds.per_page, bounds.offset()).await?;
     let items = rows.into_iter().map(Order::from).collect();
-    Ok(respond(
+    Ok(order_response(
         StatusCode::OK,
         Page::new(items, bounds, total_items),
     ))

@@ -148,7 +148,8 @@ fn check_window(rules: SaleRules) -> Result<SaleRules, ApiError> {
     request_body = CreateProduct,
     responses(
         (status = 401, description = "ADMIN_TOKEN is set and the request lacks `Authorization: Bearer <token>`", body = Envelope<ErrorBody>),
-        (status = 201, description = "Created", body = Envelope<Product>),
+        (status = 201, description = "Created", body = Envelope<Product>,
+            headers(("Location" = String, description = "/api/products/{id}"))),
         (status = 400, description = "Malformed JSON", body = Envelope<ErrorBody>),
         (status = 413, description = "Body too large", body = Envelope<ErrorBody>),
         (status = 415, description = "Not JSON", body = Envelope<ErrorBody>),
@@ -169,7 +170,13 @@ pub async fn create_product(
     })?;
     let row = products::create(&state.db, &name, stock, rules).await?;
     state.remember_product(&row);
-    Ok(respond(StatusCode::CREATED, Product::from(row)))
+    let location = format!("/api/products/{}", row.id);
+    let mut response = respond(StatusCode::CREATED, Product::from(row));
+    response.headers_mut().insert(
+        axum::http::header::LOCATION,
+        axum::http::HeaderValue::from_str(&location).expect("digits are a header value"),
+    );
+    Ok(response)
 }
 
 /// Changes a product's per-buyer limit and sale window (admin). Orders

@@ -1,0 +1,216 @@
+//! What client developers expect of the API: CORS, object bodies, safe
+//! retries of pay and cancel, polling hints, one URL per order.
+
+use flashstock_tests::{Options, TestApp};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const SHOP: &str = "https://shop.example";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storefront_on_an_allowed_origin_may_call_and_another_may_not() {
+    let app = TestApp::spawn(Options::default().env(
+        "CORS_ALLOWED_ORIGINS",
+        format!("{SHOP}, https://m.shop.example"),
+    ))
+    .await;
+    let url = format!("{}/api/orders", app.address);
+    let preflight = |origin: &str| {
+        app.client
+            .request(Method::OPTIONS, &url)
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "content-type, idempotency-key, authorization",
+            )
+            .send()
+    };
+    let r = preflight(SHOP).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], SHOP);
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    let allowed = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed.contains("idempotency-key") && allowed.contains("authorization"),
+        "{allowed}"
+    );
+    let r = preflight("https://evil.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+
+    let product = app.create_product("Kaos", 5).await;
+    let r = app
+        .client
+        .post(&url)
+        .header("Origin", SHOP)
+        .json(&json!({"product_id": product, "total": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(r.headers()["access-control-allow-origin"], SHOP);
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for header in ["location", "retry-after", "idempotent-replayed", "etag"] {
+        assert!(exposed.contains(header), "{header} in {exposed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_allowed_origins_there_are_no_cors_headers() {
+    let app = TestApp::spawn(Options::default()).await;
+    let r = app
+        .client
+        .get(format!("{}/api/products", app.address))
+        .header("Origin", SHOP)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_must_be_objects_and_errors_speak_of_fields() {
+    let app = TestApp::spawn(Options::default()).await;
+    let product = app.create_product("Kaos", 5).await;
+    let inventory = format!("/api/products/{product}/inventory");
+    for (path, method, body) in [
+        ("/api/orders".to_owned(), Method::POST, json!([product, 1])),
+        ("/api/orders".to_owned(), Method::POST, json!(1)),
+        (inventory.clone(), Method::PUT, json!([20])),
+        ("/api/products".to_owned(), Method::POST, json!("Kaos")),
+    ] {
+        let r = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.address))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{method} {path} {body}"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["data"]["error"], "INVALID_BODY");
+        assert_eq!(body["data"]["message"], "the body must be a JSON object");
+    }
+    let r = app
+        .post_json("/api/orders", &json!({"product_id": product, "total": "1"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let message = r.json::<Value>().await.unwrap()["data"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !message.contains("line") && !message.contains("Failed to deserialize"),
+        "no parser internals: {message}"
+    );
+    assert_eq!(
+        app.status_counts(product).await.values().sum::<i64>(),
+        0,
+        "nothing recorded"
+    );
+    let stock: Value = app.get(&inventory).await.json().await.unwrap();
+    assert_eq!(stock["data"]["stored_stock"], 5, "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_and_cancel_are_safe_to_retry() {
+    let app = TestApp::spawn(Options::default()).await;
+    let product = app.create_product("Kaos", 5).await;
+    for action in ["pay", "cancel"] {
+        let (status, body) = app.post_order(product, 1, Some(10)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let id = body["data"]["id"].as_str().unwrap().to_owned();
+        let url = format!("{}/api/orders/{id}/{action}", app.address);
+        let first = app.client.post(&url).send().await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        assert!(first.headers().get("idempotent-replayed").is_none());
+        let again = app.client.post(&url).send().await.unwrap();
+        assert_eq!(again.status(), StatusCode::OK, "a repeated {action}");
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(again.headers()["cache-control"], "no-store");
+    }
+    // The other transition after one was made is still a conflict.
+    let (_, body) = app.post_order(product, 1, Some(10)).await;
+    let id = body["data"]["id"].as_str().unwrap();
+    assert_eq!(app.order_action(id, "pay").await.0, StatusCode::OK);
+    let (status, body) = app.order_action(id, "cancel").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["data"]["error"], "INVALID_TRANSITION");
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_polling_hints_and_each_order_has_one_url() {
+    let app = TestApp::spawn(Options::default().workers(0)).await;
+    let r = app
+        .post_json("/api/products", &json!({"name": "Kaos", "stock": 5}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let product = r.json::<Value>().await.unwrap()["data"]["id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(location, format!("/api/products/{product}"));
+
+    // No worker: every order stays PENDING.
+    let order = |prefer: Option<&str>| {
+        let mut req = app
+            .client
+            .post(format!("{}/api/orders", app.address))
+            .json(&json!({"product_id": product, "total": 1}));
+        if let Some(p) = prefer {
+            req = req.header("Prefer", p);
+        }
+        req.send()
+    };
+    let r = order(None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(r.headers().get("preference-applied").is_none());
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let r = order(Some("wait=1")).await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "still pending after the wait"
+    );
+    assert_eq!(r.headers()["preference-applied"], "wait=1");
+    for malformed in ["wait=abc", "wait=-1", "wait=5.5"] {
+        let r = order(Some(malformed)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{malformed} is ignored");
+        assert!(
+            r.headers().get("preference-applied").is_none(),
+            "{malformed}"
+        );
+    }
+    let id = r.json::<Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let canonical = app.get(&format!("/api/orders/{id}")).await;
+    assert_eq!(canonical.status(), StatusCode::OK);
+    assert_eq!(canonical.headers()["cache-control"], "no-store");
+    let upper = id.to_uppercase();
+    let simple = id.replace('-', "");
+    for other in [upper, simple, format!("urn:uuid:{id}")] {
+        let r = app.get(&format!("/api/orders/{other}")).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{other}");
+    }
+}
