@@ -10,13 +10,15 @@
 //! - [`relay`]: republishing what this api, or a dead one, could not publish.
 //! - [`decisions`]: hearing decision notices; [`waiters`]: requests waiting
 //!   on them; [`sold_out`]: the sold-out hint.
-//! - [`auth`]: the admin boundary (`ADMIN_TOKEN`).
+//! - [`auth`]: who may do what (admin and payment tokens, buyers' JWTs).
+//! - [`conditional`]: `ETag`, `If-None-Match`, `If-Match`.
 //! - [`error`], [`envelope`], [`extract`]: the response envelope and our extractors.
 //! - [`metrics`]: counters served at `/metrics`.
 //! - [`openapi`]: the OpenAPI document derived from the handlers.
 
 pub mod admission;
 pub mod auth;
+pub mod conditional;
 pub mod decisions;
 pub mod envelope;
 pub mod error;

@@ -214,3 +214,99 @@ async fn answers_carry_polling_hints_and_each_order_has_one_url() {
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{other}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_carry_etags_and_writes_honour_if_match() {
+    let app = TestApp::spawn(Options::default()).await;
+    let product = app.create_product("Kaos", 5).await;
+    let get = |path: String, tag: Option<String>| {
+        let mut req = app.client.get(format!("{}{path}", app.address));
+        if let Some(t) = tag {
+            req = req.header("If-None-Match", t);
+        }
+        req.send()
+    };
+    for path in [
+        format!("/api/products/{product}"),
+        format!("/api/products/{product}/inventory"),
+    ] {
+        let r = get(path.clone(), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["cache-control"], "no-cache");
+        let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+        let r = get(path.clone(), Some(etag.clone())).await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{path}");
+        assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+        assert!(r.bytes().await.unwrap().is_empty(), "a 304 has no body");
+        let r = get(path.clone(), Some("\"other\"".into())).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    // Setting the stock: a stale If-Match is 412 and changes nothing.
+    let inventory = format!("{}/api/products/{product}/inventory", app.address);
+    let put = |tag: &str, stock: i64| {
+        app.client
+            .put(&inventory)
+            .header("If-Match", tag)
+            .json(&json!({"stock": stock}))
+            .send()
+    };
+    let r = put("\"nope\"", 9).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["data"]["error"], "PRECONDITION_FAILED");
+    let r = get(format!("/api/products/{product}/inventory"), None)
+        .await
+        .unwrap();
+    let current = r.headers()["etag"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["data"]["stored_stock"], 5, "nothing changed");
+    // A decision changes the stock's representation: the old tag is stale.
+    let (status, _) = app.post_order(product, 1, Some(10)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        put(&current, 9).await.unwrap().status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+    let fresh = get(format!("/api/products/{product}/inventory"), None)
+        .await
+        .unwrap();
+    let fresh = fresh.headers()["etag"].to_str().unwrap().to_owned();
+    let r = put(&fresh, 9).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_ne!(r.headers()["etag"].to_str().unwrap(), fresh);
+
+    // Changing a product's rules likewise.
+    let patch = |tag: &str| {
+        app.client
+            .patch(format!("{}/api/products/{product}", app.address))
+            .header("If-Match", tag)
+            .json(&json!({"max_per_buyer": 3}))
+            .send()
+    };
+    assert_eq!(
+        patch("\"nope\"").await.unwrap().status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+    let r = get(format!("/api/products/{product}"), None).await.unwrap();
+    let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(patch(&tag).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        patch(&tag).await.unwrap().status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+
+    // An order's tag changes with its status.
+    let (_, body) = app.post_order(product, 1, Some(10)).await;
+    let id = body["data"]["id"].as_str().unwrap().to_owned();
+    let r = get(format!("/api/orders/{id}"), None).await.unwrap();
+    let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let r = get(format!("/api/orders/{id}"), Some(tag.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(app.order_action(&id, "cancel").await.0, StatusCode::OK);
+    let r = get(format!("/api/orders/{id}"), Some(tag)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    app.assert_invariants().await;
+}

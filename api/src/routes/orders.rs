@@ -418,10 +418,18 @@ async fn product_sale_start(
 
 /// Reads an order: its status, reason and timestamps.
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders",
-    params(("id" = uuid::Uuid, Path, description = "Order id (UUID)")),
+    params(
+        ("id" = uuid::Uuid, Path, description = "Order id (UUID)"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier read: 304 while the order has not changed"),
+    ),
     responses(
         (status = 200, description = "The order", body = Envelope<Order>,
-            headers(("Cache-Control" = String, description = "no-store"))),
+            headers(
+                ("ETag" = String, description = "Its entity tag: changes when its status does"),
+                ("Cache-Control" = String, description = "no-store"),
+            )),
+        (status = 304, description = "Not modified: If-None-Match names the current ETag",
+            headers(("ETag" = String, description = "Its entity tag"))),
         (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
         (status = 404, description = "No such order, another buyer's, or an id not in its canonical form (lowercase, hyphenated)", body = Envelope<ErrorBody>),
         (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
@@ -431,6 +439,7 @@ async fn product_sale_start(
 pub async fn get_order(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
@@ -438,7 +447,13 @@ pub async fn get_order(
         .await?
         .filter(|row| caller.may_read(row.buyer_id.as_deref()))
         .ok_or_else(|| order_not_found(id))?;
-    Ok(order_response(StatusCode::OK, Order::from(row)))
+    // Polled until decided: a poll whose ETag is current costs no body.
+    Ok(crate::conditional::read_response(
+        &headers,
+        StatusCode::OK,
+        Order::from(row),
+        "no-store",
+    ))
 }
 
 /// Pays an accepted order: its units leave the store (`stored_stock` and

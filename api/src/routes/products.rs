@@ -2,13 +2,14 @@
 
 use super::parse_product_id;
 use crate::auth::Admin;
+use crate::conditional::{check_if_match, read_response, with_etag};
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
 use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::pagination::{Page, PageQuery};
 use crate::state::AppState;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -183,10 +184,15 @@ pub async fn create_product(
 /// already decided keep their decisions; the worker applies the new rules
 /// from its next transaction.
 #[utoipa::path(patch, path = "/products/{id}", tag = "products",
-    params(("id" = u64, Path, description = "Product id")),
+    params(
+        ("id" = u64, Path, description = "Product id"),
+        ("If-Match" = Option<String>, Header, description = "The ETag read last: refused with 412 if the product changed since"),
+    ),
     request_body = UpdateProduct,
     responses(
-        (status = 200, description = "The product as it is now", body = Envelope<Product>),
+        (status = 200, description = "The product as it is now", body = Envelope<Product>,
+            headers(("ETag" = String, description = "Its entity tag"))),
+        (status = 412, description = "`If-Match` does not name the current version; nothing changed", body = Envelope<ErrorBody>),
         (status = 400, description = "Not a product id, or malformed JSON", body = Envelope<ErrorBody>),
         (status = 401, description = "ADMIN_TOKEN is set and the request lacks `Authorization: Bearer <token>`", body = Envelope<ErrorBody>),
         (status = 404, description = "No such product", body = Envelope<ErrorBody>),
@@ -198,12 +204,15 @@ pub async fn create_product(
 pub async fn update_product(
     _admin: Admin,
     State(state): State<AppState>,
+    headers: HeaderMap,
     AppPath(id): AppPath<String>,
     AppJson(body): AppJson<UpdateProduct>,
 ) -> Result<Response, ApiError> {
     let id = parse_product_id(&id)?;
     let limit = body.max_per_buyer.map(max_per_buyer).transpose()?;
-    let changed = products::update_rules(&state.db, id, |current| {
+    let changed = products::update_rules(&state.db, id, |row| {
+        check_if_match(&headers, &Product::from(row.clone()))?;
+        let current = row.rules();
         check_window(SaleRules {
             max_per_buyer: limit.unwrap_or(current.max_per_buyer),
             sale_starts_at: body.sale_starts_at.unwrap_or(current.sale_starts_at),
@@ -213,7 +222,8 @@ pub async fn update_product(
     .await?
     .ok_or_else(|| product_not_found(id))??;
     state.remember_product(&changed);
-    Ok(respond(StatusCode::OK, Product::from(changed)))
+    let product = Product::from(changed);
+    Ok(with_etag(respond(StatusCode::OK, &product), &product))
 }
 
 /// Lists products by id, a page at a time.
@@ -239,22 +249,37 @@ pub async fn list_products(
 
 /// Reads one product.
 #[utoipa::path(get, path = "/products/{id}", tag = "products",
-    params(("id" = u64, Path, description = "Product id")),
+    params(
+        ("id" = u64, Path, description = "Product id"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier read: 304 when it is still current"),
+    ),
     responses(
-        (status = 200, description = "The product", body = Envelope<Product>),
+        (status = 200, description = "The product", body = Envelope<Product>,
+            headers(
+                ("ETag" = String, description = "Its entity tag"),
+                ("Cache-Control" = String, description = "no-cache"),
+            )),
+        (status = 304, description = "Not modified: If-None-Match names the current ETag",
+            headers(("ETag" = String, description = "Its entity tag"))),
         (status = 400, description = "Not a product id", body = Envelope<ErrorBody>),
         (status = 404, description = "No such product", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn get_product(
     State(state): State<AppState>,
+    headers: HeaderMap,
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_product_id(&id)?;
     let row = products::get(&state.db, id)
         .await?
         .ok_or_else(|| product_not_found(id))?;
-    Ok(respond(StatusCode::OK, Product::from(row)))
+    Ok(read_response(
+        &headers,
+        StatusCode::OK,
+        Product::from(row),
+        "no-cache",
+    ))
 }
 
 /// 404 for product `id`.

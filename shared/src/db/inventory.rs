@@ -43,13 +43,17 @@ pub enum SetStock {
     NotFound,
     /// The new stock is below what is reserved; nothing changed.
     BelowReserved(InventoryRow),
+    /// The caller's precondition refused the current row; nothing changed.
+    Stale(InventoryRow),
 }
 
-/// Sets `stored_stock` to `stock` unless that is below `reserved_stock`.
+/// Sets `stored_stock` to `stock` unless that is below `reserved_stock`, or
+/// `precondition` refuses the current row (read under the row lock).
 pub async fn set_stock(
     pool: &MySqlPool,
     id: ProductId,
     stock: Stock,
+    precondition: impl FnOnce(&InventoryRow) -> bool,
 ) -> Result<SetStock, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let current: Option<InventoryRow> =
@@ -60,6 +64,9 @@ pub async fn set_stock(
     let Some(mut row) = current else {
         return Ok(SetStock::NotFound);
     };
+    if !precondition(&row) {
+        return Ok(SetStock::Stale(row));
+    }
     if stock.get() < row.reserved_stock {
         return Ok(SetStock::BelowReserved(row));
     }

@@ -88,13 +88,13 @@ pub async fn get(pool: &MySqlPool, id: ProductId) -> Result<Option<ProductRow>, 
     .await
 }
 
-/// Changes a product's sale rules: `change` gets the current rules (the row
-/// locked) and returns the new ones, or refuses with its own error. `None`
-/// when there is no such product.
+/// Changes a product's sale rules: `change` gets the current row (locked)
+/// and returns the new rules, or refuses with its own error. `None` when
+/// there is no such product.
 pub async fn update_rules<E>(
     pool: &MySqlPool,
     id: ProductId,
-    change: impl FnOnce(SaleRules) -> Result<SaleRules, E>,
+    change: impl FnOnce(&ProductRow) -> Result<SaleRules, E>,
 ) -> Result<Option<Result<ProductRow, E>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let Some(row) = sqlx::query_as::<_, ProductRow>(AssertSqlSafe(format!(
@@ -106,7 +106,7 @@ pub async fn update_rules<E>(
     else {
         return Ok(None);
     };
-    let rules = match change(row.rules()) {
+    let rules = match change(&row) {
         Ok(rules) => rules,
         Err(e) => return Ok(Some(Err(e))),
     };
