@@ -31,7 +31,66 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut api = api;
     add_links(&mut api);
     add_security(&mut api);
+    add_common_responses(&mut api);
     api
+}
+
+/// What every operation may answer besides its own responses: 405 with
+/// `Allow` (another method on the same path), 408 (the request took longer
+/// than `REQUEST_TIMEOUT`), and on every response the `x-request-id` echoed
+/// or made up.
+fn add_common_responses(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::Header;
+    use utoipa::openapi::response::Response;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{Content, Ref, RefOr};
+    let header = |description: &str| {
+        let mut h = Header::new(ObjectBuilder::new().schema_type(Type::String).build());
+        h.description = Some(description.to_owned());
+        RefOr::T(h)
+    };
+    let error = |description: &str| {
+        let mut response = Response::new(description);
+        response.content.insert(
+            "application/json".to_owned(),
+            RefOr::T(Content::new(Some(Ref::from_schema_name(
+                "Envelope_ErrorBody",
+            )))),
+        );
+        response
+    };
+    for item in api.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut operation.responses.responses;
+            let mut not_allowed = error("`METHOD_NOT_ALLOWED`: the path does not take this method");
+            not_allowed
+                .headers
+                .insert("Allow".to_owned(), header("The methods the path takes"));
+            responses
+                .entry("405".to_owned())
+                .or_insert(RefOr::T(not_allowed));
+            responses.entry("408".to_owned()).or_insert(RefOr::T(error(
+                "`REQUEST_TIMEOUT`: the request took longer than REQUEST_TIMEOUT",
+            )));
+            for response in responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    response.headers.insert(
+                        "x-request-id".to_owned(),
+                        header("The request's id: the client's own `x-request-id`, or a new UUID; on every log line of the request"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The bearer credentials, and which each operation takes. An empty

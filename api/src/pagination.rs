@@ -84,3 +84,65 @@ impl<T> Page<T> {
         }
     }
 }
+
+/// The `Link` header of a page (RFC 8288): `first`, `prev`, `next` and
+/// `last` as they exist, each `path` with `filters` and the page's size.
+pub fn links(
+    path: &str,
+    filters: &[(&str, String)],
+    bounds: Bounds,
+    total_items: u64,
+) -> Option<axum::http::HeaderValue> {
+    let pages = total_items.div_ceil(u64::from(bounds.per_page)).max(1);
+    let page = u64::from(bounds.page);
+    let target = |n: u64| {
+        let mut query: Vec<String> = filters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        query.push(format!("page={n}"));
+        query.push(format!("per_page={}", bounds.per_page));
+        format!("<{path}?{}>", query.join("&"))
+    };
+    let mut links = vec![format!("{}; rel=\"first\"", target(1))];
+    if page > 1 {
+        links.push(format!("{}; rel=\"prev\"", target((page - 1).min(pages))));
+    }
+    if page < pages {
+        links.push(format!("{}; rel=\"next\"", target(page + 1)));
+    }
+    links.push(format!("{}; rel=\"last\"", target(pages)));
+    axum::http::HeaderValue::from_str(&links.join(", ")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_name_the_neighbours_that_exist() {
+        let bounds = Bounds {
+            page: 2,
+            per_page: 10,
+        };
+        let link = links("/api/orders", &[("status", "PENDING".into())], bounds, 35).unwrap();
+        let link = link.to_str().unwrap();
+        assert!(
+            link.contains("</api/orders?status=PENDING&page=3&per_page=10>; rel=\"next\""),
+            "{link}"
+        );
+        assert!(
+            link.contains("</api/orders?status=PENDING&page=1&per_page=10>; rel=\"prev\""),
+            "{link}"
+        );
+        assert!(link.contains("page=4&per_page=10>; rel=\"last\""), "{link}");
+        let last = Bounds {
+            page: 4,
+            per_page: 10,
+        };
+        assert!(
+            !links("/api/orders", &[], last, 35)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("next")
+        );
+    }
+}

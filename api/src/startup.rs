@@ -248,15 +248,36 @@ pub fn router(state: AppState) -> Router {
         // timeout or handler, and every answer carries the CORS headers.
         .layer(cors)
         .layer(axum::middleware::from_fn(preflight_no_content))
+        // Responses above 1 KiB go out gzip- or brotli-compressed when the
+        // client accepts it (lists, the OpenAPI document).
+        .layer(
+            tower_http::compression::CompressionLayer::new()
+                .compress_when(tower_http::compression::predicate::SizeAbove::new(1024)),
+        )
         // A 5xx is logged where it arises (an internal error at ERROR, the
         // database down at WARN); a shed order (503 OVERLOADED) is expected
         // past capacity and must not flood the log, so the trace layer's
-        // own failure line is DEBUG.
+        // own failure line is DEBUG. Every request's span carries its
+        // request id, so its log lines can be found from the client's side.
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         .layer(
-            tower_http::trace::TraceLayer::new_for_http().on_failure(
-                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-            ),
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+                })
+                .on_failure(
+                    tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                ),
         )
+        // Outermost: a request without `x-request-id` gets a fresh one.
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            tower_http::request_id::MakeRequestUuid,
+        ))
         .with_state(state)
 }
 

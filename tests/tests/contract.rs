@@ -310,3 +310,52 @@ async fn reads_carry_etags_and_writes_honour_if_match() {
     assert_eq!(r.status(), StatusCode::OK);
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_link_their_neighbours_requests_carry_ids_and_big_answers_are_compressed() {
+    let app = TestApp::spawn(Options::default()).await;
+    for name in ["A", "B", "C"] {
+        app.create_product(name, 1).await;
+    }
+    let r = app.get("/api/products?page=2&per_page=1").await;
+    let link = r.headers()["link"].to_str().unwrap().to_owned();
+    for rel in [
+        "</api/products?page=1&per_page=1>; rel=\"prev\"",
+        "</api/products?page=3&per_page=1>; rel=\"next\"",
+        "</api/products?page=3&per_page=1>; rel=\"last\"",
+    ] {
+        assert!(link.contains(rel), "{rel} in {link}");
+    }
+
+    let r = app
+        .client
+        .get(format!("{}/api/products", app.address))
+        .header("x-request-id", "storefront-7f3a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "storefront-7f3a");
+    let r = app.get("/api/products").await;
+    let made = r.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(made).is_ok(), "{made}");
+
+    let r = app
+        .client
+        .get(format!("{}/api/openapi.json", app.address))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let r = app
+        .client
+        .get(format!("{}/api/products/1", app.address))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers().get("content-encoding").is_none(),
+        "small answers stay plain"
+    );
+}

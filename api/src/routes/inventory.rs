@@ -65,7 +65,7 @@ pub struct SetInventory {
 /// Reads a product's stock.
 #[utoipa::path(get, path = "/products/{id}/inventory", tag = "inventory",
     params(
-        ("id" = u64, Path, description = "Product id"),
+        ("id" = u64, Path, minimum = 1, description = "Product id"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier read: 304 when it is still current"),
     ),
     responses(
@@ -101,7 +101,7 @@ pub async fn get_inventory(
 /// Sets `stored_stock` (idempotent). Refused with 409 when below `reserved_stock`.
 #[utoipa::path(put, path = "/products/{id}/inventory", tag = "inventory",
     params(
-        ("id" = u64, Path, description = "Product id"),
+        ("id" = u64, Path, minimum = 1, description = "Product id"),
         ("If-Match" = Option<String>, Header, description = "The ETag read last: refused with 412 if the inventory changed since"),
     ),
     request_body = SetInventory,

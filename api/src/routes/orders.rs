@@ -56,8 +56,8 @@ pub struct Order {
     /// The product.
     #[schema(example = 1)]
     pub product_id: u64,
-    /// Units.
-    #[schema(example = 1)]
+    /// Units, from 1 to `MAX_ORDER_TOTAL`.
+    #[schema(example = 1, value_type = i64, format = Int64, minimum = 1)]
     pub total: u32,
     /// Where it is in its life.
     pub status: OrderStatus,
@@ -611,7 +611,10 @@ pub struct OrderQuery {
     params(OrderQuery),
     responses(
         (status = 200, description = "A page of orders", body = Envelope<Page<Order>>,
-            headers(("Cache-Control" = String, description = "no-store"))),
+            headers(
+                ("Cache-Control" = String, description = "no-store"),
+                ("Link" = String, description = "RFC 8288: first, prev, next and last pages"),
+            )),
         (status = 400, description = "Invalid filter or page", body = Envelope<ErrorBody>),
         (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
@@ -645,10 +648,18 @@ pub async fn list_orders(
     let (rows, total_items) =
         db::orders::list(&state.db, &filter, bounds.per_page, bounds.offset()).await?;
     let items = rows.into_iter().map(Order::from).collect();
-    Ok(order_response(
-        StatusCode::OK,
-        Page::new(items, bounds, total_items),
-    ))
+    let mut response = order_response(StatusCode::OK, Page::new(items, bounds, total_items));
+    let mut filters = Vec::new();
+    if let Some(p) = filter.product {
+        filters.push(("product_id", p.get().to_string()));
+    }
+    if let Some(s) = filter.status {
+        filters.push(("status", s.as_str().to_owned()));
+    }
+    if let Some(link) = crate::pagination::links("/api/orders", &filters, bounds, total_items) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
 }
 
 /// A product's orders counted by status.
@@ -674,7 +685,7 @@ pub struct OrderSummary {
 
 /// Counts a product's orders by status: a sale is fully decided when `pending` is 0.
 #[utoipa::path(get, path = "/products/{id}/orders/summary", tag = "orders",
-    params(("id" = u64, Path, description = "Product id")),
+    params(("id" = u64, Path, minimum = 1, description = "Product id")),
     responses(
         (status = 200, description = "Counts by status", body = Envelope<OrderSummary>),
         (status = 401, description = "A buyer key is configured and the request carries neither the admin token nor a valid buyer's token", body = Envelope<ErrorBody>,

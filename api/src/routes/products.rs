@@ -185,7 +185,7 @@ pub async fn create_product(
 /// from its next transaction.
 #[utoipa::path(patch, path = "/products/{id}", tag = "products",
     params(
-        ("id" = u64, Path, description = "Product id"),
+        ("id" = u64, Path, minimum = 1, description = "Product id"),
         ("If-Match" = Option<String>, Header, description = "The ETag read last: refused with 412 if the product changed since"),
     ),
     request_body = UpdateProduct,
@@ -230,7 +230,8 @@ pub async fn update_product(
 #[utoipa::path(get, path = "/products", tag = "products",
     params(PageQuery),
     responses(
-        (status = 200, description = "A page of products", body = Envelope<Page<Product>>),
+        (status = 200, description = "A page of products", body = Envelope<Page<Product>>,
+            headers(("Link" = String, description = "RFC 8288: first, prev, next and last pages"))),
         (status = 400, description = "Invalid page or per_page", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
@@ -241,16 +242,19 @@ pub async fn list_products(
     let bounds = query.bounds()?;
     let (rows, total_items) = products::list(&state.db, bounds.per_page, bounds.offset()).await?;
     let items = rows.into_iter().map(Product::from).collect();
-    Ok(respond(
-        StatusCode::OK,
-        Page::new(items, bounds, total_items),
-    ))
+    let mut response = respond(StatusCode::OK, Page::new(items, bounds, total_items));
+    if let Some(link) = crate::pagination::links("/api/products", &[], bounds, total_items) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LINK, link);
+    }
+    Ok(response)
 }
 
 /// Reads one product.
 #[utoipa::path(get, path = "/products/{id}", tag = "products",
     params(
-        ("id" = u64, Path, description = "Product id"),
+        ("id" = u64, Path, minimum = 1, description = "Product id"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier read: 304 when it is still current"),
     ),
     responses(
