@@ -12,6 +12,7 @@
 //!   on them; [`sold_out`]: the sold-out hint.
 //! - [`auth`]: who may do what (admin and payment tokens, buyers' JWTs).
 //! - [`conditional`]: `ETag`, `If-None-Match`, `If-Match`.
+//! - [`idempotency`]: `Idempotency-Key`, scoped and hashed.
 //! - [`error`], [`envelope`], [`extract`]: the response envelope and our extractors.
 //! - [`metrics`]: counters served at `/metrics`.
 //! - [`openapi`]: the OpenAPI document derived from the handlers.
@@ -23,6 +24,7 @@ pub mod decisions;
 pub mod envelope;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;

@@ -460,11 +460,7 @@ pub async fn check(
 /// Matches the orders in the database with the submissions: counts the
 /// decisions and finds lost, duplicated and unexpected orders.
 fn match_orders(submissions: &[Submission], orders: &[StoredOrder], report: &mut Report) {
-    let stored_key = |s: &Submission| {
-        s.key
-            .as_ref()
-            .map(|k| api::routes::orders::scoped_key(b"", k))
-    };
+    let stored_key = |s: &Submission| s.key.as_ref().map(|k| api::idempotency::scoped_key(b"", k));
     let keyed: HashMap<String, &Submission> = submissions
         .iter()
         .filter_map(|s| Some((stored_key(s)?, s)))
@@ -658,7 +654,7 @@ mod tests {
             total: 2,
             status: status.to_owned(),
             reason: None,
-            idempotency_key: key.map(|k| api::routes::orders::scoped_key(b"", k)),
+            idempotency_key: key.map(|k| api::idempotency::scoped_key(b"", k)),
         }
     }
 

@@ -359,3 +359,30 @@ async fn pages_link_their_neighbours_requests_carry_ids_and_big_answers_are_comp
         "small answers stay plain"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_post_with_an_idempotency_key_creates_one_product() {
+    let app = TestApp::spawn(Options::default()).await;
+    let post = |body: Value| {
+        app.client
+            .post(format!("{}/api/products", app.address))
+            .header("Idempotency-Key", "seller-tool-7c1e-0001")
+            .json(&body)
+            .send()
+    };
+    let first = post(json!({"name": "Kaos", "stock": 5})).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    let again = post(json!({"name": "Kaos", "stock": 5})).await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first["data"]["id"], again["data"]["id"]);
+    let other = post(json!({"name": "Kaos", "stock": 6})).await.unwrap();
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let other: Value = other.json().await.unwrap();
+    assert_eq!(other["data"]["error"], "IDEMPOTENCY_KEY_REUSED");
+    let list: Value = app.get("/api/products").await.json().await.unwrap();
+    assert_eq!(list["data"]["total_items"], 1, "one product");
+}

@@ -154,7 +154,8 @@ pub async fn create_order(
     let slot = preferred_wait(&headers)
         .and_then(|w| Some((w, state.waiting_slots.clone().try_acquire_owned().ok()?)));
     let wait = slot.as_ref().map(|(w, _)| (*w).min(state.config.max_wait));
-    let key = idempotency_key(&headers, buyer.as_deref(), product, total)?;
+    let request = format!("{}:{}", product.get(), total.get());
+    let key = crate::idempotency::key(&headers, buyer.as_deref(), request.as_bytes())?;
     let sale_start = product_sale_start(&state, product).await?;
     // Checked while recording when the start may lie ahead (by this api's
     // clock, with room for skew); the database clock decides.
@@ -190,13 +191,7 @@ pub async fn create_order(
     let (row, replayed) = match recorded {
         Recorded::New(row) => (row, false),
         Recorded::Existing(row) => (row, true),
-        Recorded::KeyReused => {
-            return Err(ApiError::client(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "IDEMPOTENCY_KEY_REUSED",
-                "this Idempotency-Key was used with a different request body",
-            ));
-        }
+        Recorded::KeyReused => return Err(crate::idempotency::reused()),
         Recorded::Shed => return Err(overloaded(&state)),
     };
     let id = OrderId::from(row.id);
@@ -298,79 +293,6 @@ fn order_error(e: sqlx::Error, product: ProductId) -> ApiError {
         sqlx::Error::Database(d) if d.is_foreign_key_violation() => product_not_found(product),
         _ => e.into(),
     }
-}
-
-/// The `Idempotency-Key` header, scoped and hashed with the request.
-///
-/// Scope: the key is hashed together with the buyer id (with buyers'
-/// tokens) or the `Authorization` header (when present), so callers with
-/// different identities can never collide or read each other's orders; without credentials the key itself is the
-/// secret, which is why at least 16 characters are required. Only the hash
-/// is stored.
-fn idempotency_key(
-    headers: &HeaderMap,
-    buyer: Option<&str>,
-    product: ProductId,
-    total: Quantity,
-) -> Result<Option<db::orders::IdempotencyKey>, ApiError> {
-    use sha2::{Digest, Sha256};
-    let mut values = headers.get_all("idempotency-key").iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    let invalid = |message: &str| {
-        ApiError::client(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_IDEMPOTENCY_KEY",
-            message,
-        )
-    };
-    if values.next().is_some() {
-        return Err(invalid("send one Idempotency-Key header, not several"));
-    }
-    let text = value
-        .to_str()
-        .map_err(|_| invalid("Idempotency-Key must be visible ASCII"))?
-        .trim();
-    // The draft makes the key a structured-field string ("..."); accept it bare too.
-    let key = text
-        .strip_prefix('"')
-        .and_then(|k| k.strip_suffix('"'))
-        .unwrap_or(text);
-    if !(16..=255).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(
-            "Idempotency-Key must be 16 to 255 visible ASCII characters, such as a random UUID",
-        ));
-    }
-    // A buyer's keys are theirs whatever token they come with (tokens
-    // rotate, the buyer does not); otherwise the credentials scope them.
-    let scope = match buyer {
-        Some(buyer) => format!("buyer:{buyer}").into_bytes(),
-        None => headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_default(),
-    };
-    let request = Sha256::digest(format!("{}:{}", product.get(), total.get()));
-    Ok(Some(db::orders::IdempotencyKey {
-        key: scoped_key(&scope, key),
-        request_hash: request.into(),
-    }))
-}
-
-/// What is stored for a client's `Idempotency-Key` sent with `Authorization`
-/// `scope` (empty without one): a hex SHA-256, never the key itself.
-pub fn scoped_key(scope: &[u8], key: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut scoped = Sha256::new();
-    scoped.update(b"flashstock idempotency v1\n");
-    scoped.update(Sha256::digest(scope));
-    scoped.update(key.as_bytes());
-    scoped
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The `wait` preference of RFC 7240 (`Prefer: wait=N`, N in seconds), if

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use shared::db::products::{self, ProductRow, SaleRules};
 use shared::domain::{ProductName, Stock};
 use utoipa::ToSchema;
@@ -147,19 +148,26 @@ fn check_window(rules: SaleRules) -> Result<SaleRules, ApiError> {
 /// Creates a product and its inventory.
 #[utoipa::path(post, path = "/products", tag = "products",
     request_body = CreateProduct,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key with the same body returns the same product; with another body, 422"),
+    ),
     responses(
         (status = 401, description = "ADMIN_TOKEN is set and the request lacks `Authorization: Bearer <token>`", body = Envelope<ErrorBody>),
-        (status = 201, description = "Created", body = Envelope<Product>,
-            headers(("Location" = String, description = "/api/products/{id}"))),
+        (status = 201, description = "Created (or created before with this Idempotency-Key and body: `Idempotent-Replayed: true`)", body = Envelope<Product>,
+            headers(
+                ("Location" = String, description = "/api/products/{id}"),
+                ("Idempotent-Replayed" = String, description = "`true` when answered from the product an earlier request with the same key created"),
+            )),
         (status = 400, description = "Malformed JSON", body = Envelope<ErrorBody>),
         (status = 413, description = "Body too large", body = Envelope<ErrorBody>),
         (status = 415, description = "Not JSON", body = Envelope<ErrorBody>),
-        (status = 422, description = "Invalid name, stock, max_per_buyer or sale window", body = Envelope<ErrorBody>),
+        (status = 422, description = "Invalid name, stock, max_per_buyer or sale window; an invalid Idempotency-Key, or one used with another body", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn create_product(
     _admin: Admin,
     State(state): State<AppState>,
+    headers: HeaderMap,
     AppJson(body): AppJson<CreateProduct>,
 ) -> Result<Response, ApiError> {
     let name = ProductName::parse(&body.name)?;
@@ -169,7 +177,22 @@ pub async fn create_product(
         sale_starts_at: body.sale_starts_at,
         sale_ends_at: body.sale_ends_at,
     })?;
-    let row = products::create(&state.db, &name, stock, rules).await?;
+    // The request, as the key's hash sees it: the normalized fields.
+    let request = serde_json::to_vec(&json!({
+        "name": name.as_str(),
+        "stock": stock.get(),
+        "max_per_buyer": rules.max_per_buyer,
+        "sale_starts_at": rules.sale_starts_at,
+        "sale_ends_at": rules.sale_ends_at,
+    }))
+    .expect("json");
+    let key = crate::idempotency::key(&headers, None, &request)?;
+    let (row, replayed) =
+        match products::create(&state.db, &name, stock, rules, key.as_ref()).await? {
+            products::Created::New(row) => (row, false),
+            products::Created::Existing(row) => (row, true),
+            products::Created::KeyReused => return Err(crate::idempotency::reused()),
+        };
     state.remember_product(&row);
     let location = format!("/api/products/{}", row.id);
     let mut response = respond(StatusCode::CREATED, Product::from(row));
@@ -177,6 +200,12 @@ pub async fn create_product(
         axum::http::header::LOCATION,
         axum::http::HeaderValue::from_str(&location).expect("digits are a header value"),
     );
+    if replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
     Ok(response)
 }
 

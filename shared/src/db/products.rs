@@ -45,24 +45,62 @@ impl ProductRow {
     }
 }
 
-/// Creates a product with its inventory (`stored_stock = stock`) in one transaction.
+/// What [`create`] did.
+#[derive(Debug)]
+pub enum Created {
+    /// A new product.
+    New(ProductRow),
+    /// The product an earlier request with the same key and body created.
+    Existing(ProductRow),
+    /// The key was used before with another request; nothing created.
+    KeyReused,
+}
+
+/// Creates a product with its inventory (`stored_stock = stock`) in one
+/// transaction; with `key`, at most once per key.
 pub async fn create(
     pool: &MySqlPool,
     name: &ProductName,
     stock: Stock,
     rules: SaleRules,
-) -> Result<ProductRow, sqlx::Error> {
+    key: Option<&crate::db::orders::IdempotencyKey>,
+) -> Result<Created, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let id = sqlx::query(
-        "INSERT INTO products (name, max_per_buyer, sale_starts_at, sale_ends_at) VALUES (?, ?, ?, ?)",
+    let inserted = sqlx::query(
+        "INSERT INTO products (name, max_per_buyer, sale_starts_at, sale_ends_at, idempotency_key, request_hash) \
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(name.as_str())
     .bind(rules.max_per_buyer)
     .bind(rules.sale_starts_at)
     .bind(rules.sale_ends_at)
+    .bind(key.map(|k| k.key.as_str()))
+    .bind(key.map(|k| &k.request_hash[..]))
     .execute(&mut *tx)
-    .await?
-    .last_insert_id();
+    .await;
+    let id = match (inserted, key) {
+        (Ok(done), _) => done.last_insert_id(),
+        (Err(sqlx::Error::Database(e)), Some(key)) if e.is_unique_violation() => {
+            drop(tx);
+            let found: Option<(u64, Vec<u8>)> =
+                sqlx::query_as("SELECT id, request_hash FROM products WHERE idempotency_key = ?")
+                    .bind(&key.key)
+                    .fetch_optional(pool)
+                    .await?;
+            let Some((id, hash)) = found else {
+                return Err(sqlx::Error::RowNotFound);
+            };
+            if hash != key.request_hash {
+                return Ok(Created::KeyReused);
+            }
+            let id = ProductId::new(id as i64).map_err(|_| sqlx::Error::RowNotFound)?;
+            return get(pool, id)
+                .await?
+                .map(Created::Existing)
+                .ok_or(sqlx::Error::RowNotFound);
+        }
+        (Err(e), _) => return Err(e),
+    };
     sqlx::query("INSERT INTO inventories (product_id, stored_stock) VALUES (?, ?)")
         .bind(id)
         .bind(stock.get())
@@ -75,7 +113,7 @@ pub async fn create(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(row)
+    Ok(Created::New(row))
 }
 
 /// One product, if it exists.
