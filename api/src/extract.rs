@@ -44,3 +44,36 @@ pub struct AppPath<T>(pub T);
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct AppQuery<T>(pub T);
+
+/// An integer field read leniently: a value of another JSON type is kept
+/// (as text) rather than failing the whole body, so the handler answers
+/// with the field's own error code: `"total": "1"` is `INVALID_TOTAL`, as
+/// `"total": 0` is. One field, one code.
+#[derive(Debug, Clone)]
+pub struct IntField {
+    value: Option<i64>,
+    raw: String,
+}
+
+impl<'de> serde::Deserialize<'de> for IntField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Ok(Self {
+            value: value.as_i64(),
+            raw: value.to_string(),
+        })
+    }
+}
+
+impl IntField {
+    /// The integer, or a 422 with `code` saying what `field` must be.
+    pub fn integer(&self, code: &'static str, field: &str, must: &str) -> Result<i64, ApiError> {
+        self.value.ok_or_else(|| {
+            ApiError::client(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                code,
+                format!("{field} must be {must}, got {}", self.raw),
+            )
+        })
+    }
+}

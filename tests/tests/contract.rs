@@ -112,10 +112,12 @@ async fn bodies_must_be_objects_and_errors_speak_of_fields() {
         .post_json("/api/orders", &json!({"product_id": product, "total": "1"}))
         .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let message = r.json::<Value>().await.unwrap()["data"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["data"]["error"], "INVALID_TOTAL",
+        "one field, one code: {body}"
+    );
+    let message = body["data"]["message"].as_str().unwrap().to_owned();
     assert!(
         !message.contains("line") && !message.contains("Failed to deserialize"),
         "no parser internals: {message}"

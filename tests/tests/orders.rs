@@ -461,12 +461,12 @@ async fn bad_orders_get_a_4xx_and_record_nothing() {
         (
             json!({"product_id": product, "total": 1.5}),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_BODY",
+            "INVALID_TOTAL",
         ),
         (
             json!({"product_id": product, "total": "1"}),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_BODY",
+            "INVALID_TOTAL",
         ),
         (
             json!({"product_id": product}),

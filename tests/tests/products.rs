@@ -269,13 +269,13 @@ async fn bad_inventory_input_gets_a_4xx_and_changes_nothing() {
             r#"{"stock": "100"}"#,
             "application/json",
             StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_BODY",
+            "INVALID_STOCK",
         ),
         (
             r#"{"stock": 2.5}"#,
             "application/json",
             StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_BODY",
+            "INVALID_STOCK",
         ),
         (
             r#"{}"#,

@@ -6,7 +6,7 @@ use crate::auth::Admin;
 use crate::conditional::{check_if_match, read_response, with_etag};
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
-use crate::extract::{AppJson, AppPath};
+use crate::extract::{AppJson, AppPath, IntField};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -58,8 +58,8 @@ impl From<InventoryRow> for Inventory {
 #[serde(deny_unknown_fields)]
 pub struct SetInventory {
     /// The new `stored_stock`, 0 to 1,000,000,000, not below `reserved_stock`.
-    #[schema(example = 100, minimum = 0, maximum = 1000000000)]
-    pub stock: i64,
+    #[schema(value_type = i64, example = 100, minimum = 0, maximum = 1000000000)]
+    pub stock: IntField,
 }
 
 /// Reads a product's stock.
@@ -126,7 +126,11 @@ pub async fn put_inventory(
     AppJson(body): AppJson<SetInventory>,
 ) -> Result<Response, ApiError> {
     let id = parse_product_id(&id)?;
-    let stock = Stock::new(body.stock)?;
+    let stock = Stock::new(body.stock.integer(
+        "INVALID_STOCK",
+        "stock",
+        "an integer from 0 to 1000000000",
+    )?)?;
     let fresh =
         |row: &InventoryRow| check_if_match(&headers, &Inventory::from(row.clone())).is_ok();
     match inventory::set_stock(&state.db, id, stock, fresh).await? {

@@ -6,7 +6,7 @@ use crate::auth::Caller;
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
 use crate::extract::AppQuery;
-use crate::extract::{AppJson, AppPath};
+use crate::extract::{AppJson, AppPath, IntField};
 use crate::metrics::Metrics;
 use crate::pagination::{Page, PageQuery};
 use crate::recorder::{Claimed, Recorded, Submission};
@@ -41,11 +41,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
     /// The product to buy.
-    #[schema(example = 1, minimum = 1)]
-    pub product_id: i64,
+    #[schema(value_type = i64, example = 1, minimum = 1)]
+    pub product_id: IntField,
     /// Units, from 1 to `MAX_ORDER_TOTAL` (default 1000).
-    #[schema(example = 1, minimum = 1)]
-    pub total: i64,
+    #[schema(value_type = i64, example = 1, minimum = 1)]
+    pub total: IntField,
 }
 
 /// An order.
@@ -147,8 +147,20 @@ pub async fn create_order(
     AppJson(body): AppJson<CreateOrder>,
 ) -> Result<Response, ApiError> {
     let buyer = caller.placing_buyer(&state)?;
-    let product = ProductId::new(body.product_id)?;
-    let total = Quantity::new(body.total, state.config.max_order_total)?;
+    let product = ProductId::new(body.product_id.integer(
+        "INVALID_PRODUCT_ID",
+        "product_id",
+        "a positive integer",
+    )?)?;
+    let max = state.config.max_order_total;
+    let total = Quantity::new(
+        body.total.integer(
+            "INVALID_TOTAL",
+            "total",
+            &format!("an integer from 1 to {max}"),
+        )?,
+        max,
+    )?;
     // A request waits only if a waiting slot is free; otherwise it is
     // answered at once, as without the preference.
     let slot = preferred_wait(&headers)
