@@ -223,9 +223,12 @@ impl BuyerTokens {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| unauthorized(format!("the buyer's token is not valid: {e}")))?;
         let sub = data.claims.sub;
-        if sub.is_empty() || sub.len() > MAX_BUYER_ID {
+        // Stored with a binary, space-padding collation: a `sub` with edge
+        // spaces could be taken for another buyer's, so it is refused.
+        if sub.is_empty() || sub.len() > MAX_BUYER_ID || sub.trim() != sub {
             return Err(unauthorized(format!(
-                "the buyer's token names no buyer: sub must be 1 to {MAX_BUYER_ID} bytes"
+                "the buyer's token names no buyer: sub must be 1 to {MAX_BUYER_ID} bytes, \
+                 without leading or trailing spaces"
             )));
         }
         Ok(sub)

@@ -21,8 +21,11 @@ pub fn etag_of<T: Serialize>(data: &T) -> String {
     format!("\"{hex}\"")
 }
 
-/// The tags listed in `name` (`*` included as is), without weak markers.
+/// The tags listed in `name` (`*` included as is); weak markers are
+/// dropped for `If-None-Match` (weak comparison) and kept for `If-Match`,
+/// so a weak tag never matches there (strong comparison, RFC 9110 §13.1.1).
 fn listed(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<String>> {
+    let weak_ok = name == header::IF_NONE_MATCH;
     let values: Vec<&str> = headers
         .get_all(name)
         .iter()
@@ -35,7 +38,15 @@ fn listed(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<String>> 
         values
             .iter()
             .flat_map(|v| v.split(','))
-            .map(|t| t.trim().trim_start_matches("W/").to_owned())
+            .map(|t| {
+                let t = t.trim();
+                if weak_ok {
+                    t.trim_start_matches("W/")
+                } else {
+                    t
+                }
+                .to_owned()
+            })
             .filter(|t| !t.is_empty())
             .collect(),
     )

@@ -5,8 +5,8 @@ use crate::error::ApiError;
 use axum::extract::{FromRequest, FromRequestParts};
 
 /// A JSON body that must be an object: an array or a scalar is a 422, as
-/// is an object that does not fit `T`; the message names the field, not
-/// the parser's internals.
+/// is an object that does not fit `T` (a missing or unknown field is named;
+/// no line or column, no parser internals).
 pub struct AppJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for AppJson<T>
@@ -58,9 +58,18 @@ pub struct IntField {
 impl<'de> serde::Deserialize<'de> for IntField {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(d)?;
+        let mut raw = value.to_string();
+        if raw.len() > 40 {
+            let cut = (0..=40)
+                .rev()
+                .find(|&i| raw.is_char_boundary(i))
+                .unwrap_or(0);
+            raw.truncate(cut);
+            raw.push('…');
+        }
         Ok(Self {
             value: value.as_i64(),
-            raw: value.to_string(),
+            raw,
         })
     }
 }

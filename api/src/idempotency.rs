@@ -8,15 +8,15 @@ use sha2::{Digest, Sha256};
 use shared::db::orders::IdempotencyKey;
 
 /// The request's `Idempotency-Key`, scoped and hashed with `request` (what
-/// identifies the request: its body, its target). Scope: the buyer id (with
-/// buyers' tokens: tokens rotate, the buyer does not), otherwise the
-/// `Authorization` header (when present), so callers with different
-/// identities never collide or read each other's results; without
-/// credentials the key itself is the secret, which is why at least 16
-/// characters are required.
+/// identifies the request: its body, its target). Scope: `scope` when given
+/// (`buyer:<id>` with buyers' tokens: tokens rotate, the buyer does not;
+/// `admin` for the sellers' endpoints), otherwise the `Authorization`
+/// header (when present), so callers with different identities never
+/// collide or read each other's results; without credentials the key
+/// itself is the secret, which is why at least 16 characters are required.
 pub fn key(
     headers: &HeaderMap,
-    buyer: Option<&str>,
+    scope: Option<&str>,
     request: &[u8],
 ) -> Result<Option<IdempotencyKey>, ApiError> {
     let mut values = headers.get_all("idempotency-key").iter();
@@ -47,8 +47,8 @@ pub fn key(
             "Idempotency-Key must be 16 to 255 visible ASCII characters, such as a random UUID",
         ));
     }
-    let scope = match buyer {
-        Some(buyer) => format!("buyer:{buyer}").into_bytes(),
+    let scope = match scope {
+        Some(scope) => scope.as_bytes().to_vec(),
         None => headers
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes().to_vec())

@@ -93,7 +93,10 @@ pub fn links(
     bounds: Bounds,
     total_items: u64,
 ) -> Option<axum::http::HeaderValue> {
-    let pages = total_items.div_ceil(u64::from(bounds.per_page)).max(1);
+    if total_items == 0 {
+        return None;
+    }
+    let pages = total_items.div_ceil(u64::from(bounds.per_page));
     let page = u64::from(bounds.page);
     let target = |n: u64| {
         let mut query: Vec<String> = filters.iter().map(|(k, v)| format!("{k}={v}")).collect();

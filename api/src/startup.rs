@@ -274,10 +274,12 @@ pub fn router(state: AppState) -> Router {
                     tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
                 ),
         )
-        // Outermost: a request without `x-request-id` gets a fresh one.
+        // Outermost: a request without a usable `x-request-id` gets a fresh
+        // one (a client's id goes on log lines: at most 64 plain characters).
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
             tower_http::request_id::MakeRequestUuid,
         ))
+        .layer(axum::middleware::map_request(drop_unusable_request_id))
         .with_state(state)
 }
 
@@ -305,16 +307,35 @@ fn cors(
             header::IF_NONE_MATCH,
             HeaderName::from_static("idempotency-key"),
             HeaderName::from_static("prefer"),
+            HeaderName::from_static("x-request-id"),
         ])
         .expose_headers([
             header::LOCATION,
             header::RETRY_AFTER,
             header::ETAG,
+            header::LINK,
             HeaderName::from_static("idempotent-replayed"),
             HeaderName::from_static("preference-applied"),
+            HeaderName::from_static("x-request-id"),
         ])
         .max_age(Duration::from_secs(600));
     tower::util::Either::Left(layer)
+}
+
+/// Removes an `x-request-id` longer than 64 characters or with anything but
+/// letters, digits, `.`, `_` and `-`, so that a fresh one is made.
+async fn drop_unusable_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let usable = request.headers().get("x-request-id").is_none_or(|v| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 64
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+    });
+    if !usable {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
 
 /// A CORS preflight is answered 204 No Content (tower-http answers 200).

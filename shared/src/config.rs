@@ -224,7 +224,7 @@ impl Config {
 fn origins((variable, value): (&'static str, String)) -> Result<Vec<String>, ConfigError> {
     let origins: Vec<String> = value
         .split(',')
-        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
         .filter(|o| !o.is_empty())
         .collect();
     for origin in &origins {

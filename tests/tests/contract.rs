@@ -160,7 +160,13 @@ async fn pay_and_cancel_are_safe_to_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_carry_polling_hints_and_each_order_has_one_url() {
-    let app = TestApp::spawn(Options::default().workers(0)).await;
+    // No worker, and no admission control: nothing is decided, nothing shed.
+    let app = TestApp::spawn(
+        Options::default()
+            .workers(0)
+            .env("ADMISSION_MAX_DELAY", "0"),
+    )
+    .await;
     let r = app
         .post_json("/api/products", &json!({"name": "Kaos", "stock": 5}))
         .await;
@@ -257,6 +263,15 @@ async fn reads_carry_etags_and_writes_honour_if_match() {
     assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["data"]["error"], "PRECONDITION_FAILED");
+    // If-Match compares strongly: a weak form of the current tag is stale.
+    let r = get(format!("/api/products/{product}/inventory"), None)
+        .await
+        .unwrap();
+    let weak = format!("W/{}", r.headers()["etag"].to_str().unwrap());
+    assert_eq!(
+        put(&weak, 9).await.unwrap().status(),
+        StatusCode::PRECONDITION_FAILED
+    );
     let r = get(format!("/api/products/{product}/inventory"), None)
         .await
         .unwrap();
@@ -340,6 +355,16 @@ async fn pages_link_their_neighbours_requests_carry_ids_and_big_answers_are_comp
     let r = app.get("/api/products").await;
     let made = r.headers()["x-request-id"].to_str().unwrap();
     assert!(uuid::Uuid::parse_str(made).is_ok(), "{made}");
+    // An id that would be unfit for a log line is replaced.
+    let r = app
+        .client
+        .get(format!("{}/api/products", app.address))
+        .header("x-request-id", "x".repeat(65))
+        .send()
+        .await
+        .unwrap();
+    let replaced = r.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(replaced).is_ok(), "{replaced}");
 
     let r = app
         .client

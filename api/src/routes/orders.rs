@@ -120,7 +120,7 @@ pub enum OrderOrError {
                 ("Idempotent-Replayed" = String, description = "`true` when answered from an earlier order with the same Idempotency-Key"),
                 ("Cache-Control" = String, description = "no-store"),
             )),
-        (status = 202, description = "Recorded; poll `Location` after `Retry-After` seconds. Usually PENDING; already REJECTED when the product was sold out or its sale had not started at submission", body = Envelope<Order>,
+        (status = 202, description = "Recorded; poll `Location` (after `Retry-After` seconds while PENDING). Usually PENDING; already REJECTED when the product was sold out or its sale had not started at submission", body = Envelope<Order>,
             headers(
                 ("Location" = String, description = "/api/orders/{id}"),
                 ("Retry-After" = String, description = "Seconds until polling is worth it"),
@@ -167,7 +167,8 @@ pub async fn create_order(
         .and_then(|w| Some((w, state.waiting_slots.clone().try_acquire_owned().ok()?)));
     let wait = slot.as_ref().map(|(w, _)| (*w).min(state.config.max_wait));
     let request = format!("{}:{}", product.get(), total.get());
-    let key = crate::idempotency::key(&headers, buyer.as_deref(), request.as_bytes())?;
+    let scope = buyer.as_ref().map(|b| format!("buyer:{b}"));
+    let key = crate::idempotency::key(&headers, scope.as_deref(), request.as_bytes())?;
     let sale_start = product_sale_start(&state, product).await?;
     // Checked while recording when the start may lie ahead (by this api's
     // clock, with room for skew); the database clock decides.
@@ -249,11 +250,12 @@ pub async fn create_order(
         (_, OrderStatus::Rejected) => StatusCode::BAD_REQUEST,
         _ => StatusCode::CREATED,
     };
+    let pending = order.status == OrderStatus::Pending;
     let mut response = order_response(status, order);
     let location =
         HeaderValue::from_str(&format!("/api/orders/{id}")).expect("a uuid is a header value");
     response.headers_mut().insert(header::LOCATION, location);
-    if status == StatusCode::ACCEPTED {
+    if pending {
         // Not decided yet: when to poll `Location`.
         response
             .headers_mut()
