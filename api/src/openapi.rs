@@ -59,35 +59,24 @@ fn add_common_responses(api: &mut utoipa::openapi::OpenApi) {
         );
         response
     };
-    for item in api.paths.paths.values_mut() {
-        for operation in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let responses = &mut operation.responses.responses;
-            let mut not_allowed = error("`METHOD_NOT_ALLOWED`: the path does not take this method");
-            not_allowed
-                .headers
-                .insert("Allow".to_owned(), header("The methods the path takes"));
-            responses
-                .entry("405".to_owned())
-                .or_insert(RefOr::T(not_allowed));
-            responses.entry("408".to_owned()).or_insert(RefOr::T(error(
-                "`REQUEST_TIMEOUT`: the request took longer than REQUEST_TIMEOUT",
-            )));
-            for response in responses.values_mut() {
-                if let RefOr::T(response) = response {
-                    response.headers.insert(
+    for operation in operations(api) {
+        let responses = &mut operation.responses.responses;
+        let mut not_allowed = error("`METHOD_NOT_ALLOWED`: the path does not take this method");
+        not_allowed
+            .headers
+            .insert("Allow".to_owned(), header("The methods the path takes"));
+        responses
+            .entry("405".to_owned())
+            .or_insert(RefOr::T(not_allowed));
+        responses.entry("408".to_owned()).or_insert(RefOr::T(error(
+            "`REQUEST_TIMEOUT`: the request took longer than REQUEST_TIMEOUT",
+        )));
+        for response in responses.values_mut() {
+            if let RefOr::T(response) = response {
+                response.headers.insert(
                         "x-request-id".to_owned(),
                         header("The request's id: the client's own `x-request-id`, or a new UUID; on every log line of the request"),
                     );
-                }
             }
         }
     }
@@ -128,8 +117,28 @@ fn add_security(api: &mut utoipa::openapi::OpenApi) {
             .chain(std::iter::once(SecurityRequirement::default()))
             .collect()
     };
-    for item in api.paths.paths.values_mut() {
-        for operation in [
+    for operation in operations(api) {
+        let requirement = match operation.operation_id.as_deref() {
+            Some("create_order") => only(&["buyer"]),
+            Some("get_order" | "list_orders") => only(&["buyer", "admin", "payment"]),
+            Some("cancel_order") => only(&["buyer", "admin"]),
+            Some("pay_order") => only(&["payment", "admin"]),
+            Some(
+                "create_product" | "update_product" | "put_inventory" | "get_invariants"
+                | "get_order_summary",
+            ) => only(&["admin"]),
+            _ => continue,
+        };
+        operation.security = Some(requirement);
+    }
+}
+
+/// Every operation of every path.
+fn operations(
+    api: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    api.paths.paths.values_mut().flat_map(|item| {
+        [
             &mut item.get,
             &mut item.post,
             &mut item.put,
@@ -138,21 +147,7 @@ fn add_security(api: &mut utoipa::openapi::OpenApi) {
         ]
         .into_iter()
         .flatten()
-        {
-            let requirement = match operation.operation_id.as_deref() {
-                Some("create_order") => only(&["buyer"]),
-                Some("get_order" | "list_orders") => only(&["buyer", "admin", "payment"]),
-                Some("cancel_order") => only(&["buyer", "admin"]),
-                Some("pay_order") => only(&["payment", "admin"]),
-                Some(
-                    "create_product" | "update_product" | "put_inventory" | "get_invariants"
-                    | "get_order_summary",
-                ) => only(&["admin"]),
-                _ => continue,
-            };
-            operation.security = Some(requirement);
-        }
-    }
+    })
 }
 
 /// OpenAPI links: where the id a response carries can be used next. They
