@@ -275,6 +275,30 @@ pub struct IdempotencyKey {
     pub request_hash: [u8; 32],
 }
 
+impl IdempotencyKey {
+    /// After an insert with this key hit the unique index of `table` (whose
+    /// rows carry `idempotency_key` and `request_hash`): the id of the row an
+    /// earlier request with this key wrote, `None` when that request was
+    /// another one (the key is reused).
+    pub async fn earlier<Id>(
+        &self,
+        pool: &MySqlPool,
+        table: &'static str,
+    ) -> Result<Option<Id>, sqlx::Error>
+    where
+        Id: for<'r> sqlx::Decode<'r, sqlx::MySql> + sqlx::Type<sqlx::MySql> + Send + Unpin,
+    {
+        let found: Option<(Id, Vec<u8>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id, request_hash FROM {table} WHERE idempotency_key = ?"
+        )))
+        .bind(&self.key)
+        .fetch_optional(pool)
+        .await?;
+        let (id, hash) = found.ok_or(sqlx::Error::RowNotFound)?;
+        Ok((hash == self.request_hash).then_some(id))
+    }
+}
+
 /// What recording an order with an idempotency key found.
 #[derive(Debug)]
 pub enum Recorded {
@@ -321,17 +345,9 @@ pub async fn record(
         }
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             drop(tx);
-            let found: Option<(Uuid, Vec<u8>)> =
-                sqlx::query_as("SELECT id, request_hash FROM orders WHERE idempotency_key = ?")
-                    .bind(&key.key)
-                    .fetch_optional(pool)
-                    .await?;
-            let Some((existing, hash)) = found else {
-                return Err(sqlx::Error::RowNotFound);
-            };
-            if hash != key.request_hash {
+            let Some(existing) = key.earlier::<Uuid>(pool, "orders").await? else {
                 return Ok(Recorded::KeyReused);
-            }
+            };
             let row = fetch(pool, OrderId::from(existing))
                 .await?
                 .ok_or(sqlx::Error::RowNotFound)?;

@@ -82,17 +82,9 @@ pub async fn create(
         (Ok(done), _) => done.last_insert_id(),
         (Err(sqlx::Error::Database(e)), Some(key)) if e.is_unique_violation() => {
             drop(tx);
-            let found: Option<(u64, Vec<u8>)> =
-                sqlx::query_as("SELECT id, request_hash FROM products WHERE idempotency_key = ?")
-                    .bind(&key.key)
-                    .fetch_optional(pool)
-                    .await?;
-            let Some((id, hash)) = found else {
-                return Err(sqlx::Error::RowNotFound);
-            };
-            if hash != key.request_hash {
+            let Some(id) = key.earlier::<u64>(pool, "products").await? else {
                 return Ok(Created::KeyReused);
-            }
+            };
             let id = ProductId::new(id as i64).map_err(|_| sqlx::Error::RowNotFound)?;
             return get(pool, id)
                 .await?
