@@ -578,3 +578,52 @@ async fn rs256_and_es256_tokens_verify_with_the_public_key_file() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The hot paths write values into their SQL as literals (hex for text):
+/// a buyer whose name is made of quotes, SQL and non-ASCII is recorded,
+/// decided and read back byte for byte, and the answer to the submission
+/// shows what the database holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_named_with_quotes_and_sql_is_stored_as_written() {
+    let app = TestApp::spawn(with_buyers()).await;
+    let product = app.create_product("Kaos", 10).await;
+    let name = "o'brien\"; DROP TABLE orders; -- \\ ünï 🙂";
+    let buyer = token(name);
+    let req = app
+        .client
+        .post(format!("{}/api/orders", app.address))
+        .json(&json!({"product_id": product, "total": 1}));
+    let (status, submitted) = send(bearer(req, &buyer)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{submitted}");
+    assert_eq!(submitted["data"]["buyer_id"], name);
+    let id = submitted["data"]["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM orders")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if status != "PENDING" || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, decided) = send(bearer(
+        app.client.get(format!("{}/api/orders/{id}", app.address)),
+        &buyer,
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{decided}");
+    assert_eq!(decided["data"]["status"], "ACCEPTED", "{decided}");
+    assert_eq!(decided["data"]["buyer_id"], name);
+    assert_eq!(
+        decided["data"]["created_at"],
+        submitted["data"]["created_at"]
+    );
+    let (stored,): (String,) = sqlx::query_as("SELECT buyer_id FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, name);
+    app.assert_invariants().await;
+}

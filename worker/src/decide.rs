@@ -4,10 +4,12 @@
 
 use chrono::{DateTime, Utc};
 use shared::db::leases::{self, Lease};
-use shared::db::{padded, padded_len, placeholders};
+use shared::db::script::{Answer, Script, Session};
+use shared::db::{padded, padded_len};
 use shared::domain::{OrderId, OrderStatus, ProductId, reason};
 use shared::message::{DecidedOrder, OrderMessage};
-use sqlx::{AssertSqlSafe, MySqlConnection};
+use sqlx::mysql::MySqlRow;
+use sqlx::{AssertSqlSafe, MySqlConnection, Row as _};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
@@ -112,172 +114,373 @@ pub async fn decide_batch(
 /// share a product, so groups never compete), one conditional UPDATE per
 /// outcome and lease, one UPDATE per product. Returns one [`Decided`] per
 /// group, in the order given.
+///
+/// The reads go to the database as one query and the writes as another
+/// (see [`Script`]): two round trips, whatever the number of groups.
 pub async fn decide_groups(
     tx: &mut MySqlConnection,
     groups: &[Group<'_>],
     reservation_ttl: Duration,
 ) -> Result<Vec<Decided>, sqlx::Error> {
-    // The database row is the truth; the message only names the order.
-    // Each order once, in its group, first come first.
-    let mut seen = HashSet::new();
-    let group_ids: Vec<Vec<Uuid>> = groups
-        .iter()
-        .map(|g| {
-            g.orders
-                .iter()
-                .map(|o| o.order_id.uuid())
-                .filter(|id| seen.insert(*id))
-                .collect()
-        })
-        .collect();
-    let ids: Vec<Uuid> = group_ids.iter().flatten().copied().collect();
-    if ids.is_empty() {
+    let plan = Plan::new(groups);
+    if plan.ids.is_empty() {
         return Ok(groups.iter().map(|_| Decided::default()).collect());
     }
-    let sql = format!(
-        "SELECT id, product_id, total, status, \
-                CAST(TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS SIGNED), buyer_id, created_at \
-         FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({}) FOR UPDATE",
-        placeholders(padded_len(ids.len()))
-    );
-    type Selected = (Uuid, u64, u32, String, i64, Option<String>, DateTime<Utc>);
-    let mut q = sqlx::query_as::<_, Selected>(AssertSqlSafe(sql));
-    for id in padded(&ids) {
-        q = q.bind(id);
-    }
-    let mut waited: HashMap<Uuid, Duration> = HashMap::new();
-    let rows: HashMap<Uuid, Row> = q
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(id, product, total, status, micros, buyer, created_at)| {
-            waited.insert(id, Duration::from_micros(micros.max(0) as u64));
-            let row = Row {
-                product,
-                total,
-                pending: status == "PENDING",
-                buyer,
-                created_at,
-            };
-            (id, row)
-        })
-        .collect();
+    let mut reads = Script::new();
+    plan.push_reads(&mut reads);
+    let answers = reads.run(&mut *tx).await?;
+    let mut locked = plan.locked(&mut *tx, &answers).await?;
+    let live = vec![true; groups.len()];
+    let (decided, writes, expected) = plan.decide(groups, &live, &mut locked, reservation_ttl);
+    check_written(&writes.run(&mut *tx).await?, &expected)?;
+    Ok(decided.into_iter().flatten().collect())
+}
 
-    let mut products: Vec<u64> = rows
-        .values()
-        .filter(|r| r.pending)
-        .map(|r| r.product)
-        .collect();
-    products.sort_unstable();
-    products.dedup();
-    // product -> (stored, reserved), locked in id order so that concurrent
-    // transactions on the same products cannot deadlock.
-    let mut stock: BTreeMap<u64, (i64, i64)> = BTreeMap::new();
-    if !products.is_empty() {
-        let sql = format!(
-            "SELECT product_id, stored_stock, reserved_stock FROM inventories \
-             WHERE product_id IN ({}) ORDER BY product_id FOR UPDATE",
-            placeholders(padded_len(products.len()))
-        );
-        let mut q = sqlx::query_as::<_, (u64, i64, i64)>(AssertSqlSafe(sql));
-        for p in padded(&products) {
-            q = q.bind(p);
-        }
-        for (product, stored, reserved) in q.fetch_all(&mut *tx).await? {
-            stock.insert(product, (stored, reserved));
-        }
-    }
-    let before: BTreeMap<u64, i64> = stock.iter().map(|(p, (_, r))| (*p, *r)).collect();
-    let rules = sale_rules(tx, &products).await?;
-    let mut held = held_by_buyers(tx, &rules, rows.values().filter(|r| r.pending)).await?;
+/// Which orders a deciding transaction reads, per group.
+struct Plan {
+    /// Each order once, in its group, first come first.
+    group_ids: Vec<Vec<Uuid>>,
+    /// Every group's orders.
+    ids: Vec<Uuid>,
+    /// The products their messages name, ascending (the lock order).
+    products: Vec<u64>,
+}
 
-    let mut out = Vec::with_capacity(groups.len());
-    for (group, ids) in groups.iter().zip(group_ids) {
-        let mut decisions = Vec::with_capacity(ids.len());
-        let mut touched = Vec::new();
-        for id in ids {
-            let order_id = OrderId::from(id);
-            let outcome = match rows.get(&id) {
-                None => Outcome::Unknown,
-                Some(row) if !row.pending => Outcome::AlreadyDecided,
-                Some(row) => {
-                    touched.push(row.product);
-                    let rule = rules.get(&row.product);
-                    let limit = rule.and_then(|r| r.max_per_buyer);
-                    let holding = row
-                        .buyer
-                        .as_ref()
-                        .filter(|_| limit.is_some())
-                        .map(|b| held.entry((row.product, b.clone())).or_default());
-                    let total = i64::from(row.total);
-                    match stock.get_mut(&row.product) {
-                        None => Outcome::Rejected(reason::PRODUCT_NOT_FOUND),
-                        Some(_) if rule.is_some_and(|r| r.not_started(row.created_at)) => {
-                            Outcome::Rejected(reason::SALE_NOT_STARTED)
-                        }
-                        Some(_) if rule.is_some_and(|r| r.ended(row.created_at)) => {
-                            Outcome::Rejected(reason::SALE_ENDED)
-                        }
-                        Some(_)
-                            if holding
-                                .as_ref()
-                                .zip(limit)
-                                .is_some_and(|(h, l)| **h + total > i64::from(l)) =>
-                        {
-                            Outcome::Rejected(reason::BUYER_LIMIT)
-                        }
-                        Some((stored, reserved)) => {
-                            if *stored - *reserved >= total {
-                                *reserved += total;
-                                if let Some(h) = holding {
-                                    *h += total;
-                                }
-                                Outcome::Accepted
-                            } else {
-                                Outcome::Rejected(reason::OUT_OF_STOCK)
-                            }
-                        }
-                    }
-                }
-            };
-            decisions.push(Decision {
-                order_id,
-                outcome,
-                waited: waited.get(&id).copied().unwrap_or_default(),
-            });
+/// What a deciding transaction locked and read.
+struct Locked {
+    rows: HashMap<Uuid, Row>,
+    /// product -> (stored, reserved)
+    stock: BTreeMap<u64, (i64, i64)>,
+    rules: HashMap<u64, SaleRule>,
+    /// Units each (product, buyer) holds, for products with a limit.
+    held: HashMap<(u64, String), i64>,
+}
+
+impl Plan {
+    fn new(groups: &[Group<'_>]) -> Self {
+        let mut seen = HashSet::new();
+        let mut products = Vec::new();
+        let group_ids: Vec<Vec<Uuid>> = groups
+            .iter()
+            .map(|g| {
+                g.orders
+                    .iter()
+                    .filter(|o| seen.insert(o.order_id.uuid()))
+                    .map(|o| {
+                        products.push(o.product_id.get());
+                        o.order_id.uuid()
+                    })
+                    .collect()
+            })
+            .collect();
+        products.sort_unstable();
+        products.dedup();
+        Self {
+            ids: group_ids.iter().flatten().copied().collect(),
+            group_ids,
+            products,
         }
-        write_decisions(tx, &decisions, reservation_ttl, group.lease).await?;
-        touched.sort_unstable();
-        touched.dedup();
-        out.push((decisions, touched));
     }
-    for (product, (_, reserved)) in &stock {
-        let delta = reserved - before[product];
-        if delta > 0 {
-            sqlx::query(
-                "UPDATE inventories SET reserved_stock = reserved_stock + ? WHERE product_id = ?",
+
+    /// Three statements: the order rows, locked; the products' stock rows,
+    /// locked in id order (so that concurrent transactions on the same
+    /// products cannot deadlock); the products' sale rules, a plain read
+    /// (locking the product rows would block the recording inserts, whose
+    /// foreign-key checks share-lock them; the rules only change by an
+    /// admin's PATCH).
+    fn push_reads(&self, script: &mut Script) {
+        script
+            .sql(
+                "SELECT id, product_id, total, status, \
+                 CAST(TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS SIGNED), buyer_id, created_at \
+                 FROM orders FORCE INDEX (uq_orders_id) WHERE id IN (",
             )
-            .bind(delta)
-            .bind(product)
-            .execute(&mut *tx)
-            .await?;
-        }
+            .list(&self.ids, |s, id| {
+                s.uuid(*id);
+            })
+            .sql(") FOR UPDATE")
+            .end();
+        push_stock_reads(script, &self.products);
     }
-    Ok(out
-        .into_iter()
-        .map(|(decisions, touched)| Decided {
-            decisions,
-            sold_out: touched
+
+    /// The rows the reads returned. The message names the product only as
+    /// a hint for the lock order: the order row is the truth, and a product
+    /// only a row names is locked and read afterwards. Then, for products
+    /// with a limit, what each buyer already holds.
+    async fn locked(
+        &self,
+        tx: &mut MySqlConnection,
+        answers: &[Answer],
+    ) -> Result<Locked, sqlx::Error> {
+        let [orders, stock, rules] = answers else {
+            return Err(sqlx::Error::Protocol(format!(
+                "the deciding reads returned {} results",
+                answers.len()
+            )));
+        };
+        let mut rows = HashMap::with_capacity(orders.rows.len());
+        for r in &orders.rows {
+            let status: String = r.try_get(3)?;
+            let micros: i64 = r.try_get(4)?;
+            let row = Row {
+                product: r.try_get(1)?,
+                total: r.try_get(2)?,
+                pending: status == "PENDING",
+                waited: Duration::from_micros(micros.max(0) as u64),
+                buyer: r.try_get(5)?,
+                created_at: r.try_get(6)?,
+            };
+            rows.insert(r.try_get::<Uuid, _>(0)?, row);
+        }
+        let mut locked = Locked {
+            rows,
+            stock: parse_stock(&stock.rows)?,
+            rules: parse_rules(&rules.rows)?,
+            held: HashMap::new(),
+        };
+        let mut missing: Vec<u64> = locked
+            .rows
+            .values()
+            .filter(|r| r.pending && self.products.binary_search(&r.product).is_err())
+            .map(|r| r.product)
+            .collect();
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            let mut more = Script::new();
+            push_stock_reads(&mut more, &missing);
+            if let [stock, rules] = more.run(&mut *tx).await?.as_slice() {
+                locked.stock.extend(parse_stock(&stock.rows)?);
+                locked.rules.extend(parse_rules(&rules.rows)?);
+            }
+        }
+        locked.held = held_by_buyers(
+            tx,
+            &locked.rules,
+            locked.rows.values().filter(|r| r.pending),
+        )
+        .await?;
+        Ok(locked)
+    }
+
+    /// Decides the orders of the `live` groups in arrival order against
+    /// what was read. Returns one [`Decided`] per group (`None` for a group
+    /// not live), the statements that write the decisions and the new
+    /// reservations (then `COMMIT`, when `commit`), and how many rows each
+    /// of those statements must change (`None`: not checked).
+    fn decide(
+        &self,
+        groups: &[Group<'_>],
+        live: &[bool],
+        locked: &mut Locked,
+        reservation_ttl: Duration,
+    ) -> (Vec<Option<Decided>>, Script, Vec<Option<u64>>) {
+        let before: BTreeMap<u64, i64> = locked.stock.iter().map(|(p, (_, r))| (*p, *r)).collect();
+        let mut writes = Script::new();
+        let mut expected = Vec::new();
+        let mut out = Vec::with_capacity(groups.len());
+        for ((group, ids), live) in groups.iter().zip(&self.group_ids).zip(live) {
+            if !live {
+                out.push(None);
+                continue;
+            }
+            let mut decisions = Vec::with_capacity(ids.len());
+            let mut touched = Vec::new();
+            for id in ids {
+                let outcome = decide_one(locked, id, &mut touched);
+                decisions.push(Decision {
+                    order_id: OrderId::from(*id),
+                    outcome,
+                    waited: locked.rows.get(id).map(|r| r.waited).unwrap_or_default(),
+                });
+            }
+            push_decisions(
+                &mut writes,
+                &mut expected,
+                &decisions,
+                reservation_ttl,
+                group.lease,
+            );
+            touched.sort_unstable();
+            touched.dedup();
+            let sold_out = touched
                 .into_iter()
                 .filter(|p| {
-                    stock
+                    locked
+                        .stock
                         .get(p)
                         .is_some_and(|(stored, reserved)| stored - reserved <= 0)
                 })
                 .filter_map(|p| ProductId::new(p as i64).ok())
-                .collect(),
+                .collect();
+            out.push(Some(Decided {
+                decisions,
+                sold_out,
+            }));
+        }
+        for (product, (_, reserved)) in &locked.stock {
+            let delta = reserved - before[product];
+            if delta > 0 {
+                writes
+                    .sql("UPDATE inventories SET reserved_stock = reserved_stock + ")
+                    .int(delta)
+                    .sql(" WHERE product_id = ")
+                    .uint(*product)
+                    .end();
+                expected.push(None);
+            }
+        }
+        (out, writes, expected)
+    }
+}
+
+/// One order's outcome against the running stock, buyer holdings and
+/// rules; an accepted order's units are taken from the running stock.
+fn decide_one(locked: &mut Locked, id: &Uuid, touched: &mut Vec<u64>) -> Outcome {
+    let Some(row) = locked.rows.get(id) else {
+        return Outcome::Unknown;
+    };
+    if !row.pending {
+        return Outcome::AlreadyDecided;
+    }
+    touched.push(row.product);
+    let rule = locked.rules.get(&row.product);
+    let limit = rule.and_then(|r| r.max_per_buyer);
+    let holding = row
+        .buyer
+        .as_ref()
+        .filter(|_| limit.is_some())
+        .map(|b| locked.held.entry((row.product, b.clone())).or_default());
+    let total = i64::from(row.total);
+    match locked.stock.get_mut(&row.product) {
+        None => Outcome::Rejected(reason::PRODUCT_NOT_FOUND),
+        Some(_) if rule.is_some_and(|r| r.not_started(row.created_at)) => {
+            Outcome::Rejected(reason::SALE_NOT_STARTED)
+        }
+        Some(_) if rule.is_some_and(|r| r.ended(row.created_at)) => {
+            Outcome::Rejected(reason::SALE_ENDED)
+        }
+        Some(_)
+            if holding
+                .as_ref()
+                .zip(limit)
+                .is_some_and(|(h, l)| **h + total > i64::from(l)) =>
+        {
+            Outcome::Rejected(reason::BUYER_LIMIT)
+        }
+        Some((stored, reserved)) => {
+            if *stored - *reserved >= total {
+                *reserved += total;
+                if let Some(h) = holding {
+                    *h += total;
+                }
+                Outcome::Accepted
+            } else {
+                Outcome::Rejected(reason::OUT_OF_STOCK)
+            }
+        }
+    }
+}
+
+/// Two statements: `products`' stock rows, locked in id order, and their
+/// sale rules (a plain read).
+fn push_stock_reads(script: &mut Script, products: &[u64]) {
+    let ids = |s: &mut Script, p: &u64| {
+        s.uint(*p);
+    };
+    script
+        .sql("SELECT product_id, stored_stock, reserved_stock FROM inventories WHERE product_id IN (")
+        .list(products, ids)
+        .sql(") ORDER BY product_id FOR UPDATE")
+        .end();
+    script
+        .sql("SELECT id, max_per_buyer, sale_starts_at, sale_ends_at FROM products WHERE id IN (")
+        .list(products, ids)
+        .sql(
+            ") AND (max_per_buyer IS NOT NULL OR sale_starts_at IS NOT NULL OR sale_ends_at IS NOT NULL)",
+        )
+        .end();
+}
+
+fn parse_stock(rows: &[MySqlRow]) -> Result<BTreeMap<u64, (i64, i64)>, sqlx::Error> {
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+        .collect()
+}
+
+fn parse_rules(rows: &[MySqlRow]) -> Result<HashMap<u64, SaleRule>, sqlx::Error> {
+    rows.iter()
+        .map(|r| {
+            let rule = SaleRule {
+                max_per_buyer: r.try_get(1)?,
+                starts_at: r.try_get(2)?,
+                ends_at: r.try_get(3)?,
+            };
+            Ok((r.try_get(0)?, rule))
         })
-        .collect())
+        .collect()
+}
+
+/// The statements writing `decisions`: one conditional UPDATE per outcome
+/// (the accepted, and the rejected per reason), each of which must change
+/// every row it names, since the rows are locked by this transaction.
+fn push_decisions(
+    script: &mut Script,
+    expected: &mut Vec<Option<u64>>,
+    decisions: &[Decision],
+    reservation_ttl: Duration,
+    decider: &Lease,
+) {
+    let mut outcomes: BTreeMap<Option<&'static str>, Vec<Uuid>> = BTreeMap::new();
+    for d in decisions {
+        match d.outcome {
+            Outcome::Accepted => outcomes.entry(None).or_default().push(d.order_id.uuid()),
+            Outcome::Rejected(r) => outcomes.entry(Some(r)).or_default().push(d.order_id.uuid()),
+            Outcome::AlreadyDecided | Outcome::Unknown => {}
+        }
+    }
+    for (reason, ids) in outcomes {
+        match reason {
+            None => script
+                .sql("UPDATE orders SET status = 'ACCEPTED', decided_at = NOW(6), decided_by = ")
+                .text(&decider.owner)
+                .sql(", decided_epoch = ")
+                .uint(decider.epoch)
+                .sql(", expires_at = NOW(6) + INTERVAL ")
+                .uint(reservation_ttl.as_micros() as u64)
+                .sql(" MICROSECOND"),
+            Some(reason) => script
+                .sql("UPDATE orders SET status = 'REJECTED', reason = ")
+                .text(reason)
+                .sql(", decided_at = NOW(6), decided_by = ")
+                .text(&decider.owner)
+                .sql(", decided_epoch = ")
+                .uint(decider.epoch),
+        };
+        script
+            .sql(" WHERE status = 'PENDING' AND id IN (")
+            .list(&ids, |s, id| {
+                s.uuid(*id);
+            })
+            .sql(")")
+            .end();
+        expected.push(Some(ids.len() as u64));
+    }
+}
+
+/// Every write changed the rows it had to.
+fn check_written(answers: &[Answer], expected: &[Option<u64>]) -> Result<(), sqlx::Error> {
+    for (answer, expected) in answers.iter().zip(expected) {
+        if let Some(n) = *expected
+            && answer.affected != n
+        {
+            return Err(sqlx::Error::Protocol(format!(
+                "decided {} of {n} locked orders",
+                answer.affected
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// An order row as the deciding transaction locked it.
@@ -285,6 +488,8 @@ struct Row {
     product: u64,
     total: u32,
     pending: bool,
+    /// From recording to now, by the database clock.
+    waited: Duration,
     buyer: Option<String>,
     /// When it was recorded (database clock): the time the window is
     /// judged by, so an order placed in time is not refused for waiting in
@@ -308,46 +513,6 @@ impl SaleRule {
     fn ended(&self, placed: DateTime<Utc>) -> bool {
         self.ends_at.is_some_and(|end| placed >= end)
     }
-}
-
-/// The rules of those `products` that have any. A plain read: locking the
-/// product rows would block the recording inserts (their foreign-key
-/// checks share-lock them); the rules only change by an admin's PATCH.
-async fn sale_rules(
-    tx: &mut MySqlConnection,
-    products: &[u64],
-) -> Result<HashMap<u64, SaleRule>, sqlx::Error> {
-    if products.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let sql = format!(
-        "SELECT id, max_per_buyer, sale_starts_at, sale_ends_at \
-         FROM products WHERE id IN ({}) \
-           AND (max_per_buyer IS NOT NULL OR sale_starts_at IS NOT NULL OR sale_ends_at IS NOT NULL)",
-        placeholders(padded_len(products.len()))
-    );
-    type Selected = (
-        u64,
-        Option<u32>,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-    );
-    let mut q = sqlx::query_as::<_, Selected>(AssertSqlSafe(sql));
-    for p in padded(products) {
-        q = q.bind(p);
-    }
-    Ok(q.fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(p, max_per_buyer, starts_at, ends_at)| {
-            let rule = SaleRule {
-                max_per_buyer,
-                starts_at,
-                ends_at,
-            };
-            (p, rule)
-        })
-        .collect())
 }
 
 /// Units each buyer of `orders` already holds (ACCEPTED or PAID) of each
@@ -388,66 +553,6 @@ async fn held_by_buyers<'r>(
         .collect())
 }
 
-/// One conditional UPDATE per outcome: the accepted, and the rejected per reason.
-async fn write_decisions(
-    tx: &mut MySqlConnection,
-    decisions: &[Decision],
-    reservation_ttl: Duration,
-    decider: &Lease,
-) -> Result<(), sqlx::Error> {
-    let mut groups: BTreeMap<Option<&'static str>, Vec<Uuid>> = BTreeMap::new();
-    for d in decisions {
-        match d.outcome {
-            Outcome::Accepted => groups.entry(None).or_default().push(d.order_id.uuid()),
-            Outcome::Rejected(r) => groups.entry(Some(r)).or_default().push(d.order_id.uuid()),
-            Outcome::AlreadyDecided | Outcome::Unknown => {}
-        }
-    }
-    for (reason, ids) in groups {
-        let list = placeholders(padded_len(ids.len()));
-        let result = match reason {
-            None => {
-                let sql = format!(
-                    "UPDATE orders SET status = 'ACCEPTED', decided_at = NOW(6), decided_by = ?, decided_epoch = ?, \
-                     expires_at = NOW(6) + INTERVAL ? MICROSECOND \
-                     WHERE status = 'PENDING' AND id IN ({list})"
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql))
-                    .bind(&decider.owner)
-                    .bind(decider.epoch)
-                    .bind(reservation_ttl.as_micros() as u64);
-                for id in padded(&ids) {
-                    q = q.bind(id);
-                }
-                q.execute(&mut *tx).await?
-            }
-            Some(reason) => {
-                let sql = format!(
-                    "UPDATE orders SET status = 'REJECTED', reason = ?, decided_at = NOW(6), \
-                     decided_by = ?, decided_epoch = ? WHERE status = 'PENDING' AND id IN ({list})"
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql))
-                    .bind(reason)
-                    .bind(&decider.owner)
-                    .bind(decider.epoch);
-                for id in padded(&ids) {
-                    q = q.bind(id);
-                }
-                q.execute(&mut *tx).await?
-            }
-        };
-        // The rows are locked by this transaction: every one must change.
-        if result.rows_affected() != ids.len() as u64 {
-            return Err(sqlx::Error::Protocol(format!(
-                "decided {} of {} locked orders",
-                result.rows_affected(),
-                ids.len()
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Decides `orders` in a transaction of its own and commits it, fenced by
 /// `lease`: `None` (nothing written) when the partition is no longer this
 /// worker's. The fence row stays share-locked until the commit, so the
@@ -468,34 +573,42 @@ pub async fn decide_fenced(
 /// [`decide_fenced`] for several partitions' groups in one transaction and
 /// one commit: a group whose lease is lost is left out (`None`), the others
 /// decided.
+///
+/// Two round trips: `START TRANSACTION`, each group's fence and the reads
+/// as one query; the writes and `COMMIT` as another (a third only for
+/// buyers' holdings, or a product no message named).
 pub async fn decide_fenced_groups(
     db: &sqlx::MySqlPool,
     groups: &[Group<'_>],
     reservation_ttl: Duration,
 ) -> Result<Vec<Option<Decided>>, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    let mut fenced = Vec::with_capacity(groups.len());
+    let plan = Plan::new(groups);
+    let mut session = Session::open(db).await?;
+    let mut reads = Script::new();
+    reads.sql("START TRANSACTION").end();
     for group in groups {
-        fenced.push(leases::check_fence(&mut tx, group.lease).await?);
+        leases::push_fence(&mut reads, group.lease);
     }
-    let live: Vec<Group<'_>> = groups
-        .iter()
-        .zip(&fenced)
-        .filter(|(_, held)| **held)
-        .map(|(g, _)| *g)
-        .collect();
-    let mut decided = if live.is_empty() {
-        Vec::new()
+    if !plan.ids.is_empty() {
+        plan.push_reads(&mut reads);
+    }
+    let answers = reads.run(session.conn()).await?;
+    let (fences, answers) = answers[1..].split_at(groups.len());
+    let live: Vec<bool> = fences.iter().map(|f| !f.rows.is_empty()).collect();
+    let decided = if live.contains(&true) && !plan.ids.is_empty() {
+        let mut locked = plan.locked(session.conn(), answers).await?;
+        let (decided, mut writes, expected) =
+            plan.decide(groups, &live, &mut locked, reservation_ttl);
+        writes.sql("COMMIT").end();
+        shared::fault::point(shared::fault::WORKER_BEFORE_COMMIT);
+        check_written(&writes.run(session.conn()).await?, &expected)?;
+        decided
     } else {
-        decide_groups(&mut tx, &live, reservation_ttl).await?
-    }
-    .into_iter();
-    shared::fault::point(shared::fault::WORKER_BEFORE_COMMIT);
-    tx.commit().await?;
-    Ok(fenced
-        .into_iter()
-        .map(|held| if held { decided.next() } else { None })
-        .collect())
+        sqlx::raw_sql("ROLLBACK").execute(session.conn()).await?;
+        live.iter().map(|l| l.then(Decided::default)).collect()
+    };
+    session.finish();
+    Ok(decided)
 }
 
 /// Rejects an order whose deciding transaction fails on its own for a

@@ -2,6 +2,7 @@
 //! and the fencing token (epoch) that every deciding transaction checks.
 //! Every time comes from the database clock.
 
+use super::script::Script;
 use sqlx::{MySqlConnection, MySqlPool};
 use std::time::Duration;
 
@@ -134,6 +135,20 @@ pub async fn release(pool: &MySqlPool, lease: &Lease) -> Result<(), sqlx::Error>
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// [`check_fence`] as a statement of a [`Script`]: it returns a row only
+/// while `lease` is still held and unexpired, and share-locks it.
+pub fn push_fence(script: &mut Script, lease: &Lease) {
+    script
+        .sql("SELECT epoch FROM partition_leases WHERE partition_no = ")
+        .uint(u64::from(lease.partition))
+        .sql(" AND owner = ")
+        .text(&lease.owner)
+        .sql(" AND epoch = ")
+        .uint(lease.epoch)
+        .sql(" AND expires_at > NOW(6) LOCK IN SHARE MODE")
+        .end();
 }
 
 /// The fence, inside a deciding transaction: true only while `lease` is

@@ -7,6 +7,7 @@ pub mod inventory;
 pub mod leases;
 pub mod orders;
 pub mod products;
+pub mod script;
 
 use crate::config::Config;
 use sqlx::migrate::MigrateDatabase;

@@ -3,10 +3,11 @@
 //! (`recorded_by`), which owes its publish; `relayed_at` records when
 //! another api's relay claimed and republished it.
 
-use super::{padded, padded_len, placeholders, power_of_two_chunks};
+use super::script::Script;
+use super::{padded, padded_len, placeholders};
 use crate::domain::{OrderId, OrderStatus, ProductId, Quantity};
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, FromRow, MySqlExecutor, MySqlPool};
+use sqlx::{AssertSqlSafe, FromRow, MySqlExecutor, MySqlPool, Row as _};
 use uuid::Uuid;
 
 /// An order as stored.
@@ -89,7 +90,8 @@ pub struct Inserted {
     pub available: Vec<ProductId>,
 }
 
-/// Records many new orders in one transaction (one multi-row INSERT).
+/// Records many new orders with one multi-row INSERT, which is atomic on
+/// its own: all of them or none.
 ///
 /// Products in `check` (those the workers reported sold out) have their
 /// availability read first; an order for one with nothing available is
@@ -100,6 +102,10 @@ pub struct Inserted {
 /// `opening` (a sale start that may lie ahead) are read for
 /// `sale_starts_at > NOW(6)`, and their orders recorded REJECTED
 /// `SALE_NOT_STARTED`: time only moves on, so the worker would agree.
+///
+/// One round trip (see [`Script`]), two when there is something to read
+/// first. Every order gets the same `created_at`, read back with the
+/// INSERT, so nothing needs to be selected afterwards.
 pub async fn insert_many(
     pool: &MySqlPool,
     orders: &[NewOrder],
@@ -111,76 +117,100 @@ pub async fn insert_many(
     if orders.is_empty() {
         return Ok(Inserted::default());
     }
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
     let mut refused: std::collections::HashMap<u64, &'static str> = Default::default();
+    let ids = |s: &mut Script, p: &ProductId| {
+        s.uint(p.get());
+    };
+    let mut reads = Script::new();
     if !check.is_empty() {
-        let mut q = sqlx::query_as::<_, (u64,)>(AssertSqlSafe(format!(
-            "SELECT product_id FROM inventories \
-             WHERE stored_stock - reserved_stock <= 0 AND product_id IN ({})",
-            placeholders(padded_len(check.len()))
-        )));
-        for p in padded(check) {
-            q = q.bind(p.get());
-        }
-        for (p,) in q.fetch_all(&mut *tx).await? {
-            refused.insert(p, reason::OUT_OF_STOCK);
+        reads
+            .sql("SELECT product_id FROM inventories WHERE stored_stock - reserved_stock <= 0 AND product_id IN (")
+            .list(check, ids)
+            .sql(")")
+            .end();
+    }
+    if !opening.is_empty() {
+        reads
+            .sql("SELECT id FROM products WHERE sale_starts_at > NOW(6) AND id IN (")
+            .list(opening, ids)
+            .sql(")")
+            .end();
+    }
+    let mut answers = reads.run(&mut conn).await?.into_iter();
+    if !check.is_empty() {
+        for row in answers.next().map(|a| a.rows).unwrap_or_default() {
+            refused.insert(row.try_get(0)?, reason::OUT_OF_STOCK);
         }
     }
     let sold_out: std::collections::HashSet<u64> = refused.keys().copied().collect();
     if !opening.is_empty() {
-        let mut q = sqlx::query_as::<_, (u64,)>(AssertSqlSafe(format!(
-            "SELECT id FROM products WHERE sale_starts_at > NOW(6) AND id IN ({})",
-            placeholders(padded_len(opening.len()))
+        for row in answers.next().map(|a| a.rows).unwrap_or_default() {
+            refused.insert(row.try_get(0)?, reason::SALE_NOT_STARTED);
+        }
+    }
+
+    let mut insert = Script::new();
+    insert.sql("SET @recorded_at = NOW(6)").end();
+    insert.sql(
+        "INSERT INTO orders (id, product_id, total, buyer_id, status, reason, created_at, decided_at, decided_by, recorded_by) VALUES ",
+    );
+    insert.list(orders, |s, order| {
+        let reason = refused.get(&order.product.get()).copied();
+        s.sql("(")
+            .uuid(order.id.uuid())
+            .sql(", ")
+            .uint(order.product.get())
+            .sql(", ")
+            .uint(u64::from(order.total.get()))
+            .sql(", ")
+            .opt_text(order.buyer.as_deref());
+        match reason {
+            None => s.sql(", 'PENDING', NULL, @recorded_at, NULL, NULL, "),
+            Some(r) => s
+                .sql(", 'REJECTED', ")
+                .text(r)
+                .sql(", @recorded_at, @recorded_at, 'api', "),
+        };
+        s.text(recorded_by).sql(")");
+    });
+    insert.end();
+    insert.sql("SELECT CAST(@recorded_at AS DATETIME(6))").end();
+    let answers = insert.run(&mut conn).await?;
+    let inserted = answers.get(1).map_or(0, |a| a.affected);
+    if inserted != orders.len() as u64 {
+        return Err(sqlx::Error::Protocol(format!(
+            "recorded {inserted} of {} orders",
+            orders.len()
         )));
-        for p in padded(opening) {
-            q = q.bind(p.get());
-        }
-        for (p,) in q.fetch_all(&mut *tx).await? {
-            refused.insert(p, reason::SALE_NOT_STARTED);
-        }
     }
-    let mut rest = orders;
-    for size in power_of_two_chunks(orders.len()) {
-        let (chunk, after) = rest.split_at(size);
-        rest = after;
-        let values = vec!["(?, ?, ?, ?, ?, ?, IF(?, NOW(6), NULL), ?, ?)"; size].join(", ");
-        let mut insert = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO orders (id, product_id, total, buyer_id, status, reason, decided_at, decided_by, recorded_by) VALUES {values}"
-        )));
-        for order in chunk {
-            let reason = refused.get(&order.product.get()).copied();
-            let rejected = reason.is_some();
-            insert = insert
-                .bind(order.id.uuid())
-                .bind(order.product.get())
-                .bind(order.total.get())
-                .bind(&order.buyer)
-                .bind(if rejected { "REJECTED" } else { "PENDING" })
-                .bind(reason)
-                .bind(rejected)
-                .bind(rejected.then_some("api"))
-                .bind(recorded_by);
-        }
-        insert.execute(&mut *tx).await?;
-    }
-    let mut select = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({})",
-        placeholders(padded_len(orders.len()))
-    )));
-    for order in padded(orders) {
-        select = select.bind(order.id.uuid());
-    }
-    let mut rows: std::collections::HashMap<Uuid, OrderRow> = select
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| (r.id, r))
-        .collect();
-    tx.commit().await?;
+    let recorded_at: DateTime<Utc> = answers
+        .get(2)
+        .and_then(|a| a.rows.first())
+        .ok_or(sqlx::Error::RowNotFound)?
+        .try_get(0)?;
     let rows = orders
         .iter()
-        .map(|o| rows.remove(&o.id.uuid()).ok_or(sqlx::Error::RowNotFound))
-        .collect::<Result<_, _>>()?;
+        .map(|o| {
+            let reason = refused.get(&o.product.get()).copied();
+            OrderRow {
+                id: o.id.uuid(),
+                product_id: o.product.get(),
+                total: o.total.get(),
+                status: if reason.is_some() {
+                    "REJECTED"
+                } else {
+                    "PENDING"
+                }
+                .to_owned(),
+                reason: reason.map(str::to_owned),
+                created_at: recorded_at,
+                decided_at: reason.map(|_| recorded_at),
+                expires_at: None,
+                buyer_id: o.buyer.clone(),
+            }
+        })
+        .collect();
     Ok(Inserted {
         rows,
         available: check
