@@ -61,6 +61,13 @@ pub struct DecidedOrder {
     pub status: OrderStatus,
     /// Why it was rejected, when it was.
     pub reason: Option<String>,
+    /// When it was decided (database clock). Absent from the notices of
+    /// workers before this field: the api then reads the order instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Until when an accepted order holds its units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[cfg(test)]

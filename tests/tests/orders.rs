@@ -609,3 +609,28 @@ async fn orders_for_a_sold_out_product_are_rejected_at_once_until_it_is_restocke
     );
     app.assert_invariants().await;
 }
+
+/// A waiting client is answered from the decision's notice, without a read:
+/// the answer is exactly what the database then holds, accepted
+/// (`decided_at`, `expires_at`) and rejected alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waited_for_answer_is_what_the_database_holds() {
+    let app = spawn_app().await;
+    let product = app.create_product("Kaos", 1).await;
+    // Two units of one: rejected by the worker (the product is not sold
+    // out, so the api does not decide it on the spot); then one, accepted.
+    for (total, expected_status, expected) in [
+        (2, StatusCode::BAD_REQUEST, "REJECTED"),
+        (1, StatusCode::CREATED, "ACCEPTED"),
+    ] {
+        let (status, body) = app.post_order(product, total, Some(10)).await;
+        assert_eq!(status, expected_status, "{body}");
+        let answered = &body["data"];
+        assert_eq!(answered["status"], expected);
+        assert!(answered["decided_at"].is_string(), "{answered}");
+        let id = answered["id"].as_str().unwrap();
+        let stored = app.wait_for_decision(id, Duration::from_secs(1)).await;
+        assert_eq!(answered, &stored);
+    }
+    app.assert_invariants().await;
+}

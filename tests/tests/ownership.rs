@@ -251,3 +251,124 @@ async fn processes_starting_together_agree_and_a_different_partition_count_is_re
         assert!(err.contains("ORDER_PARTITIONS"), "{err}");
     }
 }
+
+/// Several partitions' batches in one transaction: each group is fenced by
+/// its own lease, each order carries its own partition's epoch, and a group
+/// whose lease was lost is left untouched while the others commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transaction_decides_each_partition_under_its_own_epoch() {
+    use worker::decide::{Group, Outcome, decide_fenced_groups};
+    let app = TestApp::spawn(Options::default().workers(0)).await;
+    leases::ensure_partitions(&app.db, 4).await.unwrap();
+    let long = Duration::from_secs(30);
+    let a = leases::acquire(&app.db, 0, "w", long)
+        .await
+        .unwrap()
+        .unwrap();
+    // Partition 1 changes hands twice, so its epoch differs from partition 0's.
+    let first = leases::acquire(&app.db, 1, "x", long)
+        .await
+        .unwrap()
+        .unwrap();
+    leases::release(&app.db, &first).await.unwrap();
+    let b = leases::acquire(&app.db, 1, "w", long)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(a.epoch, b.epoch);
+    let short = Duration::from_millis(200);
+    let lost = leases::acquire(&app.db, 2, "w", short)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    leases::acquire(&app.db, 2, "y", long)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut products = Vec::new();
+    for stock in [1, 5, 5, 5] {
+        products.push(app.create_product("Kaos", stock).await);
+    }
+    let message = |product: u64| {
+        let app = &app;
+        async move {
+            let id = app.record_order_without_publishing(product, 1).await;
+            OrderMessage {
+                order_id: OrderId::from(id),
+                product_id: ProductId::new(product as i64).unwrap(),
+                total: Quantity::new(1, 10).unwrap(),
+            }
+        }
+    };
+    let group_a = vec![
+        message(products[0]).await,
+        message(products[0]).await,
+        message(products[1]).await,
+    ];
+    let group_b = vec![message(products[2]).await];
+    let group_lost = vec![message(products[3]).await];
+    let groups = [
+        Group {
+            orders: &group_a,
+            lease: &a,
+        },
+        Group {
+            orders: &group_b,
+            lease: &b,
+        },
+        Group {
+            orders: &group_lost,
+            lease: &lost,
+        },
+    ];
+    let decided = decide_fenced_groups(&app.db, &groups, long).await.unwrap();
+    let outcomes = |i: usize| -> Vec<Outcome> {
+        decided[i]
+            .as_ref()
+            .unwrap()
+            .decisions
+            .iter()
+            .map(|d| d.outcome.clone())
+            .collect()
+    };
+    assert_eq!(
+        outcomes(0),
+        [
+            Outcome::Accepted,
+            Outcome::Rejected("OUT_OF_STOCK"),
+            Outcome::Accepted
+        ]
+    );
+    assert_eq!(outcomes(1), [Outcome::Accepted]);
+    assert!(decided[2].is_none(), "the lost lease's group is fenced off");
+
+    for (messages, lease) in [
+        (&group_a, Some(&a)),
+        (&group_b, Some(&b)),
+        (&group_lost, None),
+    ] {
+        for m in messages.iter() {
+            let (status, by, epoch): (String, Option<String>, Option<u64>) =
+                sqlx::query_as("SELECT status, decided_by, decided_epoch FROM orders WHERE id = ?")
+                    .bind(m.order_id.uuid())
+                    .fetch_one(&app.db)
+                    .await
+                    .unwrap();
+            match lease {
+                Some(l) => {
+                    assert_ne!(status, "PENDING");
+                    assert_eq!(by.as_deref(), Some("w"));
+                    assert_eq!(epoch, Some(l.epoch), "{status}");
+                }
+                None => assert_eq!((status.as_str(), by, epoch), ("PENDING", None, None)),
+            }
+        }
+    }
+    assert_eq!(app.inventory(products[0]).await["reserved_stock"], 1);
+    assert_eq!(app.inventory(products[1]).await["reserved_stock"], 1);
+    assert_eq!(app.inventory(products[2]).await["reserved_stock"], 1);
+    assert_eq!(app.inventory(products[3]).await["reserved_stock"], 0);
+    app.assert_invariants().await;
+}

@@ -387,6 +387,8 @@ async fn handle_dead_letter(
                             order_id: order.order_id,
                             status: shared::domain::OrderStatus::Rejected,
                             reason: Some(shared::domain::reason::DEAD_LETTERED.to_owned()),
+                            decided_at: None,
+                            expires_at: None,
                         };
                         let notice = DecisionNotice {
                             decisions: vec![notice],

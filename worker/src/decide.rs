@@ -37,6 +37,10 @@ pub struct Decision {
     /// From recording to this decision, by the database clock (zero for an
     /// unknown order).
     pub waited: Duration,
+    /// When it was written, and until when an accepted order holds its
+    /// units (database clock), when known: the api answers a waiting
+    /// request from these without reading the order.
+    pub times: Option<(DateTime<Utc>, Option<DateTime<Utc>>)>,
 }
 
 impl Decision {
@@ -52,6 +56,8 @@ impl Decision {
             order_id: self.order_id,
             status,
             reason,
+            decided_at: self.times.map(|(at, _)| at),
+            expires_at: self.times.and_then(|(_, until)| until),
         })
     }
 }
@@ -131,8 +137,9 @@ pub async fn decide_groups(
     let answers = reads.run(&mut *tx).await?;
     let mut locked = plan.locked(&mut *tx, &answers).await?;
     let live = vec![true; groups.len()];
-    let (decided, writes, expected) = plan.decide(groups, &live, &mut locked, reservation_ttl);
-    check_written(&writes.run(&mut *tx).await?, &expected)?;
+    let (mut decided, writes, expected) = plan.decide(groups, &live, &mut locked, reservation_ttl);
+    let at = check_written(&writes.run(&mut *tx).await?, &expected)?;
+    stamp(&mut decided, at, reservation_ttl);
     Ok(decided.into_iter().flatten().collect())
 }
 
@@ -276,8 +283,7 @@ impl Plan {
         reservation_ttl: Duration,
     ) -> (Vec<Option<Decided>>, Script, Vec<Option<u64>>) {
         let before: BTreeMap<u64, i64> = locked.stock.iter().map(|(p, (_, r))| (*p, *r)).collect();
-        let mut writes = Script::new();
-        let mut expected = Vec::new();
+        let mut written = Written::default();
         let mut out = Vec::with_capacity(groups.len());
         for ((group, ids), live) in groups.iter().zip(&self.group_ids).zip(live) {
             if !live {
@@ -288,19 +294,18 @@ impl Plan {
             let mut touched = Vec::new();
             for id in ids {
                 let outcome = decide_one(locked, id, &mut touched);
+                if let (Some(row), Outcome::Accepted | Outcome::Rejected(_)) =
+                    (locked.rows.get(id), &outcome)
+                {
+                    written.add(*id, row.product, &outcome, group.lease);
+                }
                 decisions.push(Decision {
                     order_id: OrderId::from(*id),
                     outcome,
                     waited: locked.rows.get(id).map(|r| r.waited).unwrap_or_default(),
+                    times: None,
                 });
             }
-            push_decisions(
-                &mut writes,
-                &mut expected,
-                &decisions,
-                reservation_ttl,
-                group.lease,
-            );
             touched.sort_unstable();
             touched.dedup();
             let sold_out = touched
@@ -318,19 +323,145 @@ impl Plan {
                 sold_out,
             }));
         }
-        for (product, (_, reserved)) in &locked.stock {
-            let delta = reserved - before[product];
-            if delta > 0 {
+        let mut writes = Script::new();
+        // One decision time for the whole transaction, read back with the
+        // writes, so the notices can carry it.
+        writes.sql("SET @decided_at = NOW(6)").end();
+        let expected = written.push(&mut writes, reservation_ttl);
+        let reserved: Vec<(u64, i64)> = locked
+            .stock
+            .iter()
+            .map(|(product, (_, reserved))| (*product, reserved - before[product]))
+            .filter(|(_, delta)| *delta > 0)
+            .collect();
+        if !reserved.is_empty() {
+            writes.sql("UPDATE inventories SET reserved_stock = reserved_stock + CASE product_id");
+            for (product, delta) in &reserved {
                 writes
-                    .sql("UPDATE inventories SET reserved_stock = reserved_stock + ")
-                    .int(delta)
-                    .sql(" WHERE product_id = ")
+                    .sql(" WHEN ")
                     .uint(*product)
+                    .sql(" THEN ")
+                    .int(*delta);
+            }
+            writes
+                .sql(" END WHERE product_id IN (")
+                .list(&reserved, |s, (product, _)| {
+                    s.uint(*product);
+                })
+                .sql(")")
+                .end();
+        }
+        let mut expected: Vec<Option<u64>> = std::iter::once(None)
+            .chain(expected.into_iter().map(Some))
+            .collect();
+        if !reserved.is_empty() {
+            expected.push(Some(reserved.len() as u64));
+        }
+        writes.sql("SELECT CAST(@decided_at AS DATETIME(6))").end();
+        expected.push(None);
+        (out, writes, expected)
+    }
+}
+
+/// An outcome (`None`: accepted; else the reason rejected) and its decider.
+type OutcomeKey = (Option<&'static str>, String);
+/// Decided orders as (product, order), per lease epoch.
+type ByEpoch = BTreeMap<u64, Vec<(u64, Uuid)>>;
+
+/// The decisions of one transaction, by outcome and decider, to be written
+/// with one statement each.
+#[derive(Default)]
+struct Written {
+    outcomes: BTreeMap<OutcomeKey, ByEpoch>,
+}
+
+impl Written {
+    fn add(&mut self, id: Uuid, product: u64, outcome: &Outcome, lease: &Lease) {
+        let reason = match outcome {
+            Outcome::Rejected(r) => Some(*r),
+            _ => None,
+        };
+        self.outcomes
+            .entry((reason, lease.owner.clone()))
+            .or_default()
+            .entry(lease.epoch)
+            .or_default()
+            .push((product, id));
+    }
+
+    /// One conditional UPDATE per outcome (the accepted, the rejected per
+    /// reason) and decider, whatever the number of partitions: each
+    /// order's `decided_epoch` is its partition's, chosen by its product
+    /// (partitions never share a product). Only if one product came with
+    /// two epochs (which no real message does) is each epoch written on
+    /// its own. Returns how many rows each statement must change: the rows
+    /// are locked by this transaction, so every one it names.
+    fn push(&self, script: &mut Script, reservation_ttl: Duration) -> Vec<u64> {
+        let mut expected = Vec::new();
+        for ((reason, owner), by_epoch) in &self.outcomes {
+            let mut epoch_of: BTreeMap<u64, u64> = BTreeMap::new();
+            let shared_product = by_epoch.iter().any(|(epoch, orders)| {
+                orders
+                    .iter()
+                    .any(|(p, _)| *epoch_of.entry(*p).or_insert(*epoch) != *epoch)
+            });
+            type Part<'a> = (u64, &'a [(u64, Uuid)]);
+            let statements: Vec<Vec<Part<'_>>> = if shared_product {
+                by_epoch
+                    .iter()
+                    .map(|(e, orders)| vec![(*e, orders.as_slice())])
+                    .collect()
+            } else {
+                vec![
+                    by_epoch
+                        .iter()
+                        .map(|(e, orders)| (*e, orders.as_slice()))
+                        .collect(),
+                ]
+            };
+            for parts in statements {
+                match reason {
+                    None => script
+                        .sql("UPDATE orders SET status = 'ACCEPTED', expires_at = @decided_at + INTERVAL ")
+                        .uint(reservation_ttl.as_micros() as u64)
+                        .sql(" MICROSECOND"),
+                    Some(reason) => script
+                        .sql("UPDATE orders SET status = 'REJECTED', reason = ")
+                        .text(reason),
+                };
+                script
+                    .sql(", decided_at = @decided_at, decided_by = ")
+                    .text(owner)
+                    .sql(", decided_epoch = ");
+                if let [(epoch, _)] = parts.as_slice() {
+                    script.uint(*epoch);
+                } else {
+                    script.sql("CASE product_id");
+                    for (epoch, orders) in &parts {
+                        let mut products: Vec<u64> = orders.iter().map(|(p, _)| *p).collect();
+                        products.sort_unstable();
+                        products.dedup();
+                        for p in products {
+                            script.sql(" WHEN ").uint(p).sql(" THEN ").uint(*epoch);
+                        }
+                    }
+                    script.sql(" END");
+                }
+                let ids: Vec<Uuid> = parts
+                    .iter()
+                    .flat_map(|(_, orders)| orders.iter().map(|(_, id)| *id))
+                    .collect();
+                script
+                    .sql(" WHERE status = 'PENDING' AND id IN (")
+                    .list(&ids, |s, id| {
+                        s.uuid(*id);
+                    })
+                    .sql(")")
                     .end();
-                expected.push(None);
+                expected.push(ids.len() as u64);
             }
         }
-        (out, writes, expected)
+        expected
     }
 }
 
@@ -421,55 +552,12 @@ fn parse_rules(rows: &[MySqlRow]) -> Result<HashMap<u64, SaleRule>, sqlx::Error>
         .collect()
 }
 
-/// The statements writing `decisions`: one conditional UPDATE per outcome
-/// (the accepted, and the rejected per reason), each of which must change
-/// every row it names, since the rows are locked by this transaction.
-fn push_decisions(
-    script: &mut Script,
-    expected: &mut Vec<Option<u64>>,
-    decisions: &[Decision],
-    reservation_ttl: Duration,
-    decider: &Lease,
-) {
-    let mut outcomes: BTreeMap<Option<&'static str>, Vec<Uuid>> = BTreeMap::new();
-    for d in decisions {
-        match d.outcome {
-            Outcome::Accepted => outcomes.entry(None).or_default().push(d.order_id.uuid()),
-            Outcome::Rejected(r) => outcomes.entry(Some(r)).or_default().push(d.order_id.uuid()),
-            Outcome::AlreadyDecided | Outcome::Unknown => {}
-        }
-    }
-    for (reason, ids) in outcomes {
-        match reason {
-            None => script
-                .sql("UPDATE orders SET status = 'ACCEPTED', decided_at = NOW(6), decided_by = ")
-                .text(&decider.owner)
-                .sql(", decided_epoch = ")
-                .uint(decider.epoch)
-                .sql(", expires_at = NOW(6) + INTERVAL ")
-                .uint(reservation_ttl.as_micros() as u64)
-                .sql(" MICROSECOND"),
-            Some(reason) => script
-                .sql("UPDATE orders SET status = 'REJECTED', reason = ")
-                .text(reason)
-                .sql(", decided_at = NOW(6), decided_by = ")
-                .text(&decider.owner)
-                .sql(", decided_epoch = ")
-                .uint(decider.epoch),
-        };
-        script
-            .sql(" WHERE status = 'PENDING' AND id IN (")
-            .list(&ids, |s, id| {
-                s.uuid(*id);
-            })
-            .sql(")")
-            .end();
-        expected.push(Some(ids.len() as u64));
-    }
-}
-
-/// Every write changed the rows it had to.
-fn check_written(answers: &[Answer], expected: &[Option<u64>]) -> Result<(), sqlx::Error> {
+/// Every write changed the rows it had to; returns the decision time the
+/// last statement read back.
+fn check_written(
+    answers: &[Answer],
+    expected: &[Option<u64>],
+) -> Result<DateTime<Utc>, sqlx::Error> {
     for (answer, expected) in answers.iter().zip(expected) {
         if let Some(n) = *expected
             && answer.affected != n
@@ -480,7 +568,26 @@ fn check_written(answers: &[Answer], expected: &[Option<u64>]) -> Result<(), sql
             )));
         }
     }
-    Ok(())
+    answers
+        .get(expected.len() - 1)
+        .and_then(|a| a.rows.first())
+        .ok_or(sqlx::Error::RowNotFound)?
+        .try_get(0)
+}
+
+/// Records on each new decision when it was made (and, accepted, until
+/// when it holds its units).
+fn stamp(decided: &mut [Option<Decided>], at: DateTime<Utc>, reservation_ttl: Duration) {
+    let until = at + chrono::Duration::microseconds(reservation_ttl.as_micros() as i64);
+    for d in decided.iter_mut().flatten() {
+        for decision in &mut d.decisions {
+            decision.times = match decision.outcome {
+                Outcome::Accepted => Some((at, Some(until))),
+                Outcome::Rejected(_) => Some((at, None)),
+                Outcome::AlreadyDecided | Outcome::Unknown => None,
+            };
+        }
+    }
 }
 
 /// An order row as the deciding transaction locked it.
@@ -574,7 +681,7 @@ pub async fn decide_fenced(
 /// one commit: a group whose lease is lost is left out (`None`), the others
 /// decided.
 ///
-/// Two round trips: `START TRANSACTION`, each group's fence and the reads
+/// Two round trips: `START TRANSACTION`, the groups' fences and the reads
 /// as one query; the writes and `COMMIT` as another (a third only for
 /// buyers' holdings, or a product no message named).
 pub async fn decide_fenced_groups(
@@ -586,22 +693,26 @@ pub async fn decide_fenced_groups(
     let mut session = Session::open(db).await?;
     let mut reads = Script::new();
     reads.sql("START TRANSACTION").end();
-    for group in groups {
-        leases::push_fence(&mut reads, group.lease);
-    }
+    leases::push_fences(&mut reads, groups.iter().map(|g| g.lease));
     if !plan.ids.is_empty() {
         plan.push_reads(&mut reads);
     }
     let answers = reads.run(session.conn()).await?;
-    let (fences, answers) = answers[1..].split_at(groups.len());
-    let live: Vec<bool> = fences.iter().map(|f| !f.rows.is_empty()).collect();
+    let (fences, answers) = answers[1..].split_first().ok_or_else(|| {
+        sqlx::Error::Protocol("the deciding reads returned too few results".into())
+    })?;
+    let live: Vec<bool> = groups
+        .iter()
+        .map(|g| leases::holds(&fences.rows, g.lease))
+        .collect::<Result<_, _>>()?;
     let decided = if live.contains(&true) && !plan.ids.is_empty() {
         let mut locked = plan.locked(session.conn(), answers).await?;
-        let (decided, mut writes, expected) =
+        let (mut decided, mut writes, expected) =
             plan.decide(groups, &live, &mut locked, reservation_ttl);
         writes.sql("COMMIT").end();
         shared::fault::point(shared::fault::WORKER_BEFORE_COMMIT);
-        check_written(&writes.run(session.conn()).await?, &expected)?;
+        let at = check_written(&writes.run(session.conn()).await?, &expected)?;
+        stamp(&mut decided, at, reservation_ttl);
         decided
     } else {
         sqlx::raw_sql("ROLLBACK").execute(session.conn()).await?;
@@ -643,6 +754,7 @@ pub async fn reject_undecidable(
             Outcome::AlreadyDecided
         },
         waited: Duration::ZERO,
+        times: None,
     }))
 }
 

@@ -230,16 +230,26 @@ pub async fn create_order(
 
     let mut order = Order::from(row);
     if let (Some(waiting), Some(wait)) = (waiting, wait) {
-        // Whether the notice came or the wait ran out, the row is the truth
-        // (a notice can be lost while the broker reconnects). If the database
-        // does not answer now, the order is recorded all the same: answer
-        // with what is known.
-        let _ = waiting.decision(wait).await;
-        match db::orders::fetch(&state.db, id).await {
-            Ok(Some(row)) => order = Order::from(row),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, order_id = %id, "could not re-read a waited-for order")
+        // The notice of a committed decision carries all the order lacks:
+        // the answer needs no read. Without it (the wait ran out, or the
+        // notice was lost while the broker reconnected, or came from a
+        // worker that does not send the times) the row is the truth. If the
+        // database does not answer then, the order is recorded all the
+        // same: answer with what is known.
+        if let Some(decided) = waiting.decision(wait).await
+            && let Some(decided_at) = decided.decided_at
+        {
+            order.status = decided.status;
+            order.reason = decided.reason;
+            order.decided_at = Some(decided_at);
+            order.expires_at = decided.expires_at;
+        } else {
+            match db::orders::fetch(&state.db, id).await {
+                Ok(Some(row)) => order = Order::from(row),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, order_id = %id, "could not re-read a waited-for order")
+                }
             }
         }
     }

@@ -137,18 +137,36 @@ pub async fn release(pool: &MySqlPool, lease: &Lease) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-/// [`check_fence`] as a statement of a [`Script`]: it returns a row only
-/// while `lease` is still held and unexpired, and share-locks it.
-pub fn push_fence(script: &mut Script, lease: &Lease) {
+/// [`check_fence`] for several leases as one statement of a [`Script`]:
+/// it share-locks their partitions' lease rows and returns, for each,
+/// `(partition, owner, epoch, unexpired)`; read them with [`holds`].
+pub fn push_fences<'a>(script: &mut Script, leases: impl Iterator<Item = &'a Lease>) {
+    let mut partitions: Vec<u16> = leases.map(|l| l.partition).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
     script
-        .sql("SELECT epoch FROM partition_leases WHERE partition_no = ")
-        .uint(u64::from(lease.partition))
-        .sql(" AND owner = ")
-        .text(&lease.owner)
-        .sql(" AND epoch = ")
-        .uint(lease.epoch)
-        .sql(" AND expires_at > NOW(6) LOCK IN SHARE MODE")
+        .sql("SELECT partition_no, owner, epoch, expires_at > NOW(6) FROM partition_leases WHERE partition_no IN (")
+        .list(&partitions, |s, p| {
+            s.uint(u64::from(*p));
+        })
+        .sql(") LOCK IN SHARE MODE")
         .end();
+}
+
+/// Whether the rows [`push_fences`] returned show `lease` still held and
+/// unexpired.
+pub fn holds(rows: &[sqlx::mysql::MySqlRow], lease: &Lease) -> Result<bool, sqlx::Error> {
+    use sqlx::Row as _;
+    for row in rows {
+        if row.try_get::<u16, _>(0)? == lease.partition {
+            let owner: Option<String> = row.try_get(1)?;
+            let unexpired: Option<i64> = row.try_get(3)?;
+            return Ok(owner.as_deref() == Some(lease.owner.as_str())
+                && row.try_get::<u64, _>(2)? == lease.epoch
+                && unexpired == Some(1));
+        }
+    }
+    Ok(false)
 }
 
 /// The fence, inside a deciding transaction: true only while `lease` is
