@@ -42,9 +42,10 @@ pub fn parse_orders(bytes: &[u8]) -> Result<Vec<OrderMessage>, serde_json::Error
 
 /// Decisions a worker committed, announced on the decisions fanout so that
 /// api instances can answer requests waiting with `Prefer: wait`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionNotice {
-    /// Every order decided in one committed transaction.
+    /// Orders decided in committed transactions (a worker sends every
+    /// decision it committed meanwhile in one notice).
     pub decisions: Vec<DecidedOrder>,
     /// Products left with nothing available (a hint: the api then checks
     /// the stock before queueing more orders for them).

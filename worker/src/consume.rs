@@ -188,16 +188,14 @@ async fn process_batch(
     record(&ctx.metrics, &decided.decisions);
     decided.sold_out.sort_unstable();
     decided.sold_out.dedup();
-    ctx.notifier
-        .announce(&DecisionNotice {
-            decisions: decided
-                .decisions
-                .iter()
-                .filter_map(Decision::notice)
-                .collect(),
-            sold_out: decided.sold_out,
-        })
-        .await;
+    ctx.notifier.announce(DecisionNotice {
+        decisions: decided
+            .decisions
+            .iter()
+            .filter_map(Decision::notice)
+            .collect(),
+        sold_out: decided.sold_out,
+    });
     Ok(())
 }
 
@@ -394,7 +392,7 @@ async fn handle_dead_letter(
                             decisions: vec![notice],
                             sold_out: Vec::new(),
                         };
-                        ctx.notifier.announce(&notice).await;
+                        ctx.notifier.announce(notice);
                     }
                     break;
                 }
