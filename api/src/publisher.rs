@@ -89,6 +89,12 @@ impl Publisher {
     /// Sends `orders` as messages per partition, without waiting for the
     /// confirms: the caller may record the next batch meanwhile, and the
     /// order of messages on the channel is the order of these calls.
+    ///
+    /// The messages are handed to the connection together: each publish
+    /// waits for lapin's I/O thread to write it, and one after the other
+    /// that was a thread hop per partition (16 for a batch over 16
+    /// products). Polled in order, they are queued in order, so each
+    /// partition's messages keep their order.
     pub async fn send_all(&self, orders: Vec<OrderMessage>) -> Sent {
         let mut by_partition: std::collections::BTreeMap<u16, Vec<OrderMessage>> =
             Default::default();
@@ -96,22 +102,42 @@ impl Publisher {
             let p = partition_of(order.product_id, self.topology.partitions());
             by_partition.entry(p).or_default().push(order);
         }
-        let mut sent = Vec::with_capacity(by_partition.len());
-        // After one publish times out, the broker is not taking messages:
-        // the rest fail at once rather than wait their turn.
-        let mut stalled = false;
-        for (p, orders) in by_partition {
-            for chunk in orders.chunks(MAX_ORDERS_PER_MESSAGE) {
-                let confirm = if stalled {
-                    Err(PublishError::Timeout)
-                } else {
-                    self.send_batch(p, chunk).await
-                };
-                stalled |= matches!(confirm, Err(PublishError::Timeout));
-                sent.push((chunk.to_vec(), confirm));
-            }
+        let chunks: Vec<(u16, Vec<OrderMessage>)> = by_partition
+            .into_iter()
+            .flat_map(|(p, orders)| {
+                orders
+                    .chunks(MAX_ORDERS_PER_MESSAGE)
+                    .map(|chunk| (p, chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if chunks.is_empty() {
+            return Sent(Vec::new());
         }
-        Sent(sent)
+        let channel = match self.channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                let mut errors =
+                    std::iter::once(e).chain(std::iter::repeat_with(|| PublishError::NotConnected));
+                return Sent(
+                    chunks
+                        .into_iter()
+                        .map(|(_, chunk)| (chunk, Err(errors.next().expect("endless"))))
+                        .collect(),
+                );
+            }
+        };
+        let sends = chunks
+            .iter()
+            .map(|(p, chunk)| self.send_batch(&channel, *p, chunk));
+        let results = futures::future::join_all(sends).await;
+        Sent(
+            chunks
+                .into_iter()
+                .zip(results)
+                .map(|((_, chunk), result)| (chunk, result))
+                .collect(),
+        )
     }
 
     /// Waits for the confirms of `sent`.
@@ -126,13 +152,13 @@ impl Publisher {
         .await
     }
 
-    /// Sends one message holding `orders` to `partition`.
+    /// Sends one message holding `orders` to `partition` on `channel`.
     async fn send_batch(
         &self,
+        channel: &Channel,
         partition: u16,
         orders: &[OrderMessage],
     ) -> Result<InFlight, PublishError> {
-        let channel = self.channel().await?;
         let payload = serde_json::to_vec(&OrderBatch {
             orders: orders.to_vec(),
         })
@@ -147,9 +173,9 @@ impl Publisher {
                 .with_content_type("application/json".into()),
         );
         match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(Ok(c)) => Ok((channel, c)),
+            Ok(Ok(c)) => Ok((channel.clone(), c)),
             Ok(Err(e)) => {
-                self.forget(&channel).await;
+                self.forget(channel).await;
                 Err(e.into())
             }
             Err(_) => Err(PublishError::Timeout),

@@ -9,7 +9,7 @@ use crate::publisher::Publisher;
 use crate::recorder::Recorder;
 use crate::relay::Relay;
 use crate::sold_out::SoldOut;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 use crate::waiters::Waiters;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -113,7 +113,7 @@ impl Application {
         let header_read_timeout = config.header_read_timeout;
         let max_connections = config.max_connections as usize;
         tracing::info!(%api_id, "api started");
-        let state = AppState {
+        let state = AppState::new(Shared {
             recorder: Recorder::start(
                 db.clone(),
                 publisher.clone(),
@@ -130,7 +130,7 @@ impl Application {
             buyers,
             waiting_slots: Arc::new(tokio::sync::Semaphore::new(config.max_waiting as usize)),
             config: Arc::new(config),
-        };
+        });
         Ok(Self {
             listener,
             router: router(state),
