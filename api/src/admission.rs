@@ -33,8 +33,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Undecided orders a partition may always hold, whatever its rate.
-pub const MIN_PER_PARTITION: usize = 1_000;
+/// Undecided orders a partition may always hold, whatever its rate: above
+/// the 1,024 clients a hot product may have at once before its first rate
+/// window closes (at 1,000 they shed 8 % of a sale's first second).
+pub const MIN_PER_PARTITION: usize = 2_048;
 /// Most undecided orders one api tracks, over all partitions.
 pub const MAX_UNDECIDED: usize = 100_000;
 /// How often the decision rate is folded into its moving average.
@@ -91,7 +93,12 @@ impl Part {
         let elapsed = now.duration_since(self.window_start);
         if elapsed >= RATE_WINDOW {
             let current = self.window_decided as f64 / elapsed.as_secs_f64();
-            self.rate = 0.5 * self.rate + 0.5 * current;
+            // The first measured window is the estimate, not half of it.
+            self.rate = if self.rate == 0.0 {
+                current
+            } else {
+                0.5 * self.rate + 0.5 * current
+            };
             self.window_decided = 0;
             self.window_start = now;
         }
