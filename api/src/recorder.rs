@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{NewId, Outbox};
 use crate::publisher::{PublishError, Publisher};
 use crate::sold_out::SoldOut;
+use futures::StreamExt;
 use shared::db;
 use shared::db::orders::{IdempotencyKey, NewOrder, OrderRow};
 use shared::domain::{OrderId, ProductId, Quantity};
@@ -31,6 +32,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most orders one recording transaction takes.
 const MAX_BATCH: usize = 500;
+/// Submissions with an `Idempotency-Key` recorded at once (each takes a
+/// pooled connection for its transaction).
+const KEYED_AT_ONCE: usize = 8;
 
 /// What became of a submission.
 #[derive(Debug)]
@@ -193,18 +197,27 @@ impl Loop {
             batch.into_iter().partition(|j| j.submission.key.is_none());
         let mut results: Vec<(Job, Result<Recorded, sqlx::Error>)> = Vec::new();
         self.insert_plain(plain, &mut results).await;
-        for job in keyed {
-            let s = &job.submission;
-            let recorded =
-                db::orders::record(&self.db, &s.new_order(), s.key.as_ref(), &self.api_id)
-                    .await
-                    .map(|r| match r {
-                        db::orders::Recorded::New(row) => Recorded::New(row),
-                        db::orders::Recorded::Existing(row) => Recorded::Existing(row),
-                        db::orders::Recorded::KeyReused => Recorded::KeyReused,
-                    });
-            results.push((job, recorded));
-        }
+        // Each keyed submission is a transaction of its own: several at once
+        // (their results kept in arrival order), so a batch of them does not
+        // take one round trip after another. Two with the same key meet at
+        // its unique index: the second waits for the first and finds it.
+        let keyed: Vec<(Job, Result<Recorded, sqlx::Error>)> = futures::stream::iter(keyed)
+            .map(|job| async move {
+                let s = &job.submission;
+                let recorded =
+                    db::orders::record(&self.db, &s.new_order(), s.key.as_ref(), &self.api_id)
+                        .await
+                        .map(|r| match r {
+                            db::orders::Recorded::New(row) => Recorded::New(row),
+                            db::orders::Recorded::Existing(row) => Recorded::Existing(row),
+                            db::orders::Recorded::KeyReused => Recorded::KeyReused,
+                        });
+                (job, recorded)
+            })
+            .buffered(KEYED_AT_ONCE)
+            .collect()
+            .await;
+        results.extend(keyed);
         // Publish what was newly recorded as PENDING, messages per partition.
         let messages: Vec<OrderMessage> = results
             .iter()
@@ -231,7 +244,7 @@ impl Loop {
         });
     }
 
-    /// Records submissions without a key in one transaction; when that
+    /// Records submissions without a key with one INSERT; when that
     /// fails, one by one, so one bad order does not fail the others.
     async fn insert_plain(
         &self,

@@ -1,5 +1,6 @@
 //! The consume loops: one per owned partition, plus the dead-letter queue.
-//! They only receive, call [`decide_batch`], commit, ack and announce.
+//! They only receive, hand their batches to the [`Decider`] (which decides
+//! and commits), ack and announce.
 
 use crate::decide::{Decided, Decision, Outcome, reject_dead_lettered, reject_undecidable};
 use crate::decider::Decider;

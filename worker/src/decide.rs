@@ -118,8 +118,8 @@ pub async fn decide_batch(
 /// locking read of all their orders, one of all their products (in id
 /// order), each group decided in its own arrival order (partitions never
 /// share a product, so groups never compete), one conditional UPDATE per
-/// outcome and lease, one UPDATE per product. Returns one [`Decided`] per
-/// group, in the order given.
+/// outcome for all the groups, one UPDATE of the stock rows. Returns one
+/// [`Decided`] per group, in the order given.
 ///
 /// The reads go to the database as one query and the writes as another
 /// (see [`Script`]): two round trips, whatever the number of groups.
@@ -165,11 +165,11 @@ struct Locked {
 
 impl Plan {
     fn new(groups: &[Group<'_>]) -> Self {
-        let mut seen = HashSet::new();
         let mut products = Vec::new();
         let group_ids: Vec<Vec<Uuid>> = groups
             .iter()
             .map(|g| {
+                let mut seen = HashSet::new();
                 g.orders
                     .iter()
                     .filter(|o| seen.insert(o.order_id.uuid()))
@@ -182,8 +182,14 @@ impl Plan {
             .collect();
         products.sort_unstable();
         products.dedup();
+        let mut seen = HashSet::new();
         Self {
-            ids: group_ids.iter().flatten().copied().collect(),
+            ids: group_ids
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|id| seen.insert(*id))
+                .collect(),
             group_ids,
             products,
         }
@@ -272,9 +278,10 @@ impl Plan {
 
     /// Decides the orders of the `live` groups in arrival order against
     /// what was read. Returns one [`Decided`] per group (`None` for a group
-    /// not live), the statements that write the decisions and the new
-    /// reservations (then `COMMIT`, when `commit`), and how many rows each
-    /// of those statements must change (`None`: not checked).
+    /// not live), the statements that write the decisions, the new
+    /// reservations and one decision time (read back by the last of them),
+    /// and how many rows each of those statements must change (`None`: not
+    /// checked).
     fn decide(
         &self,
         groups: &[Group<'_>],
@@ -285,6 +292,8 @@ impl Plan {
         let before: BTreeMap<u64, i64> = locked.stock.iter().map(|(p, (_, r))| (*p, *r)).collect();
         let mut written = Written::default();
         let mut out = Vec::with_capacity(groups.len());
+        // Each order once, in the first live group that names it.
+        let mut seen = HashSet::new();
         for ((group, ids), live) in groups.iter().zip(&self.group_ids).zip(live) {
             if !live {
                 out.push(None);
@@ -292,7 +301,7 @@ impl Plan {
             }
             let mut decisions = Vec::with_capacity(ids.len());
             let mut touched = Vec::new();
-            for id in ids {
+            for id in ids.iter().filter(|id| seen.insert(**id)) {
                 let outcome = decide_one(locked, id, &mut touched);
                 if let (Some(row), Outcome::Accepted | Outcome::Rejected(_)) =
                     (locked.rows.get(id), &outcome)
@@ -552,8 +561,8 @@ fn parse_rules(rows: &[MySqlRow]) -> Result<HashMap<u64, SaleRule>, sqlx::Error>
         .collect()
 }
 
-/// Every write changed the rows it had to; returns the decision time the
-/// last statement read back.
+/// Every write changed the rows it had to; returns the decision time read
+/// back by the last of the `expected` statements.
 fn check_written(
     answers: &[Answer],
     expected: &[Option<u64>],
@@ -681,14 +690,18 @@ pub async fn decide_fenced(
 /// one commit: a group whose lease is lost is left out (`None`), the others
 /// decided.
 ///
-/// Two round trips: `START TRANSACTION`, the groups' fences and the reads
-/// as one query; the writes and `COMMIT` as another (a third only for
-/// buyers' holdings, or a product no message named).
+/// Three round trips: `START TRANSACTION`, the groups' fences and the
+/// reads as one query; the writes as another, whose row counts are checked
+/// before the third, `COMMIT` (one more only for buyers' holdings, or a
+/// product no message named).
 pub async fn decide_fenced_groups(
     db: &sqlx::MySqlPool,
     groups: &[Group<'_>],
     reservation_ttl: Duration,
 ) -> Result<Vec<Option<Decided>>, sqlx::Error> {
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
     let plan = Plan::new(groups);
     let mut session = Session::open(db).await?;
     let mut reads = Script::new();
@@ -707,12 +720,14 @@ pub async fn decide_fenced_groups(
         .collect::<Result<_, _>>()?;
     let decided = if live.contains(&true) && !plan.ids.is_empty() {
         let mut locked = plan.locked(session.conn(), answers).await?;
-        let (mut decided, mut writes, expected) =
+        let (mut decided, writes, expected) =
             plan.decide(groups, &live, &mut locked, reservation_ttl);
-        writes.sql("COMMIT").end();
-        shared::fault::point(shared::fault::WORKER_BEFORE_COMMIT);
+        // Checked before the commit: a write that missed a locked row is a
+        // bug, and its transaction must not commit.
         let at = check_written(&writes.run(session.conn()).await?, &expected)?;
         stamp(&mut decided, at, reservation_ttl);
+        shared::fault::point(shared::fault::WORKER_BEFORE_COMMIT);
+        sqlx::raw_sql("COMMIT").execute(session.conn()).await?;
         decided
     } else {
         sqlx::raw_sql("ROLLBACK").execute(session.conn()).await?;

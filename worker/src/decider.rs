@@ -4,7 +4,7 @@
 //! products spread over many partitions this turns one commit per
 //! partition batch into one per round.
 //!
-//! One loop, not several: a transaction is two round trips, and while it
+//! One loop, not several: a transaction is three round trips, and while it
 //! runs the next round gathers. Two loops measured no faster and split the
 //! rounds (more commits and statements per order).
 //!

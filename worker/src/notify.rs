@@ -80,29 +80,29 @@ impl Publisher {
                 if round.decisions.len() + notice.decisions.len() > MAX_DECISIONS
                     && !round.decisions.is_empty()
                 {
-                    self.announce(&std::mem::take(&mut round)).await;
+                    self.announce(std::mem::take(&mut round)).await;
                 }
                 round.decisions.extend(notice.decisions);
                 round.sold_out.extend(notice.sold_out);
             }
-            round.sold_out.sort_unstable();
-            round.sold_out.dedup();
-            self.announce(&round).await;
+            self.announce(round).await;
         }
     }
 
     /// Announces `notice`, best effort, waiting at most [`PUBLISH_TIMEOUT`].
-    async fn announce(&mut self, notice: &DecisionNotice) {
+    async fn announce(&mut self, mut notice: DecisionNotice) {
         if notice.decisions.is_empty() && notice.sold_out.is_empty() {
             return;
         }
+        notice.sold_out.sort_unstable();
+        notice.sold_out.dedup();
         if self.link.is_blocked() {
             // The broker would hold the publish until its alarm clears: do
             // not slow the consumers down waiting for it.
             Metrics::inc(&self.metrics.notices_dropped);
             return;
         }
-        let payload = serde_json::to_vec(notice).expect("a notice serializes");
+        let payload = serde_json::to_vec(&notice).expect("a notice serializes");
         match tokio::time::timeout(PUBLISH_TIMEOUT, self.publish(&payload)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -118,8 +118,7 @@ pub async fn renew(
     .execute(pool)
     .await?
     .rows_affected();
-    // MySQL counts a row whose value did not change as unaffected; the
-    // clock moved, so a held lease always changes.
+    // sqlx asks for found rows, so a held lease counts whatever changed.
     Ok(renewed == 1)
 }
 
@@ -140,17 +139,28 @@ pub async fn release(pool: &MySqlPool, lease: &Lease) -> Result<(), sqlx::Error>
 /// [`check_fence`] for several leases as one statement of a [`Script`]:
 /// it share-locks their partitions' lease rows and returns, for each,
 /// `(partition, owner, epoch, unexpired)`; read them with [`holds`].
+///
+/// Only rows that match a lease's owner and epoch are returned, and so kept
+/// locked (READ COMMITTED releases the others): a lost lease's row is left
+/// to its new owner. `leases` must not be empty.
 pub fn push_fences<'a>(script: &mut Script, leases: impl Iterator<Item = &'a Lease>) {
-    let mut partitions: Vec<u16> = leases.map(|l| l.partition).collect();
-    partitions.sort_unstable();
-    partitions.dedup();
+    let leases: Vec<&Lease> = leases.collect();
     script
-        .sql("SELECT partition_no, owner, epoch, expires_at > NOW(6) FROM partition_leases WHERE partition_no IN (")
-        .list(&partitions, |s, p| {
-            s.uint(u64::from(*p));
-        })
-        .sql(") LOCK IN SHARE MODE")
-        .end();
+        .sql("SELECT partition_no, owner, epoch, expires_at > NOW(6) FROM partition_leases WHERE ");
+    for (i, lease) in leases.iter().enumerate() {
+        if i > 0 {
+            script.sql(" OR ");
+        }
+        script
+            .sql("(partition_no = ")
+            .uint(u64::from(lease.partition))
+            .sql(" AND owner = ")
+            .text(&lease.owner)
+            .sql(" AND epoch = ")
+            .uint(lease.epoch)
+            .sql(")");
+    }
+    script.sql(" LOCK IN SHARE MODE").end();
 }
 
 /// Whether the rows [`push_fences`] returned show `lease` still held and

@@ -12,7 +12,7 @@ pub mod script;
 use crate::config::Config;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::{MySql, MySqlPool};
+use sqlx::{ConnectOptions, MySql, MySqlPool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -38,9 +38,12 @@ pub enum ConnectError {
 pub async fn connect(config: &Config) -> Result<MySqlPool, ConnectError> {
     let url = &config.database_url;
     // Room for every statement shape we use (see `padded_len`), so none is evicted.
+    // No statement logging: the hot paths' scripts carry their values as
+    // literals (buyers' ids among them), and a slow one would be logged whole.
     let options = MySqlConnectOptions::from_str(url)
         .map_err(ConnectError::Url)?
-        .statement_cache_capacity(256);
+        .statement_cache_capacity(256)
+        .disable_statement_logging();
     if !MySql::database_exists(url).await? {
         // Another process may create it at the same moment: only a database
         // that still does not exist afterwards is an error.
@@ -168,18 +171,6 @@ pub fn padded<T>(values: &[T]) -> impl Iterator<Item = &T> {
     ))
 }
 
-/// The sizes to split `n` rows into so that each multi-row statement has
-/// a power-of-two length (see [`padded_len`]): largest first.
-pub fn power_of_two_chunks(mut n: usize) -> Vec<usize> {
-    let mut chunks = Vec::new();
-    while n > 0 {
-        let size = 1 << (usize::BITS - 1 - n.leading_zeros());
-        chunks.push(size);
-        n -= size;
-    }
-    chunks
-}
-
 /// `n` comma-separated placeholders, for `IN (...)` lists.
 pub fn placeholders(n: usize) -> String {
     let mut s = String::with_capacity(n * 2);
@@ -205,8 +196,5 @@ mod tests {
             padded(&[1, 2, 3]).copied().collect::<Vec<_>>(),
             [1, 2, 3, 3]
         );
-        assert_eq!(power_of_two_chunks(55), [32, 16, 4, 2, 1]);
-        assert_eq!(power_of_two_chunks(64), [64]);
-        assert!(power_of_two_chunks(0).is_empty());
     }
 }
