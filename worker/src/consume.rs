@@ -182,10 +182,11 @@ async fn process_batch(
             decide_isolating(ctx, ch, chunk, lease, shutdown, MAX_PERMANENT_FAILURES).await?;
         decided.append(part);
     }
-    // Committed: now, and only now, acknowledge.
-    shared::fault::point(shared::fault::WORKER_AFTER_COMMIT);
-    ch.basic_ack(ack_tag, BasicAckOptions { multiple: true })
-        .await?;
+    // Committed: announce (handed to the notifier's task, so this never
+    // waits on the broker), and now, and only now, acknowledge. The notice
+    // goes first so that waiting requests hear of it one hop sooner; if the
+    // ack is lost, the redelivery finds the orders decided and changes
+    // nothing.
     record(&ctx.metrics, &decided.decisions);
     decided.sold_out.sort_unstable();
     decided.sold_out.dedup();
@@ -197,6 +198,9 @@ async fn process_batch(
             .collect(),
         sold_out: decided.sold_out,
     });
+    shared::fault::point(shared::fault::WORKER_AFTER_COMMIT);
+    ch.basic_ack(ack_tag, BasicAckOptions { multiple: true })
+        .await?;
     Ok(())
 }
 
