@@ -86,6 +86,18 @@ impl Caller {
         }
     }
 
+    /// The scope of this caller's idempotency keys on pay and cancel: who
+    /// they are, not the spelling of their token (tokens rotate); `None`
+    /// for an anonymous caller (then the `Authorization` header, if any).
+    pub fn key_scope(&self) -> Option<String> {
+        match self {
+            Caller::Buyer(id) => Some(format!("buyer:{id}")),
+            Caller::Admin => Some("admin".to_owned()),
+            Caller::Payment => Some("payment".to_owned()),
+            Caller::Anonymous => None,
+        }
+    }
+
     /// Whether this caller may see an order that belongs to `owner`. A buyer
     /// who may not is answered 404, so the order's existence is not revealed.
     pub fn may_read(&self, owner: Option<&str>) -> bool {

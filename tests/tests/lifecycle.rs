@@ -474,3 +474,58 @@ async fn the_invariant_check_reports_a_broken_database() {
         "RESERVED_NOT_SUM_OF_ACCEPTED"
     );
 }
+
+/// `Idempotency-Key` on pay and cancel: a retry with the key does the same
+/// transition again (200, `Idempotent-Replayed` once done), and the key
+/// used for another action or another order is 422 and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_and_cancel_honour_an_idempotency_key() {
+    let app = spawn_app().await;
+    let product = app.create_product("Kaos", 10).await;
+    let first = accepted_order(&app, product, 2).await;
+    let second = accepted_order(&app, product, 3).await;
+    let action = |id: &str, verb: &str, key: &str| {
+        app.client
+            .post(format!("{}/api/orders/{id}/{verb}", app.address))
+            .header("Idempotency-Key", key)
+            .send()
+    };
+    let key = "0b6e3c2a-pay-key-for-the-first";
+
+    let r = action(&first, "pay", key).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    let r = action(&first, "pay", key).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "a retry with the key");
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["data"]["status"], "PAID");
+
+    // The same key for another order, or another action: refused, nothing done.
+    for (id, verb) in [(&second, "pay"), (&second, "cancel"), (&first, "cancel")] {
+        let r = action(id, verb, key).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{verb} {id}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["data"]["error"], "IDEMPOTENCY_KEY_REUSED");
+    }
+    let order = app.wait_for_decision(&second, Duration::from_secs(1)).await;
+    assert_eq!(
+        order["status"], "ACCEPTED",
+        "the refused requests changed nothing"
+    );
+
+    // A key of its own cancels the second; its retry is a replay.
+    let cancel_key = "0b6e3c2a-cancel-key-second";
+    let r = action(&second, "cancel", cancel_key).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = action(&second, "cancel", cancel_key).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    // A malformed key is 422 before anything happens.
+    let r = action(&second, "cancel", "short").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let inventory = app.inventory(product).await;
+    assert_eq!(inventory["stored_stock"], 8);
+    assert_eq!(inventory["reserved_stock"], 0);
+    app.assert_invariants().await;
+}

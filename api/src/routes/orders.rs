@@ -405,7 +405,10 @@ pub async fn get_order(
 /// Pays an accepted order: its units leave the store (`stored_stock` and
 /// `reserved_stock` both drop by `total`).
 #[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders",
-    params(("id" = uuid::Uuid, Path, description = "Order id (UUID)")),
+    params(
+        ("id" = uuid::Uuid, Path, description = "Order id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key for the same action on the same order does it again (answered as above: 200, `Idempotent-Replayed: true` once done); the same key with another action or order, 422"),
+    ),
     responses(
         (status = 200, description = "Paid (or paid already: `Idempotent-Replayed: true`)", body = Envelope<Order>,
             headers(
@@ -418,23 +421,30 @@ pub async fn get_order(
         (status = 401, description = "PAYMENT_TOKEN or ADMIN_TOKEN (or a buyer key) is configured and the request carries neither service token", body = Envelope<ErrorBody>,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 403, description = "A buyer's token: payments are confirmed by the payment service", body = Envelope<ErrorBody>),
+        (status = 422, description = "`INVALID_IDEMPOTENCY_KEY`, or `IDEMPOTENCY_KEY_REUSED`: the key was used with another action or order (nothing done)", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn pay_order(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
     caller.may_pay(&state)?;
     let id = parse_order_id(&id)?;
+    let request = format!("pay {id}");
+    let key = crate::idempotency::key(&headers, caller.key_scope().as_deref(), request.as_bytes())?;
     // Pay, cancel and the sweeper lock the same rows; a lost deadlock is retried.
-    let result = db::retry_lock_conflicts(|| db::orders::pay(&state.db, id)).await?;
+    let result = db::retry_lock_conflicts(|| db::orders::pay(&state.db, id, key.as_ref())).await?;
     transition_response(id, "pay", result)
 }
 
 /// Cancels a PENDING or ACCEPTED order, releasing any units it held.
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders",
-    params(("id" = uuid::Uuid, Path, description = "Order id (UUID)")),
+    params(
+        ("id" = uuid::Uuid, Path, description = "Order id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key for the same action on the same order does it again (answered as above: 200, `Idempotent-Replayed: true` once done); the same key with another action or order, 422"),
+    ),
     responses(
         (status = 200, description = "Cancelled (or cancelled already: `Idempotent-Replayed: true`)", body = Envelope<Order>,
             headers(
@@ -447,14 +457,18 @@ pub async fn pay_order(
         (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 403, description = "The payment token: it cannot cancel", body = Envelope<ErrorBody>),
+        (status = 422, description = "`INVALID_IDEMPOTENCY_KEY`, or `IDEMPOTENCY_KEY_REUSED`: the key was used with another action or order (nothing done)", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
 pub async fn cancel_order(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
+    let request = format!("cancel {id}");
+    let key = crate::idempotency::key(&headers, caller.key_scope().as_deref(), request.as_bytes())?;
     // An order's buyer never changes: checked before, not under, the lock.
     let owner = db::orders::fetch(&state.db, id)
         .await?
@@ -463,7 +477,8 @@ pub async fn cancel_order(
     if !caller.may_cancel(owner.as_deref())? {
         return Err(order_not_found(id));
     }
-    let result = db::retry_lock_conflicts(|| db::orders::cancel(&state.db, id)).await?;
+    let result =
+        db::retry_lock_conflicts(|| db::orders::cancel(&state.db, id, key.as_ref())).await?;
     if matches!(result, Transition::Done(_)) {
         // Cancelled while PENDING, it will get no decision notice; it
         // leaves admission without counting as a decision.
@@ -483,6 +498,7 @@ fn transition_response(id: OrderId, verb: &str, result: Transition) -> Result<Re
     match result {
         Transition::Done(row) => Ok(order_response(StatusCode::OK, Order::from(row))),
         Transition::NotFound => Err(order_not_found(id)),
+        Transition::KeyReused => Err(crate::idempotency::reused()),
         Transition::Refused(row) if row.status() == done => {
             let mut response = order_response(StatusCode::OK, Order::from(row));
             response

@@ -396,13 +396,58 @@ pub enum Transition {
     NotFound,
     /// The current status does not allow it; the order as it is.
     Refused(OrderRow),
+    /// The request's idempotency key was used before with another request:
+    /// nothing was done.
+    KeyReused,
+}
+
+/// Claims `key` for a pay or cancel of `id`, in the transaction that makes
+/// it: true when it is new, or was used before with this same request
+/// (then the transition simply runs again and answers what the order is
+/// now); false when it was used with another request. A duplicate key
+/// fails only its own statement, so the transaction goes on.
+async fn claim_action_key(
+    tx: &mut sqlx::MySqlConnection,
+    key: &IdempotencyKey,
+    id: OrderId,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO order_action_keys (idempotency_key, request_hash, order_id) VALUES (?, ?, ?)",
+    )
+    .bind(&key.key)
+    .bind(&key.request_hash[..])
+    .bind(id.uuid())
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            let (hash,): (Vec<u8>,) = sqlx::query_as(
+                "SELECT request_hash FROM order_action_keys WHERE idempotency_key = ?",
+            )
+            .bind(&key.key)
+            .fetch_one(&mut *tx)
+            .await?;
+            Ok(hash == key.request_hash)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Pays an ACCEPTED, unexpired order: `stored -= total`, `reserved -= total`.
 /// An order found past its `expires_at` is expired on the spot (its units
 /// released) and the payment refused, whether or not the sweeper ran.
-pub async fn pay(pool: &MySqlPool, id: OrderId) -> Result<Transition, sqlx::Error> {
+pub async fn pay(
+    pool: &MySqlPool,
+    id: OrderId,
+    key: Option<&IdempotencyKey>,
+) -> Result<Transition, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    if let Some(key) = key
+        && !claim_action_key(&mut tx, key, id).await?
+    {
+        return Ok(Transition::KeyReused);
+    }
     let Some((status, product, total, expired)) = lock(&mut tx, id).await? else {
         return Ok(Transition::NotFound);
     };
@@ -434,8 +479,17 @@ pub async fn pay(pool: &MySqlPool, id: OrderId) -> Result<Transition, sqlx::Erro
 
 /// Cancels a PENDING or ACCEPTED order, releasing what it reserved. A
 /// cancelled PENDING order is left alone by the worker when its message comes.
-pub async fn cancel(pool: &MySqlPool, id: OrderId) -> Result<Transition, sqlx::Error> {
+pub async fn cancel(
+    pool: &MySqlPool,
+    id: OrderId,
+    key: Option<&IdempotencyKey>,
+) -> Result<Transition, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    if let Some(key) = key
+        && !claim_action_key(&mut tx, key, id).await?
+    {
+        return Ok(Transition::KeyReused);
+    }
     let Some((status, product, total, _)) = lock(&mut tx, id).await? else {
         return Ok(Transition::NotFound);
     };
