@@ -188,19 +188,41 @@ async fn bad_product_input_gets_a_4xx_envelope_and_creates_nothing() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "INVALID_STOCK",
         ),
+        // One field, one code: a stock of the wrong type is INVALID_STOCK too.
         (
             "stock beyond i64",
             r#"{"name": "a", "stock": 1e30}"#.into(),
             "application/json",
             StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_BODY",
+            "INVALID_STOCK",
         ),
         (
             "fractional stock",
             r#"{"name": "a", "stock": 1.5}"#.into(),
             "application/json",
             StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_BODY",
+            "INVALID_STOCK",
+        ),
+        (
+            "stock as text",
+            r#"{"name": "a", "stock": "1"}"#.into(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_STOCK",
+        ),
+        (
+            "max_per_buyer as text",
+            r#"{"name": "a", "max_per_buyer": "2"}"#.into(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_MAX_PER_BUYER",
+        ),
+        (
+            "fractional max_per_buyer",
+            r#"{"name": "a", "max_per_buyer": 1.5}"#.into(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_MAX_PER_BUYER",
         ),
         (
             "unknown field",

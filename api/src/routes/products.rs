@@ -5,7 +5,7 @@ use crate::auth::Admin;
 use crate::conditional::{check_if_match, read_response, with_etag};
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
-use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::extract::{AppJson, AppPath, AppQuery, IntField};
 use crate::pagination::{Page, PageQuery};
 use crate::state::AppState;
 use axum::extract::State;
@@ -37,13 +37,13 @@ pub struct CreateProduct {
     #[schema(example = "Kaos Polos", min_length = 1, max_length = 200)]
     pub name: String,
     /// Initial `stored_stock`, 0 to 1,000,000,000; 0 when absent.
-    #[schema(example = 100, minimum = 0, maximum = 1000000000)]
-    pub stock: Option<i64>,
+    #[schema(value_type = Option<i64>, example = 100, minimum = 0, maximum = 1000000000)]
+    pub stock: Option<IntField>,
     /// The most units one buyer may hold (ACCEPTED and PAID), 1 to
     /// 1,000,000; no limit when absent. Counted per buyer id, so it needs
     /// buyers' tokens (`BUYER_JWT_*`); anonymous orders are not limited.
-    #[schema(example = 2, minimum = 1, maximum = 1000000)]
-    pub max_per_buyer: Option<i64>,
+    #[schema(value_type = Option<i64>, example = 2, minimum = 1, maximum = 1000000)]
+    pub max_per_buyer: Option<IntField>,
     /// RFC 3339: orders before it are rejected `SALE_NOT_STARTED`, at once.
     pub sale_starts_at: Option<DateTime<Utc>>,
     /// RFC 3339, after `sale_starts_at`: orders from it on are rejected `SALE_ENDED`.
@@ -58,7 +58,7 @@ pub struct UpdateProduct {
     /// The most units one buyer may hold, 1 to 1,000,000; `null`: no limit.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000000, example = 2)]
-    pub max_per_buyer: Option<Option<i64>>,
+    pub max_per_buyer: Option<Option<IntField>>,
     /// RFC 3339; `null`: open from the start.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
@@ -109,15 +109,20 @@ impl From<ProductRow> for Product {
     }
 }
 
-fn max_per_buyer(value: Option<i64>) -> Result<Option<u32>, ApiError> {
+/// `max_per_buyer`, checked: a value of the wrong type gets the same code
+/// as one out of range.
+fn max_per_buyer(value: Option<&IntField>) -> Result<Option<u32>, ApiError> {
+    let must = format!("an integer from 1 to {MAX_PER_BUYER}");
     match value {
         None => Ok(None),
-        Some(n) if (1..=MAX_PER_BUYER).contains(&n) => Ok(Some(n as u32)),
-        Some(n) => Err(ApiError::client(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_MAX_PER_BUYER",
-            format!("max_per_buyer must be an integer from 1 to {MAX_PER_BUYER}, got {n}"),
-        )),
+        Some(field) => match field.integer("INVALID_MAX_PER_BUYER", "max_per_buyer", &must)? {
+            n if (1..=MAX_PER_BUYER).contains(&n) => Ok(Some(n as u32)),
+            n => Err(ApiError::client(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "INVALID_MAX_PER_BUYER",
+                format!("max_per_buyer must be {must}, got {n}"),
+            )),
+        },
     }
 }
 
@@ -171,9 +176,15 @@ pub async fn create_product(
     AppJson(body): AppJson<CreateProduct>,
 ) -> Result<Response, ApiError> {
     let name = ProductName::parse(&body.name)?;
-    let stock = Stock::new(body.stock.unwrap_or(0))?;
+    let stock = match &body.stock {
+        Some(field) => {
+            field.integer("INVALID_STOCK", "stock", "an integer from 0 to 1000000000")?
+        }
+        None => 0,
+    };
+    let stock = Stock::new(stock)?;
     let rules = check_window(SaleRules {
-        max_per_buyer: max_per_buyer(body.max_per_buyer)?,
+        max_per_buyer: max_per_buyer(body.max_per_buyer.as_ref())?,
         sale_starts_at: body.sale_starts_at,
         sale_ends_at: body.sale_ends_at,
     })?;
@@ -240,7 +251,11 @@ pub async fn update_product(
     AppJson(body): AppJson<UpdateProduct>,
 ) -> Result<Response, ApiError> {
     let id = parse_product_id(&id)?;
-    let limit = body.max_per_buyer.map(max_per_buyer).transpose()?;
+    let limit = body
+        .max_per_buyer
+        .as_ref()
+        .map(|v| max_per_buyer(v.as_ref()))
+        .transpose()?;
     let changed = products::update_rules(&state.db, id, |row| {
         check_if_match(&headers, &Product::from(row.clone()))?;
         let current = row.rules();
