@@ -17,6 +17,7 @@ use axum::http::{StatusCode, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
 use shared::config::{BuyerJwt, BuyerKey};
+use shared::error_code::ErrorCode;
 use std::time::Duration;
 
 /// Clock skew tolerated on `exp` and `nbf`.
@@ -41,7 +42,7 @@ impl FromRequestParts<AppState> for Admin {
         } else {
             Err(ApiError::client(
                 StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
+                ErrorCode::Unauthorized,
                 "this endpoint needs Authorization: Bearer <ADMIN_TOKEN>",
             ))
         }
@@ -248,11 +249,11 @@ impl BuyerTokens {
 }
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
-    ApiError::client(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    ApiError::client(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
 }
 
 fn forbidden(message: impl Into<String>) -> ApiError {
-    ApiError::client(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+    ApiError::client(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
 }
 
 /// Compares two secrets without an early exit: both are hashed to the same

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use shared::error_code::ErrorCode;
 
 /// The entity tag of `data`, quoted.
 pub fn etag_of<T: Serialize>(data: &T) -> String {
@@ -94,7 +95,7 @@ pub fn check_if_match<T: Serialize>(headers: &HeaderMap, current: &T) -> Result<
     }
     Err(ApiError::client(
         StatusCode::PRECONDITION_FAILED,
-        "PRECONDITION_FAILED",
+        ErrorCode::PreconditionFailed,
         format!("If-Match does not name the current version ({etag}); read it again, then retry"),
     ))
 }

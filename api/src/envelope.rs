@@ -4,6 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use shared::error_code::ErrorCode;
 use utoipa::ToSchema;
 
 /// Every response body.
@@ -23,8 +24,7 @@ pub struct Envelope<T> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// A machine-readable code, such as `INVALID_TOTAL`.
-    #[schema(example = "INVALID_TOTAL")]
-    pub error: String,
+    pub error: ErrorCode,
     /// What went wrong, for people.
     #[schema(example = "total must be an integer from 1 to 1000, got 0")]
     pub message: String,

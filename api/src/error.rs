@@ -7,6 +7,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use shared::domain::DomainError;
+use shared::error_code::ErrorCode;
 
 /// Seconds a client should wait before retrying after a 503.
 const RETRY_AFTER_SECS: &str = "2";
@@ -20,7 +21,7 @@ pub enum ApiError {
         /// The 4xx status.
         status: StatusCode,
         /// Machine-readable code.
-        code: &'static str,
+        code: ErrorCode,
         /// Human-readable explanation.
         message: String,
     },
@@ -42,7 +43,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// A 4xx with `code` and `message`.
-    pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn client(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Client {
             status,
             code,
@@ -51,12 +52,12 @@ impl ApiError {
     }
 
     /// 404 with `code`.
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn not_found(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::client(StatusCode::NOT_FOUND, code, message)
     }
 
     /// 409 with `code`.
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::client(StatusCode::CONFLICT, code, message)
     }
 }
@@ -81,21 +82,26 @@ impl From<sqlx::Error> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let (status, code) = match &rejection {
-            JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_BODY"),
-            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "MALFORMED_JSON"),
-            JsonRejection::MissingJsonContentType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            JsonRejection::JsonDataError(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidBody)
             }
+            JsonRejection::JsonSyntaxError(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::MalformedJson)
+            }
+            JsonRejection::MissingJsonContentType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+            ),
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
             }
-            _ => (StatusCode::BAD_REQUEST, "INVALID_BODY"),
+            _ => (StatusCode::BAD_REQUEST, ErrorCode::InvalidBody),
         };
         let message = match code {
-            "UNSUPPORTED_MEDIA_TYPE" => {
+            ErrorCode::UnsupportedMediaType => {
                 "send the body as JSON with Content-Type: application/json".to_owned()
             }
-            "PAYLOAD_TOO_LARGE" => "the request body is too large".to_owned(),
+            ErrorCode::PayloadTooLarge => "the request body is too large".to_owned(),
             _ => rejection.body_text(),
         };
         Self::client(status, code, message)
@@ -104,7 +110,11 @@ impl From<JsonRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        Self::client(StatusCode::BAD_REQUEST, "INVALID_ID", rejection.body_text())
+        Self::client(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidId,
+            rejection.body_text(),
+        )
     }
 }
 
@@ -112,7 +122,7 @@ impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::client(
             StatusCode::BAD_REQUEST,
-            "INVALID_QUERY",
+            ErrorCode::InvalidQuery,
             rejection.body_text(),
         )
     }
@@ -129,7 +139,7 @@ impl IntoResponse for ApiError {
                 let mut response = respond(
                     status,
                     ErrorBody {
-                        error: code.to_owned(),
+                        error: code,
                         message,
                     },
                 );
@@ -144,7 +154,7 @@ impl IntoResponse for ApiError {
                 let mut response = respond(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ErrorBody {
-                        error: "SERVICE_UNAVAILABLE".to_owned(),
+                        error: ErrorCode::ServiceUnavailable,
                         message,
                     },
                 );
@@ -161,7 +171,7 @@ impl IntoResponse for ApiError {
                 let mut response = respond(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ErrorBody {
-                        error: "OVERLOADED".to_owned(),
+                        error: ErrorCode::Overloaded,
                         message,
                     },
                 );
@@ -177,7 +187,7 @@ impl IntoResponse for ApiError {
                 respond(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     ErrorBody {
-                        error: "INTERNAL".to_owned(),
+                        error: ErrorCode::Internal,
                         message: "an unexpected error occurred".to_owned(),
                     },
                 )

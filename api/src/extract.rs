@@ -3,6 +3,7 @@
 
 use crate::error::ApiError;
 use axum::extract::{FromRequest, FromRequestParts};
+use shared::error_code::ErrorCode;
 
 /// A JSON body that must be an object: an array or a scalar is a 422, as
 /// is an object that does not fit `T` (a missing or unknown field is named;
@@ -30,7 +31,7 @@ where
 fn invalid_body(message: impl Into<String>) -> ApiError {
     ApiError::client(
         axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-        "INVALID_BODY",
+        ErrorCode::InvalidBody,
         message,
     )
 }
@@ -76,7 +77,7 @@ impl<'de> serde::Deserialize<'de> for IntField {
 
 impl IntField {
     /// The integer, or a 422 with `code` saying what `field` must be.
-    pub fn integer(&self, code: &'static str, field: &str, must: &str) -> Result<i64, ApiError> {
+    pub fn integer(&self, code: ErrorCode, field: &str, must: &str) -> Result<i64, ApiError> {
         self.value.ok_or_else(|| {
             ApiError::client(
                 axum::http::StatusCode::UNPROCESSABLE_ENTITY,

@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use axum::http::{HeaderMap, StatusCode, header};
 use sha2::{Digest, Sha256};
 use shared::db::orders::IdempotencyKey;
+use shared::error_code::ErrorCode;
 
 /// The request's `Idempotency-Key`, scoped and hashed with `request` (what
 /// identifies the request: its body, its target). Scope: `scope` when given
@@ -26,7 +27,7 @@ pub fn key(
     let invalid = |message: &str| {
         ApiError::client(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_IDEMPOTENCY_KEY",
+            ErrorCode::InvalidIdempotencyKey,
             message,
         )
     };
@@ -78,7 +79,7 @@ pub fn scoped_key(scope: &[u8], key: &str) -> String {
 pub fn reused() -> ApiError {
     ApiError::client(
         StatusCode::UNPROCESSABLE_ENTITY,
-        "IDEMPOTENCY_KEY_REUSED",
+        ErrorCode::IdempotencyKeyReused,
         "this Idempotency-Key was used with a different request",
     )
 }

@@ -4,6 +4,7 @@
 use crate::error::ApiError;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use shared::error_code::ErrorCode;
 use utoipa::{IntoParams, ToSchema};
 
 /// Which page of a list.
@@ -42,14 +43,14 @@ impl PageQuery {
         if !(1..=1_000_000).contains(&page) {
             return Err(ApiError::client(
                 StatusCode::BAD_REQUEST,
-                "INVALID_QUERY",
+                ErrorCode::InvalidQuery,
                 "page must be from 1 to 1000000",
             ));
         }
         if !(1..=100).contains(&per_page) {
             return Err(ApiError::client(
                 StatusCode::BAD_REQUEST,
-                "INVALID_QUERY",
+                ErrorCode::InvalidQuery,
                 "per_page must be from 1 to 100",
             ));
         }

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use shared::Config;
 use shared::broker::{BrokerLink, Topology};
+use shared::error_code::ErrorCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -190,7 +191,7 @@ pub fn router(state: AppState) -> Router {
             respond(
                 StatusCode::NOT_FOUND,
                 ErrorBody {
-                    error: "NOT_FOUND".into(),
+                    error: ErrorCode::NotFound,
                     message: "no such route".into(),
                 },
             )
@@ -199,7 +200,7 @@ pub fn router(state: AppState) -> Router {
             respond(
                 StatusCode::METHOD_NOT_ALLOWED,
                 ErrorBody {
-                    error: "METHOD_NOT_ALLOWED".into(),
+                    error: ErrorCode::MethodNotAllowed,
                     message: "this route does not take that method".into(),
                 },
             )
@@ -221,7 +222,7 @@ pub fn router(state: AppState) -> Router {
                     Err(_) => respond(
                         StatusCode::REQUEST_TIMEOUT,
                         ErrorBody {
-                            error: "REQUEST_TIMEOUT".into(),
+                            error: ErrorCode::RequestTimeout,
                             message: format!(
                                 "the request was not completed within {request_timeout:?} (REQUEST_TIMEOUT)"
                             ),

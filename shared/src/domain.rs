@@ -1,6 +1,7 @@
 //! Domain types, each built through a fallible constructor so a value that
 //! exists is a value that is valid.
 
+use crate::error_code::ErrorCode;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
@@ -10,13 +11,13 @@ use uuid::Uuid;
 #[error("{message}")]
 pub struct DomainError {
     /// A machine-readable code, such as `INVALID_TOTAL`.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// A human-readable explanation.
     pub message: String,
 }
 
 impl DomainError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -39,7 +40,7 @@ impl ProductId {
     pub fn new(id: i64) -> Result<Self, DomainError> {
         if id <= 0 {
             return Err(DomainError::new(
-                "INVALID_PRODUCT_ID",
+                ErrorCode::InvalidProductId,
                 format!("product_id must be a positive integer, got {id}"),
             ));
         }
@@ -74,7 +75,7 @@ impl OrderId {
     pub fn parse(text: &str) -> Result<Self, DomainError> {
         Uuid::parse_str(text).map(Self).map_err(|_| {
             DomainError::new(
-                "INVALID_ORDER_ID",
+                ErrorCode::InvalidOrderId,
                 format!("{text:?} is not an order id (a UUID such as 0190c7a4-5d1e-7bb2-9d1f-3c2a1b0e9f10)"),
             )
         })
@@ -108,7 +109,7 @@ impl Quantity {
     pub fn new(total: i64, max: u32) -> Result<Self, DomainError> {
         if total <= 0 || total > i64::from(max) {
             return Err(DomainError::new(
-                "INVALID_TOTAL",
+                ErrorCode::InvalidTotal,
                 format!("total must be an integer from 1 to {max}, got {total}"),
             ));
         }
@@ -130,7 +131,7 @@ impl Stock {
     pub fn new(stock: i64) -> Result<Self, DomainError> {
         if !(0..=MAX_STOCK).contains(&stock) {
             return Err(DomainError::new(
-                "INVALID_STOCK",
+                ErrorCode::InvalidStock,
                 format!("stock must be an integer from 0 to {MAX_STOCK}, got {stock}"),
             ));
         }
@@ -152,17 +153,20 @@ impl ProductName {
     pub fn parse(name: &str) -> Result<Self, DomainError> {
         let name = name.trim();
         if name.is_empty() {
-            return Err(DomainError::new("INVALID_NAME", "name must not be empty"));
+            return Err(DomainError::new(
+                ErrorCode::InvalidName,
+                "name must not be empty",
+            ));
         }
         if name.chars().count() > MAX_NAME_CHARS {
             return Err(DomainError::new(
-                "INVALID_NAME",
+                ErrorCode::InvalidName,
                 format!("name must be at most {MAX_NAME_CHARS} characters"),
             ));
         }
         if name.chars().any(char::is_control) {
             return Err(DomainError::new(
-                "INVALID_NAME",
+                ErrorCode::InvalidName,
                 "name must not contain control characters",
             ));
         }
@@ -217,7 +221,7 @@ impl OrderStatus {
             "EXPIRED" => Self::Expired,
             other => {
                 return Err(DomainError::new(
-                    "INVALID_STATUS",
+                    ErrorCode::InvalidStatus,
                     format!("unknown order status {other:?}"),
                 ));
             }

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: configuration from the environment.
 //! - [`domain`]: parsed domain types (`ProductId`, `OrderId`, `Quantity`, `OrderStatus`, …).
+//! - [`error_code`]: the machine-readable codes of error answers.
 //! - [`db`]: connecting, migrating, and the shared queries.
 //! - [`broker`]: RabbitMQ names, topology and a self-healing connection.
 //! - [`partition`]: which partition a product's orders go to.
@@ -13,6 +14,7 @@ pub mod broker;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod error_code;
 pub mod fault;
 pub mod message;
 pub mod partition;

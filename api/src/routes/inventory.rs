@@ -14,6 +14,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use shared::db::inventory::{self, InventoryRow, SetStock};
 use shared::domain::Stock;
+use shared::error_code::ErrorCode;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -127,7 +128,7 @@ pub async fn put_inventory(
 ) -> Result<Response, ApiError> {
     let id = parse_product_id(&id)?;
     let stock = Stock::new(body.stock.integer(
-        "INVALID_STOCK",
+        ErrorCode::InvalidStock,
         "stock",
         "an integer from 0 to 1000000000",
     )?)?;
@@ -142,7 +143,7 @@ pub async fn put_inventory(
             .expect_err("the precondition refused this row")),
         SetStock::NotFound => Err(product_not_found(id)),
         SetStock::BelowReserved(row) => Err(ApiError::conflict(
-            "STOCK_BELOW_RESERVED",
+            ErrorCode::StockBelowReserved,
             format!(
                 "stock {} is below the {} units reserved for accepted orders",
                 stock.get(),

@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use axum::http::StatusCode;
 use shared::domain::ProductId;
+use shared::error_code::ErrorCode;
 use utoipa_axum::router::OpenApiRouter;
 
 /// Every route, with its OpenAPI description.
@@ -34,7 +35,7 @@ pub fn parse_product_id(text: &str) -> Result<ProductId, ApiError> {
         .ok_or_else(|| {
             ApiError::client(
                 StatusCode::BAD_REQUEST,
-                "INVALID_PRODUCT_ID",
+                ErrorCode::InvalidProductId,
                 format!("{text:?} is not a product id (a positive integer)"),
             )
         })

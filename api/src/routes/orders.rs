@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use shared::db::orders::{OrderFilter, Transition};
 use shared::db::{self, orders::OrderRow};
 use shared::domain::{OrderId, OrderStatus, ProductId, Quantity};
+use shared::error_code::ErrorCode;
 use shared::partition::partition_of;
 use std::time::Duration;
 use utoipa::ToSchema;
@@ -148,14 +149,14 @@ pub async fn create_order(
 ) -> Result<Response, ApiError> {
     let buyer = caller.placing_buyer(&state)?;
     let product = ProductId::new(body.product_id.integer(
-        "INVALID_PRODUCT_ID",
+        ErrorCode::InvalidProductId,
         "product_id",
         "a positive integer",
     )?)?;
     let max = state.config.max_order_total;
     let total = Quantity::new(
         body.total.integer(
-            "INVALID_TOTAL",
+            ErrorCode::InvalidTotal,
             "total",
             &format!("an integer from 1 to {max}"),
         )?,
@@ -509,9 +510,9 @@ fn transition_response(id: OrderId, verb: &str, result: Transition) -> Result<Re
         Transition::Refused(row) => {
             let status = row.status();
             let code = if status == OrderStatus::Expired {
-                "ORDER_EXPIRED"
+                ErrorCode::OrderExpired
             } else {
-                "INVALID_TRANSITION"
+                ErrorCode::InvalidTransition
             };
             Err(ApiError::conflict(
                 code,
@@ -529,7 +530,7 @@ fn parse_order_id(text: &str) -> Result<OrderId, ApiError> {
         .map_err(|e| ApiError::client(StatusCode::BAD_REQUEST, e.code, e.message))?;
     if id.to_string() != text {
         return Err(ApiError::not_found(
-            "ORDER_NOT_FOUND",
+            ErrorCode::OrderNotFound,
             format!("no order at this address; its canonical form is /api/orders/{id}"),
         ));
     }
@@ -546,7 +547,10 @@ fn order_response<T: Serialize>(status: StatusCode, body: T) -> Response {
 }
 
 fn order_not_found(id: OrderId) -> ApiError {
-    ApiError::not_found("ORDER_NOT_FOUND", format!("order {id} does not exist"))
+    ApiError::not_found(
+        ErrorCode::OrderNotFound,
+        format!("order {id} does not exist"),
+    )
 }
 
 /// Filters for `GET /api/orders`.

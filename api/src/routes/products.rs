@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shared::db::products::{self, ProductRow, SaleRules};
 use shared::domain::{ProductName, Stock};
+use shared::error_code::ErrorCode;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -115,14 +116,16 @@ fn max_per_buyer(value: Option<&IntField>) -> Result<Option<u32>, ApiError> {
     let must = format!("an integer from 1 to {MAX_PER_BUYER}");
     match value {
         None => Ok(None),
-        Some(field) => match field.integer("INVALID_MAX_PER_BUYER", "max_per_buyer", &must)? {
-            n if (1..=MAX_PER_BUYER).contains(&n) => Ok(Some(n as u32)),
-            n => Err(ApiError::client(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "INVALID_MAX_PER_BUYER",
-                format!("max_per_buyer must be {must}, got {n}"),
-            )),
-        },
+        Some(field) => {
+            match field.integer(ErrorCode::InvalidMaxPerBuyer, "max_per_buyer", &must)? {
+                n if (1..=MAX_PER_BUYER).contains(&n) => Ok(Some(n as u32)),
+                n => Err(ApiError::client(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::InvalidMaxPerBuyer,
+                    format!("max_per_buyer must be {must}, got {n}"),
+                )),
+            }
+        }
     }
 }
 
@@ -143,7 +146,7 @@ fn check_window(rules: SaleRules) -> Result<SaleRules, ApiError> {
     {
         return Err(ApiError::client(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_SALE_WINDOW",
+            ErrorCode::InvalidSaleWindow,
             format!("sale_ends_at ({end}) must be after sale_starts_at ({start})"),
         ));
     }
@@ -177,9 +180,11 @@ pub async fn create_product(
 ) -> Result<Response, ApiError> {
     let name = ProductName::parse(&body.name)?;
     let stock = match &body.stock {
-        Some(field) => {
-            field.integer("INVALID_STOCK", "stock", "an integer from 0 to 1000000000")?
-        }
+        Some(field) => field.integer(
+            ErrorCode::InvalidStock,
+            "stock",
+            "an integer from 0 to 1000000000",
+        )?,
         None => 0,
     };
     let stock = Stock::new(stock)?;
@@ -334,5 +339,8 @@ pub async fn get_product(
 
 /// 404 for product `id`.
 pub fn product_not_found(id: shared::domain::ProductId) -> ApiError {
-    ApiError::not_found("PRODUCT_NOT_FOUND", format!("product {id} does not exist"))
+    ApiError::not_found(
+        ErrorCode::ProductNotFound,
+        format!("product {id} does not exist"),
+    )
 }
