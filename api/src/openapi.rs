@@ -2,6 +2,7 @@
 //! committed `apispec.json` must equal [`document`]; a test checks it.
 
 use crate::routes;
+use shared::error_code::ErrorCode;
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -32,7 +33,157 @@ pub fn document() -> utoipa::openapi::OpenApi {
     add_links(&mut api);
     add_security(&mut api);
     add_common_responses(&mut api);
+    add_error_codes(&mut api);
     api
+}
+
+/// The codes an operation answers with besides those its documented
+/// statuses imply (see [`codes_of_status`]): what its parsing, lookups and
+/// transitions refuse with.
+fn operation_codes(operation_id: &str) -> &'static [ErrorCode] {
+    use ErrorCode::*;
+    match operation_id {
+        "list_orders" => &[InvalidQuery, InvalidStatus, InvalidProductId],
+        "create_order" => &[
+            InvalidProductId,
+            InvalidTotal,
+            ProductNotFound,
+            InvalidIdempotencyKey,
+            IdempotencyKeyReused,
+            Overloaded,
+        ],
+        "get_order" => &[InvalidOrderId, OrderNotFound],
+        "pay_order" | "cancel_order" => &[
+            InvalidOrderId,
+            OrderNotFound,
+            InvalidTransition,
+            OrderExpired,
+            InvalidIdempotencyKey,
+            IdempotencyKeyReused,
+        ],
+        "list_products" => &[InvalidQuery],
+        "create_product" => &[
+            InvalidName,
+            InvalidStock,
+            InvalidMaxPerBuyer,
+            InvalidSaleWindow,
+            InvalidIdempotencyKey,
+            IdempotencyKeyReused,
+        ],
+        "get_product" | "get_inventory" => &[InvalidProductId, ProductNotFound],
+        "update_product" => &[
+            InvalidProductId,
+            ProductNotFound,
+            InvalidMaxPerBuyer,
+            InvalidSaleWindow,
+        ],
+        "put_inventory" => &[
+            InvalidProductId,
+            ProductNotFound,
+            InvalidStock,
+            StockBelowReserved,
+        ],
+        "get_order_summary" => &[InvalidProductId, ProductNotFound],
+        _ => &[],
+    }
+}
+
+/// The codes a documented status implies, whatever the operation.
+fn codes_of_status(status: &str) -> &'static [ErrorCode] {
+    use ErrorCode::*;
+    match status {
+        "401" => &[Unauthorized],
+        "403" => &[Forbidden],
+        "405" => &[MethodNotAllowed],
+        "408" => &[RequestTimeout],
+        "412" => &[PreconditionFailed],
+        // A body the api could not read: not JSON, not the object expected,
+        // too large, or of another type.
+        "413" => &[PayloadTooLarge, MalformedJson, InvalidBody],
+        "415" => &[UnsupportedMediaType, MalformedJson, InvalidBody],
+        "503" => &[ServiceUnavailable],
+        _ => &[],
+    }
+}
+
+/// Each operation's error answers carry `data.error` as an enum of the
+/// codes that operation answers with (a schema `<operation>_error` per
+/// operation, each code from [`ErrorCode`]), instead of every code there
+/// is. An operation with a path parameter may also answer `INVALID_ID` (a
+/// path that is not even text).
+fn add_error_codes(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Ref, RefOr, Schema};
+    let Some(components) = api.components.as_ref() else {
+        return;
+    };
+    let Some(template) = components
+        .schemas
+        .get("Envelope_ErrorBody")
+        .and_then(|s| serde_json::to_value(s).ok())
+    else {
+        return;
+    };
+    let mut schemas: Vec<(String, RefOr<Schema>)> = Vec::new();
+    for (path, item) in api.paths.paths.iter_mut() {
+        let has_path_parameter = path.contains('{');
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let Some(id) = operation.operation_id.clone() else {
+                continue;
+            };
+            let mut codes: Vec<ErrorCode> = operation_codes(&id).to_vec();
+            for status in operation.responses.responses.keys() {
+                codes.extend_from_slice(codes_of_status(status));
+            }
+            if has_path_parameter {
+                codes.push(ErrorCode::InvalidId);
+            }
+            // In the order of the enum, each once.
+            let codes: Vec<&str> = ErrorCode::ALL
+                .iter()
+                .filter(|c| codes.contains(c))
+                .map(|c| c.as_str())
+                .collect();
+            let mut schema = template.clone();
+            schema["description"] = format!("An error answer of `{id}`.").into();
+            schema["properties"]["data"]["properties"]["error"] = serde_json::json!({
+                "type": "string",
+                "description": "A machine-readable code: one of those this operation answers with.",
+                "enum": codes,
+            });
+            let Ok(schema) = serde_json::from_value::<RefOr<Schema>>(schema) else {
+                continue;
+            };
+            let name = format!("{id}_error");
+            for response in operation.responses.responses.values_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                for content in response.content.values_mut() {
+                    let RefOr::T(content) = content else {
+                        continue;
+                    };
+                    if let Some(RefOr::Ref(r)) = &content.schema
+                        && r.ref_location.ends_with("/Envelope_ErrorBody")
+                    {
+                        content.schema = Some(RefOr::Ref(Ref::from_schema_name(&name)));
+                    }
+                }
+            }
+            schemas.push((name, schema));
+        }
+    }
+    if let Some(components) = api.components.as_mut() {
+        components.schemas.extend(schemas);
+    }
 }
 
 /// What every operation may answer besides its own responses: 405 with
@@ -222,6 +373,59 @@ pub fn document_json() -> String {
 
 #[cfg(test)]
 mod tests {
+    use shared::error_code::ErrorCode;
+
+    /// Every error answer of every operation names its own enum of codes,
+    /// each a code of [`ErrorCode`], and the codes the handlers are known to
+    /// answer with are in it.
+    #[test]
+    fn each_operation_lists_its_error_codes() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document_json()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        let mut operations = 0;
+        for item in doc["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                let Some(id) = operation["operationId"].as_str() else {
+                    continue;
+                };
+                operations += 1;
+                let name = format!("{id}_error");
+                let codes: Vec<&str> = schemas[&name]["properties"]["data"]["properties"]["error"]
+                    ["enum"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name} has an enum"))
+                    .iter()
+                    .map(|c| c.as_str().unwrap())
+                    .collect();
+                assert!(codes.iter().all(|c| all.contains(c)), "{id}: {codes:?}");
+                assert!(codes.contains(&"METHOD_NOT_ALLOWED"), "{id}");
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    // Two error answers carry another body: a rejected
+                    // order, and readiness saying which dependency is down.
+                    let other = ["Envelope_OrderOrError", "Envelope_Health"]
+                        .map(|n| format!("#/components/schemas/{n}"));
+                    if status.as_str() >= "400"
+                        && !other.iter().any(|o| schema.as_str() == Some(o.as_str()))
+                    {
+                        assert_eq!(
+                            schema.as_str(),
+                            Some(format!("#/components/schemas/{name}").as_str()),
+                            "{id} {status}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(operations, 15);
+        let codes = |id: &str| schemas[format!("{id}_error")].to_string();
+        assert!(codes("create_order").contains("INVALID_TOTAL"));
+        assert!(codes("create_order").contains("OVERLOADED"));
+        assert!(codes("pay_order").contains("ORDER_EXPIRED"));
+        assert!(!codes("get_product").contains("INVALID_TOTAL"));
+    }
+
     /// The committed `apispec.json` equals the document derived from the
     /// handlers. Regenerate with `UPDATE_APISPEC=1 cargo test -p flashstock-api apispec`.
     #[test]
