@@ -222,12 +222,18 @@ fn add_common_responses(api: &mut utoipa::openapi::OpenApi) {
         responses.entry("408".to_owned()).or_insert(RefOr::T(error(
             "`REQUEST_TIMEOUT`: the request took longer than REQUEST_TIMEOUT",
         )));
-        for response in responses.values_mut() {
+        for (status, response) in responses.iter_mut() {
             if let RefOr::T(response) = response {
                 response.headers.insert(
                         "x-request-id".to_owned(),
                         header("The request's id: the client's own `x-request-id`, or a new UUID; on every log line of the request"),
                     );
+                // Every 401 names the scheme (RFC 9110 §11.6.1).
+                if status == "401" && !response.headers.contains_key("WWW-Authenticate") {
+                    response
+                        .headers
+                        .insert("WWW-Authenticate".to_owned(), header("Bearer"));
+                }
             }
         }
     }

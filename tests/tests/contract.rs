@@ -413,3 +413,198 @@ async fn a_product_post_with_an_idempotency_key_creates_one_product() {
     let list: Value = app.get("/api/products").await.json().await.unwrap();
     assert_eq!(list["data"]["total_items"], 1, "one product");
 }
+
+/// Every header of ours a client sees is in the served spec, for that
+/// operation and status: a walk through every operation, on success and on
+/// the usual refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_lists_every_header_the_answers_carry() {
+    const ADMIN: &str = "contract-admin-token-0123456789";
+    let app = TestApp::spawn(Options::default().env("ADMIN_TOKEN", ADMIN)).await;
+    let spec: Value = app.get("/api/openapi.json").await.json().await.unwrap();
+    let ours = [
+        "location",
+        "retry-after",
+        "etag",
+        "cache-control",
+        "idempotent-replayed",
+        "preference-applied",
+        "link",
+        "www-authenticate",
+        "allow",
+        "x-request-id",
+    ];
+    let mut seen = 0;
+    let mut check = |method: &str, template: &str, r: &reqwest::Response| {
+        let status = r.status().as_u16().to_string();
+        let documented = &spec["paths"][template][method.to_lowercase()]["responses"][&status];
+        assert!(
+            documented.is_object(),
+            "{method} {template} {status} is not in the spec"
+        );
+        let names: Vec<String> = documented["headers"]
+            .as_object()
+            .map(|h| h.keys().map(|k| k.to_lowercase()).collect())
+            .unwrap_or_default();
+        for header in ours {
+            if r.headers().contains_key(header) {
+                seen += 1;
+                assert!(
+                    names.iter().any(|n| n == header),
+                    "{method} {template} {status} sends {header}, which the spec does not list ({names:?})"
+                );
+            }
+        }
+    };
+    let url = |path: &str| format!("{}{path}", app.address);
+    let admin = |req: reqwest::RequestBuilder| req.bearer_auth(ADMIN);
+    let c = &app.client;
+
+    // Products.
+    let body = json!({"name": "Kaos", "stock": 5});
+    let r = c
+        .post(url("/api/products"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    check("POST", "/api/products", &r);
+    let key = "contract-product-key-0001";
+    let r = admin(
+        c.post(url("/api/products"))
+            .header("Idempotency-Key", key)
+            .json(&body),
+    )
+    .send()
+    .await
+    .unwrap();
+    check("POST", "/api/products", &r);
+    let id = r.json::<Value>().await.unwrap()["data"]["id"]
+        .as_u64()
+        .unwrap();
+    let r = admin(
+        c.post(url("/api/products"))
+            .header("Idempotency-Key", key)
+            .json(&body),
+    )
+    .send()
+    .await
+    .unwrap();
+    check("POST", "/api/products", &r);
+    let r = c.get(url("/api/products?per_page=1")).send().await.unwrap();
+    check("GET", "/api/products", &r);
+    let product = format!("/api/products/{id}");
+    let r = c.get(url(&product)).send().await.unwrap();
+    let tag = r.headers()["etag"].clone();
+    check("GET", "/api/products/{id}", &r);
+    let r = c
+        .get(url(&product))
+        .header("If-None-Match", tag.clone())
+        .send()
+        .await
+        .unwrap();
+    check("GET", "/api/products/{id}", &r);
+    let r = c.delete(url(&product)).send().await.unwrap();
+    check("GET", "/api/products/{id}", &r);
+    let r = admin(c.patch(url(&product)).json(&json!({"max_per_buyer": 3})))
+        .send()
+        .await
+        .unwrap();
+    check("PATCH", "/api/products/{id}", &r);
+    let r = admin(
+        c.patch(url(&product))
+            .header("If-Match", tag)
+            .json(&json!({})),
+    )
+    .send()
+    .await
+    .unwrap();
+    check("PATCH", "/api/products/{id}", &r);
+    let inventory = format!("{product}/inventory");
+    let r = c.get(url(&inventory)).send().await.unwrap();
+    check("GET", "/api/products/{id}/inventory", &r);
+    let r = admin(c.put(url(&inventory)).json(&json!({"stock": 6})))
+        .send()
+        .await
+        .unwrap();
+    check("PUT", "/api/products/{id}/inventory", &r);
+    let r = c
+        .put(url(&inventory))
+        .json(&json!({"stock": 6}))
+        .send()
+        .await
+        .unwrap();
+    check("PUT", "/api/products/{id}/inventory", &r);
+
+    // Orders.
+    let order = json!({"product_id": id, "total": 1});
+    let r = c
+        .post(url("/api/orders"))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    check("POST", "/api/orders", &r);
+    let key = "contract-order-key-000001";
+    let r = c
+        .post(url("/api/orders"))
+        .header("Prefer", "wait=10")
+        .header("Idempotency-Key", key)
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    check("POST", "/api/orders", &r);
+    let order_id = r.json::<Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = c
+        .post(url("/api/orders"))
+        .header("Idempotency-Key", key)
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    check("POST", "/api/orders", &r);
+    let r = c.get(url("/api/orders?per_page=1")).send().await.unwrap();
+    check("GET", "/api/orders", &r);
+    let path = format!("/api/orders/{order_id}");
+    let r = c.get(url(&path)).send().await.unwrap();
+    let tag = r.headers()["etag"].clone();
+    check("GET", "/api/orders/{id}", &r);
+    let r = c
+        .get(url(&path))
+        .header("If-None-Match", tag)
+        .send()
+        .await
+        .unwrap();
+    check("GET", "/api/orders/{id}", &r);
+    for _ in 0..2 {
+        let r = admin(c.post(url(&format!("{path}/pay"))))
+            .send()
+            .await
+            .unwrap();
+        check("POST", "/api/orders/{id}/pay", &r);
+    }
+    let r = c.post(url(&format!("{path}/pay"))).send().await.unwrap();
+    check("POST", "/api/orders/{id}/pay", &r);
+    let r = admin(c.post(url(&format!("{path}/cancel"))))
+        .send()
+        .await
+        .unwrap();
+    check("POST", "/api/orders/{id}/cancel", &r);
+    let r = c
+        .get(url(&format!("{product}/orders/summary")))
+        .send()
+        .await
+        .unwrap();
+    check("GET", "/api/products/{id}/orders/summary", &r);
+    let r = c.get(url("/api/admin/invariants")).send().await.unwrap();
+    check("GET", "/api/admin/invariants", &r);
+    for health in ["/healthz", "/readyz"] {
+        let r = c.get(url(health)).send().await.unwrap();
+        check("GET", health, &r);
+    }
+    assert!(seen > 40, "{seen} headers checked");
+}

@@ -376,7 +376,10 @@ async fn product_sale_start(
                 ("Cache-Control" = String, description = "no-store"),
             )),
         (status = 304, description = "Not modified: If-None-Match names the current ETag",
-            headers(("ETag" = String, description = "Its entity tag"))),
+            headers(
+                ("ETag" = String, description = "Its entity tag"),
+                ("Cache-Control" = String, description = "no-store"),
+            )),
         (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
         (status = 404, description = "No such order, another buyer's, or an id not in its canonical form (lowercase, hyphenated)", body = Envelope<ErrorBody>),
         (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,

@@ -315,7 +315,10 @@ pub async fn list_products(
                 ("Cache-Control" = String, description = "no-cache"),
             )),
         (status = 304, description = "Not modified: If-None-Match names the current ETag",
-            headers(("ETag" = String, description = "Its entity tag"))),
+            headers(
+                ("ETag" = String, description = "Its entity tag"),
+                ("Cache-Control" = String, description = "no-cache"),
+            )),
         (status = 400, description = "Not a product id", body = Envelope<ErrorBody>),
         (status = 404, description = "No such product", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
