@@ -101,6 +101,7 @@ fn codes_of_status(status: &str) -> &'static [ErrorCode] {
         // too large, or of another type.
         "413" => &[PayloadTooLarge, MalformedJson, InvalidBody],
         "415" => &[UnsupportedMediaType, MalformedJson, InvalidBody],
+        "500" => &[Internal],
         "503" => &[ServiceUnavailable],
         _ => &[],
     }
@@ -222,6 +223,9 @@ fn add_common_responses(api: &mut utoipa::openapi::OpenApi) {
         responses.entry("408".to_owned()).or_insert(RefOr::T(error(
             "`REQUEST_TIMEOUT`: the request took longer than REQUEST_TIMEOUT",
         )));
+        responses.entry("500".to_owned()).or_insert(RefOr::T(error(
+            "`INTERNAL`: an unexpected failure (logged; the answer leaks nothing)",
+        )));
         for (status, response) in responses.iter_mut() {
             if let RefOr::T(response) = response {
                 response.headers.insert(
@@ -233,6 +237,17 @@ fn add_common_responses(api: &mut utoipa::openapi::OpenApi) {
                     response
                         .headers
                         .insert("WWW-Authenticate".to_owned(), header("Bearer"));
+                }
+                // A dependency down (an error envelope, not readiness's
+                // report): when to try again.
+                let is_error = response.content.values().any(|c| {
+                    matches!(c, RefOr::T(c) if matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Envelope_ErrorBody")))
+                });
+                if status == "503" && is_error && !response.headers.contains_key("Retry-After") {
+                    response.headers.insert(
+                        "Retry-After".to_owned(),
+                        header("Seconds to wait before retrying"),
+                    );
                 }
             }
         }

@@ -492,6 +492,7 @@ async fn the_spec_lists_every_header_the_answers_carry() {
     .unwrap();
     check("POST", "/api/products", &r);
     let r = c.get(url("/api/products?per_page=1")).send().await.unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-cache");
     check("GET", "/api/products", &r);
     let product = format!("/api/products/{id}");
     let r = c.get(url(&product)).send().await.unwrap();
@@ -554,11 +555,27 @@ async fn the_spec_lists_every_header_the_answers_carry() {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(r.headers().contains_key("location"), "a 201 has Location");
     check("POST", "/api/orders", &r);
     let order_id = r.json::<Value>().await.unwrap()["data"]["id"]
         .as_str()
         .unwrap()
         .to_owned();
+    // More than the stock left: rejected, 400 with the order and Location.
+    let r = c
+        .post(url("/api/orders"))
+        .header("Prefer", "wait=10")
+        .json(&json!({"product_id": id, "total": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        r.headers().contains_key("location"),
+        "a rejected order has Location"
+    );
+    check("POST", "/api/orders", &r);
     let r = c
         .post(url("/api/orders"))
         .header("Idempotency-Key", key)

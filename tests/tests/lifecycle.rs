@@ -169,6 +169,11 @@ async fn an_unpaid_reservation_expires_and_its_units_come_back() {
     let (status, body) = app.order_action(&id, "pay").await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["data"]["error"], "ORDER_EXPIRED");
+    // Cancelling it is refused the same way, and releases nothing twice.
+    let (status, body) = app.order_action(&id, "cancel").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["data"]["error"], "ORDER_EXPIRED");
+    assert_eq!(stock(&app.inventory(product).await), (10, 0, 10));
     app.assert_invariants().await;
 }
 

@@ -282,7 +282,10 @@ pub async fn update_product(
     params(PageQuery),
     responses(
         (status = 200, description = "A page of products", body = Envelope<Page<Product>>,
-            headers(("Link" = String, description = "RFC 8288: first, prev, next and last pages"))),
+            headers(
+                ("Link" = String, description = "RFC 8288: first, prev, next and last pages"),
+                ("Cache-Control" = String, description = "no-cache"),
+            )),
         (status = 400, description = "Invalid page or per_page", body = Envelope<ErrorBody>),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
     ))]
@@ -294,6 +297,11 @@ pub async fn list_products(
     let (rows, total_items) = products::list(&state.db, bounds.per_page, bounds.offset()).await?;
     let items = rows.into_iter().map(Product::from).collect();
     let mut response = respond(StatusCode::OK, Page::new(items, bounds, total_items));
+    // Products change by sellers' writes and sales: revalidate, like one product.
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-cache"),
+    );
     if let Some(link) = crate::pagination::links("/api/products", &[], bounds, total_items) {
         response
             .headers_mut()
