@@ -56,21 +56,58 @@ pub struct IntField {
     raw: String,
 }
 
+/// A client's value as an error message echoes it: JSON, at most 40 bytes.
+fn echo(value: &serde_json::Value) -> String {
+    let mut raw = value.to_string();
+    if raw.len() > 40 {
+        let cut = (0..=40)
+            .rev()
+            .find(|&i| raw.is_char_boundary(i))
+            .unwrap_or(0);
+        raw.truncate(cut);
+        raw.push('…');
+    }
+    raw
+}
+
 impl<'de> serde::Deserialize<'de> for IntField {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(d)?;
-        let mut raw = value.to_string();
-        if raw.len() > 40 {
-            let cut = (0..=40)
-                .rev()
-                .find(|&i| raw.is_char_boundary(i))
-                .unwrap_or(0);
-            raw.truncate(cut);
-            raw.push('…');
-        }
         Ok(Self {
             value: value.as_i64(),
-            raw,
+            raw: echo(&value),
+        })
+    }
+}
+
+/// Any other field read leniently, for the same reason as [`IntField`]: it
+/// keeps whatever JSON came, and [`Field::parse`] turns it into a `T` or
+/// answers with the field's own code (`"name": 5` is `INVALID_NAME`, as an
+/// empty name is).
+#[derive(Debug, Clone)]
+pub struct Field<T> {
+    value: serde_json::Value,
+    _type: std::marker::PhantomData<T>,
+}
+
+impl<'de, T> serde::Deserialize<'de> for Field<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self {
+            value: serde_json::Value::deserialize(d)?,
+            _type: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> Field<T> {
+    /// The value as a `T`, or a 422 with `code` saying what `field` must be.
+    pub fn parse(&self, code: ErrorCode, field: &str, must: &str) -> Result<T, ApiError> {
+        T::deserialize(&self.value).map_err(|_| {
+            ApiError::client(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                code,
+                format!("{field} must be {must}, got {}", echo(&self.value)),
+            )
         })
     }
 }

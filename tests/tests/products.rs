@@ -151,7 +151,21 @@ async fn bad_product_input_gets_a_4xx_envelope_and_creates_nothing() {
             r#"{"name": 5}"#.into(),
             "application/json",
             StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_BODY",
+            "INVALID_NAME",
+        ),
+        (
+            "sale start not a time",
+            r#"{"name": "a", "sale_starts_at": "tomorrow"}"#.into(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_SALE_WINDOW",
+        ),
+        (
+            "sale end of wrong type",
+            r#"{"name": "a", "sale_ends_at": 5}"#.into(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_SALE_WINDOW",
         ),
         (
             "empty name",

@@ -5,7 +5,7 @@ use crate::auth::Admin;
 use crate::conditional::{check_if_match, read_response, with_etag};
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
-use crate::extract::{AppJson, AppPath, AppQuery, IntField};
+use crate::extract::{AppJson, AppPath, AppQuery, Field, IntField};
 use crate::pagination::{Page, PageQuery};
 use crate::state::AppState;
 use axum::extract::State;
@@ -36,7 +36,8 @@ const MAX_PER_BUYER: i64 = 1_000_000;
 pub struct CreateProduct {
     /// 1 to 200 characters (trimmed), no control characters.
     #[schema(example = "Kaos Polos", min_length = 1, max_length = 200)]
-    pub name: String,
+    #[schema(value_type = String)]
+    pub name: Field<String>,
     /// Initial `stored_stock`, 0 to 1,000,000,000; 0 when absent.
     #[schema(value_type = Option<i64>, example = 100, minimum = 0, maximum = 1000000000)]
     pub stock: Option<IntField>,
@@ -46,9 +47,11 @@ pub struct CreateProduct {
     #[schema(value_type = Option<i64>, example = 2, minimum = 1, maximum = 1000000)]
     pub max_per_buyer: Option<IntField>,
     /// RFC 3339: orders before it are rejected `SALE_NOT_STARTED`, at once.
-    pub sale_starts_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub sale_starts_at: Option<Field<DateTime<Utc>>>,
     /// RFC 3339, after `sale_starts_at`: orders from it on are rejected `SALE_ENDED`.
-    pub sale_ends_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub sale_ends_at: Option<Field<DateTime<Utc>>>,
 }
 
 /// A change of a product's sale rules: a field left out stays as it is,
@@ -63,11 +66,11 @@ pub struct UpdateProduct {
     /// RFC 3339; `null`: open from the start.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
-    pub sale_starts_at: Option<Option<DateTime<Utc>>>,
+    pub sale_starts_at: Option<Option<Field<DateTime<Utc>>>>,
     /// RFC 3339; `null`: never closes.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
-    pub sale_ends_at: Option<Option<DateTime<Utc>>>,
+    pub sale_ends_at: Option<Option<Field<DateTime<Utc>>>>,
 }
 
 /// A field that is present, possibly `null`.
@@ -108,6 +111,17 @@ impl From<ProductRow> for Product {
             sale_ends_at: row.sale_ends_at,
         }
     }
+}
+
+/// A sale time, checked: anything but an RFC 3339 time is
+/// `INVALID_SALE_WINDOW`, like a window that ends before it starts.
+fn sale_time(
+    value: Option<&Field<DateTime<Utc>>>,
+    field: &str,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    value
+        .map(|f| f.parse(ErrorCode::InvalidSaleWindow, field, "an RFC 3339 time"))
+        .transpose()
 }
 
 /// `max_per_buyer`, checked: a value of the wrong type gets the same code
@@ -178,7 +192,11 @@ pub async fn create_product(
     headers: HeaderMap,
     AppJson(body): AppJson<CreateProduct>,
 ) -> Result<Response, ApiError> {
-    let name = ProductName::parse(&body.name)?;
+    let name = ProductName::parse(
+        &body
+            .name
+            .parse(ErrorCode::InvalidName, "name", "a string")?,
+    )?;
     let stock = match &body.stock {
         Some(field) => field.integer(
             ErrorCode::InvalidStock,
@@ -190,8 +208,8 @@ pub async fn create_product(
     let stock = Stock::new(stock)?;
     let rules = check_window(SaleRules {
         max_per_buyer: max_per_buyer(body.max_per_buyer.as_ref())?,
-        sale_starts_at: body.sale_starts_at,
-        sale_ends_at: body.sale_ends_at,
+        sale_starts_at: sale_time(body.sale_starts_at.as_ref(), "sale_starts_at")?,
+        sale_ends_at: sale_time(body.sale_ends_at.as_ref(), "sale_ends_at")?,
     })?;
     // The request, as the key's hash sees it: the normalized fields.
     let request = serde_json::to_vec(&json!({
@@ -256,6 +274,16 @@ pub async fn update_product(
     AppJson(body): AppJson<UpdateProduct>,
 ) -> Result<Response, ApiError> {
     let id = parse_product_id(&id)?;
+    let starts = body
+        .sale_starts_at
+        .as_ref()
+        .map(|v| sale_time(v.as_ref(), "sale_starts_at"))
+        .transpose()?;
+    let ends = body
+        .sale_ends_at
+        .as_ref()
+        .map(|v| sale_time(v.as_ref(), "sale_ends_at"))
+        .transpose()?;
     let limit = body
         .max_per_buyer
         .as_ref()
@@ -266,8 +294,8 @@ pub async fn update_product(
         let current = row.rules();
         check_window(SaleRules {
             max_per_buyer: limit.unwrap_or(current.max_per_buyer),
-            sale_starts_at: body.sale_starts_at.unwrap_or(current.sale_starts_at),
-            sale_ends_at: body.sale_ends_at.unwrap_or(current.sale_ends_at),
+            sale_starts_at: starts.unwrap_or(current.sale_starts_at),
+            sale_ends_at: ends.unwrap_or(current.sale_ends_at),
         })
     })
     .await?
