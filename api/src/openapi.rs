@@ -125,62 +125,51 @@ fn add_error_codes(api: &mut utoipa::openapi::OpenApi) {
         return;
     };
     let mut schemas: Vec<(String, RefOr<Schema>)> = Vec::new();
-    for (path, item) in api.paths.paths.iter_mut() {
+    for (path, operation) in operations_by_path(api) {
         let has_path_parameter = path.contains('{');
-        for operation in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let Some(id) = operation.operation_id.clone() else {
+        let Some(id) = operation.operation_id.clone() else {
+            continue;
+        };
+        let mut codes: Vec<ErrorCode> = operation_codes(&id).to_vec();
+        for status in operation.responses.responses.keys() {
+            codes.extend_from_slice(codes_of_status(status));
+        }
+        if has_path_parameter {
+            codes.push(ErrorCode::InvalidId);
+        }
+        // In the order of the enum, each once.
+        let codes: Vec<&str> = ErrorCode::ALL
+            .iter()
+            .filter(|c| codes.contains(c))
+            .map(|c| c.as_str())
+            .collect();
+        let mut schema = template.clone();
+        schema["description"] = format!("An error answer of `{id}`.").into();
+        schema["properties"]["data"]["properties"]["error"] = serde_json::json!({
+            "type": "string",
+            "description": "A machine-readable code: one of those this operation answers with.",
+            "enum": codes,
+        });
+        let Ok(schema) = serde_json::from_value::<RefOr<Schema>>(schema) else {
+            continue;
+        };
+        let name = format!("{id}_error");
+        for response in operation.responses.responses.values_mut() {
+            let RefOr::T(response) = response else {
                 continue;
             };
-            let mut codes: Vec<ErrorCode> = operation_codes(&id).to_vec();
-            for status in operation.responses.responses.keys() {
-                codes.extend_from_slice(codes_of_status(status));
-            }
-            if has_path_parameter {
-                codes.push(ErrorCode::InvalidId);
-            }
-            // In the order of the enum, each once.
-            let codes: Vec<&str> = ErrorCode::ALL
-                .iter()
-                .filter(|c| codes.contains(c))
-                .map(|c| c.as_str())
-                .collect();
-            let mut schema = template.clone();
-            schema["description"] = format!("An error answer of `{id}`.").into();
-            schema["properties"]["data"]["properties"]["error"] = serde_json::json!({
-                "type": "string",
-                "description": "A machine-readable code: one of those this operation answers with.",
-                "enum": codes,
-            });
-            let Ok(schema) = serde_json::from_value::<RefOr<Schema>>(schema) else {
-                continue;
-            };
-            let name = format!("{id}_error");
-            for response in operation.responses.responses.values_mut() {
-                let RefOr::T(response) = response else {
+            for content in response.content.values_mut() {
+                let RefOr::T(content) = content else {
                     continue;
                 };
-                for content in response.content.values_mut() {
-                    let RefOr::T(content) = content else {
-                        continue;
-                    };
-                    if let Some(RefOr::Ref(r)) = &content.schema
-                        && r.ref_location.ends_with("/Envelope_ErrorBody")
-                    {
-                        content.schema = Some(RefOr::Ref(Ref::from_schema_name(&name)));
-                    }
+                if let Some(RefOr::Ref(r)) = &content.schema
+                    && r.ref_location.ends_with("/Envelope_ErrorBody")
+                {
+                    content.schema = Some(RefOr::Ref(Ref::from_schema_name(&name)));
                 }
             }
-            schemas.push((name, schema));
         }
+        schemas.push((name, schema));
     }
     if let Some(components) = api.components.as_mut() {
         components.schemas.extend(schemas);
@@ -309,7 +298,14 @@ fn add_security(api: &mut utoipa::openapi::OpenApi) {
 fn operations(
     api: &mut utoipa::openapi::OpenApi,
 ) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
-    api.paths.paths.values_mut().flat_map(|item| {
+    operations_by_path(api).map(|(_, operation)| operation)
+}
+
+/// Every operation of every path, with its path.
+fn operations_by_path(
+    api: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = (&String, &mut utoipa::openapi::path::Operation)> {
+    api.paths.paths.iter_mut().flat_map(|(path, item)| {
         [
             &mut item.get,
             &mut item.post,
@@ -319,6 +315,7 @@ fn operations(
         ]
         .into_iter()
         .flatten()
+        .map(move |operation| (path, operation))
     })
 }
 
