@@ -90,11 +90,14 @@ impl Caller {
     /// The scope of this caller's idempotency keys on pay and cancel: who
     /// they are, not the spelling of their token (tokens rotate); `None`
     /// for an anonymous caller (then the `Authorization` header, if any).
+    ///
+    /// Each starts with a line feed, which no header value can hold, so no
+    /// anonymous caller's `Authorization` header can spell one.
     pub fn key_scope(&self) -> Option<String> {
         match self {
-            Caller::Buyer(id) => Some(format!("buyer:{id}")),
-            Caller::Admin => Some("admin".to_owned()),
-            Caller::Payment => Some("payment".to_owned()),
+            Caller::Buyer(id) => Some(format!("\nbuyer:{id}")),
+            Caller::Admin => Some("\nadmin".to_owned()),
+            Caller::Payment => Some("\npayment".to_owned()),
             Caller::Anonymous => None,
         }
     }

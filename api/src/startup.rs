@@ -361,14 +361,15 @@ async fn preflight_no_content(
 /// outlier in every 1,024-client run). The kernel caps it at `somaxconn`.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// A listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as
-/// tokio's `bind` sets).
+/// A listener on `addr` with [`LISTEN_BACKLOG`] (and, on Unix,
+/// `SO_REUSEADDR`, as tokio's `bind` sets).
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
+    #[cfg(unix)]
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)

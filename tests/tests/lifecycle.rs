@@ -519,6 +519,17 @@ async fn pay_and_cancel_honour_an_idempotency_key() {
         "the refused requests changed nothing"
     );
 
+    // A refused request keeps no key: cancelling the paid order is 409,
+    // and its key stays free for another request.
+    let spare = "0b6e3c2a-refused-key-000001";
+    let r = action(&first, "cancel", spare).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM order_action_keys")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "only the pay's key is kept");
+
     // A key of its own cancels the second; its retry is a replay.
     let cancel_key = "0b6e3c2a-cancel-key-second";
     let r = action(&second, "cancel", cancel_key).await.unwrap();

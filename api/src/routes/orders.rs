@@ -477,8 +477,6 @@ pub async fn cancel_order(
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
-    let request = format!("cancel {id}");
-    let key = crate::idempotency::key(&headers, caller.key_scope().as_deref(), request.as_bytes())?;
     // An order's buyer never changes: checked before, not under, the lock.
     let owner = db::orders::fetch(&state.db, id)
         .await?
@@ -487,6 +485,8 @@ pub async fn cancel_order(
     if !caller.may_cancel(owner.as_deref())? {
         return Err(order_not_found(id));
     }
+    let request = format!("cancel {id}");
+    let key = crate::idempotency::key(&headers, caller.key_scope().as_deref(), request.as_bytes())?;
     let result =
         db::retry_lock_conflicts(|| db::orders::cancel(&state.db, id, key.as_ref())).await?;
     if matches!(result, Transition::Done(_)) {

@@ -402,7 +402,8 @@ pub enum Transition {
 }
 
 /// Claims `key` for a pay or cancel of `id`, in the transaction that makes
-/// it: true when it is new, or was used before with this same request
+/// it (so it is kept only when the transition is: at most one key per order
+/// and action, however many requests): true when it is new, or was used before with this same request
 /// (then the transition simply runs again and answers what the order is
 /// now); false when it was used with another request. A duplicate key
 /// fails only its own statement, so the transaction goes on.
@@ -469,7 +470,13 @@ pub async fn pay(
         .await?;
     }
     let row = fetch(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
-    tx.commit().await?;
+    // Paid, or expired on the spot: kept with its key. Anything else changed
+    // nothing, and leaves nothing behind (a key included).
+    if status == "ACCEPTED" {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
     Ok(if row.status == "PAID" && status == "ACCEPTED" {
         Transition::Done(row)
     } else {
@@ -508,7 +515,12 @@ pub async fn cancel(
         _ => false,
     };
     let row = fetch(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
-    tx.commit().await?;
+    // A refusal changed nothing, and leaves nothing behind (a key included).
+    if done {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
     Ok(if done {
         Transition::Done(row)
     } else {
