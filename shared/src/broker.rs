@@ -7,11 +7,16 @@
 //!   dead-lettering to `{ns}.orders.dlx`.
 //! - `{ns}.orders.dlx`: fanout exchange feeding the quorum queue `{ns}.orders.dead`.
 //! - `{ns}.decisions`: fanout exchange on which workers announce decisions.
+//!
+//! `AMQP_URL` may name several nodes of one cluster ([`Addresses`]); the
+//! link connects to the first that answers and, when it loses a node, to
+//! the others first.
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +39,103 @@ pub enum BrokerError {
         /// What the broker has (a lower bound when more exist).
         declared: String,
     },
+    /// `AMQP_URL` does not parse.
+    #[error("AMQP_URL: {0}")]
+    Address(String),
+    /// No listed node answered in time.
+    #[error("broker: {address} did not answer within {timeout:?}")]
+    Timeout {
+        /// The node tried (host and port, no credentials).
+        address: String,
+        /// How long it was given.
+        timeout: Duration,
+    },
     /// Any AMQP failure.
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
+}
+
+/// The nodes `AMQP_URL` names: one URL, or several separated by commas (the
+/// nodes of one cluster). An entry without a scheme is `host[:port]` and
+/// takes everything else (credentials, virtual host, options) from the
+/// first entry, so `amqp://u:p@rabbit1:5672/%2f,rabbit2,rabbit3:5673`
+/// names three nodes.
+#[derive(Clone)]
+pub struct Addresses(Vec<AMQPUri>);
+
+impl Addresses {
+    /// Parses `AMQP_URL`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut uris: Vec<AMQPUri> = Vec::new();
+        for entry in value.split(',').map(str::trim) {
+            if entry.is_empty() {
+                return Err(format!(
+                    "{value:?} has an empty entry: separate URLs with single commas"
+                ));
+            }
+            let uri = match uris.first() {
+                Some(first) if !entry.contains("://") => {
+                    let (host, port) = match entry.rsplit_once(':') {
+                        Some((host, port)) => (
+                            host,
+                            port.parse::<u16>().map_err(|_| {
+                                format!("{entry:?}: the port is not a number from 1 to 65535")
+                            })?,
+                        ),
+                        None => (entry, first.scheme.default_port()),
+                    };
+                    if host.is_empty() || port == 0 || host.contains(['/', '@']) {
+                        return Err(format!("{entry:?} is not host[:port] or an amqp:// URL"));
+                    }
+                    let mut uri = first.clone();
+                    uri.authority.host = host.to_owned();
+                    uri.authority.port = port;
+                    uri
+                }
+                _ => entry
+                    .parse::<AMQPUri>()
+                    .map_err(|e| format!("{}: {e}", redacted(entry)))?,
+            };
+            uris.push(uri);
+        }
+        Ok(Self(uris))
+    }
+
+    /// How many nodes are listed.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never: parsing refuses an empty list.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Node `i`'s host and port, without credentials, for logs.
+    pub fn describe(&self, i: usize) -> String {
+        let a = &self.0[i].authority;
+        format!("{}:{}", a.host, a.port)
+    }
+}
+
+impl std::fmt::Debug for Addresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries((0..self.len()).map(|i| self.describe(i)))
+            .finish()
+    }
+}
+
+/// `url` without its password, for an error message.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// The names of everything this deployment declares on the broker.
@@ -46,6 +145,7 @@ pub struct Topology {
     partitions: u16,
     delivery_limit: u32,
     max_length: u32,
+    quorum_group_size: Option<u16>,
 }
 
 impl Topology {
@@ -58,7 +158,16 @@ impl Topology {
             partitions,
             delivery_limit,
             max_length,
+            quorum_group_size: None,
         }
+    }
+
+    /// Declares new partition and dead-letter queues with `size` replicas
+    /// (`x-quorum-initial-group-size`); `None` leaves it to the broker,
+    /// whose default is every node of the cluster up to 3.
+    pub fn with_quorum_group_size(mut self, size: Option<u16>) -> Self {
+        self.quorum_group_size = size;
+        self
     }
 
     /// The topology `config` describes (`BROKER_NAMESPACE`, `ORDER_PARTITIONS`,
@@ -70,6 +179,7 @@ impl Topology {
             config.delivery_limit,
             config.queue_max_length,
         )
+        .with_quorum_group_size(config.quorum_initial_group_size)
     }
 
     /// Number of partition queues.
@@ -137,17 +247,14 @@ impl Topology {
             FieldTable::default(),
         )
         .await?;
-        let durable_queue = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
         let mut dead_args = FieldTable::default();
         dead_args.insert(
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
-        ch.queue_declare(self.dead_letter_queue().into(), durable_queue, dead_args)
-            .await?;
+        self.add_group_size(&mut dead_args);
+        let (mut ch, mut older) =
+            declare_queue(conn, ch, &self.dead_letter_queue(), dead_args).await?;
         ch.queue_bind(
             self.dead_letter_queue().into(),
             self.dead_letter_exchange().into(),
@@ -158,38 +265,16 @@ impl Topology {
         .await?;
         // Highest first: queue 0 exists only once every other one does, so a
         // process starting alongside sees either no partition queues or all.
-        let mut ch = ch;
-        let mut older = false;
         for p in (0..self.partitions).rev() {
-            let declared = ch
-                .queue_declare(
-                    self.partition_queue(p).into(),
-                    durable_queue,
-                    self.partition_arguments(),
-                )
-                .await;
-            match declared {
-                Ok(_) => {}
-                // Declared with other arguments (an earlier version without
-                // the length limit, or another QUEUE_MAX_LENGTH or
-                // DELIVERY_LIMIT): use it as it is, and say so. The refusal
-                // closed the channel.
-                Err(e) if e.to_string().contains("PRECONDITION_FAILED") => {
-                    older = true;
-                    ch = conn.create_channel().await?;
-                    let passive = QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    };
-                    ch.queue_declare(
-                        self.partition_queue(p).into(),
-                        passive,
-                        FieldTable::default(),
-                    )
-                    .await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
+            let other;
+            (ch, other) = declare_queue(
+                conn,
+                ch,
+                &self.partition_queue(p),
+                self.partition_arguments(),
+            )
+            .await?;
+            older |= other;
             ch.queue_bind(
                 self.partition_queue(p).into(),
                 self.orders_exchange().into(),
@@ -202,9 +287,9 @@ impl Topology {
         if older {
             tracing::warn!(
                 namespace = %self.namespace,
-                "the partition queues were declared with other arguments (an earlier version, or another \
-                 QUEUE_MAX_LENGTH or DELIVERY_LIMIT); using them as they are: delete the queues while \
-                 they are empty, or set a broker policy, to change them"
+                "queues were declared with other arguments (an earlier version, or another \
+                 QUEUE_MAX_LENGTH, DELIVERY_LIMIT or QUORUM_INITIAL_GROUP_SIZE); using them as they \
+                 are: delete the queues while they are empty, or set a broker policy, to change them"
             );
         }
         let _ = ch.close(200, "declared".into()).await;
@@ -217,7 +302,17 @@ impl Topology {
             "x-max-length".into(),
             AMQPValue::LongInt(self.max_length.min(i32::MAX as u32) as i32),
         );
+        self.add_group_size(&mut args);
         args
+    }
+
+    fn add_group_size(&self, args: &mut FieldTable) {
+        if let Some(size) = self.quorum_group_size {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongInt(size.into()),
+            );
+        }
     }
 
     /// The arguments earlier versions declared partition queues with.
@@ -268,6 +363,37 @@ impl Topology {
             return Err(mismatch(format!("fewer than {n}")));
         }
         Ok(())
+    }
+}
+
+/// Declares the durable `queue` with `args` on `ch`. When it exists with
+/// other arguments (an earlier version without the length limit, or another
+/// QUEUE_MAX_LENGTH, DELIVERY_LIMIT or QUORUM_INITIAL_GROUP_SIZE), uses it as
+/// it is: the refusal closed `ch`, so the channel to go on with is returned,
+/// with whether that happened.
+async fn declare_queue(
+    conn: &Connection,
+    ch: Channel,
+    queue: &str,
+    args: FieldTable,
+) -> Result<(Channel, bool), BrokerError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    match ch.queue_declare(queue.into(), durable, args).await {
+        Ok(_) => Ok((ch, false)),
+        Err(e) if e.to_string().contains("PRECONDITION_FAILED") => {
+            let ch = conn.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            ch.queue_declare(queue.into(), passive, FieldTable::default())
+                .await?;
+            Ok((ch, true))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -322,16 +448,18 @@ impl BrokerLink {
         topology: Topology,
         shutdown: CancellationToken,
     ) -> Result<Self, BrokerError> {
-        let first = match open(&url, &name, &topology).await {
-            Ok(conn) => Some(Arc::new(conn)),
+        let addresses = Addresses::parse(&url).map_err(BrokerError::Address)?;
+        let first = match open_any(&addresses, 0, &name, &topology).await {
+            Ok((conn, node)) => Some((Arc::new(conn), node)),
             Err(e @ BrokerError::PartitionMismatch { .. }) => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "broker not reachable at start; will keep trying");
                 None
             }
         };
-        let (tx, rx) = watch::channel(first);
-        tokio::spawn(supervise(url, name, topology, tx, shutdown));
+        let node = first.as_ref().map_or(0, |(_, node)| *node);
+        let (tx, rx) = watch::channel(first.map(|(conn, _)| conn));
+        tokio::spawn(supervise(addresses, node, name, topology, tx, shutdown));
         Ok(Self { current: rx })
     }
 
@@ -381,14 +509,54 @@ impl BrokerLink {
     }
 }
 
-async fn open(url: &str, name: &str, topology: &Topology) -> Result<Connection, BrokerError> {
-    let conn = connect(url, name).await?;
-    topology.declare(&conn).await?;
-    Ok(conn)
+/// How long one node may take to accept a connection and answer the
+/// topology's declarations before the next is tried.
+const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to one of `addresses`, trying them in turn from `start`, and
+/// declares the topology; returns the connection and the index of its node.
+async fn open_any(
+    addresses: &Addresses,
+    start: usize,
+    name: &str,
+    topology: &Topology,
+) -> Result<(Connection, usize), BrokerError> {
+    let mut last = None;
+    for node in (0..addresses.len()).map(|i| (start + i) % addresses.len()) {
+        let uri = addresses.0[node].clone();
+        let opened = tokio::time::timeout(NODE_TIMEOUT, async {
+            let props = ConnectionProperties::default().with_connection_name(name.into());
+            let conn = Connection::connect_uri(uri, props).await?;
+            topology.declare(&conn).await?;
+            Ok::<_, BrokerError>(conn)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(BrokerError::Timeout {
+                address: addresses.describe(node),
+                timeout: NODE_TIMEOUT,
+            })
+        });
+        match opened {
+            Ok(conn) => {
+                tracing::info!(node = %addresses.describe(node), "broker connected");
+                return Ok((conn, node));
+            }
+            Err(e @ BrokerError::PartitionMismatch { .. }) => return Err(e),
+            Err(e) => {
+                if addresses.len() > 1 {
+                    tracing::warn!(node = %addresses.describe(node), error = %e, "broker node did not answer; trying the next");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("Addresses is never empty"))
 }
 
 async fn supervise(
-    url: String,
+    addresses: Addresses,
+    mut node: usize,
     name: String,
     topology: Topology,
     tx: watch::Sender<Option<Arc<Connection>>>,
@@ -421,15 +589,18 @@ async fn supervise(
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
-            tracing::warn!("broker connection lost; reconnecting");
+            tracing::warn!(node = %addresses.describe(node), "broker connection lost; reconnecting");
             tx.send_replace(None);
+            // The other nodes first: the lost one is likely still down.
+            node = (node + 1) % addresses.len();
         }
-        // Reconnect with exponential backoff and jitter.
+        // Reconnect with exponential backoff and jitter; each round tries
+        // every listed node.
         let mut delays = retry_policy().build();
         loop {
-            match open(&url, &name, &topology).await {
-                Ok(conn) => {
-                    tracing::info!("broker connected");
+            match open_any(&addresses, node, &name, &topology).await {
+                Ok((conn, at)) => {
+                    node = at;
                     tx.send_replace(Some(Arc::new(conn)));
                     break;
                 }
@@ -474,5 +645,40 @@ mod tests {
         assert_eq!(t.partition_queue(3), "fs.orders.3");
         assert_eq!(t.dead_letter_queue(), "fs.orders.dead");
         assert_eq!(t.decisions_exchange(), "fs.decisions");
+    }
+
+    #[test]
+    fn an_address_list_names_each_node_once() {
+        let a =
+            Addresses::parse("amqp://u:secret@rabbit1:5671/shop?heartbeat=5,rabbit2, rabbit3:5680")
+                .unwrap();
+        assert_eq!(a.len(), 3);
+        assert_eq!(
+            format!("{a:?}"),
+            r#"["rabbit1:5671", "rabbit2:5672", "rabbit3:5680"]"#
+        );
+        // A bare node takes everything but its host and port from the first.
+        let third = &a.0[2];
+        assert_eq!(third.authority.userinfo.username, "u");
+        assert_eq!(third.authority.userinfo.password, "secret");
+        assert_eq!(third.vhost, "shop");
+        assert_eq!(third.query.heartbeat, Some(5));
+        let full = Addresses::parse("amqp://a:b@h1:1/%2f,amqp://c:d@h2:2/v").unwrap();
+        assert_eq!(full.0[1].authority.userinfo.username, "c");
+        assert_eq!(full.0[1].vhost, "v");
+    }
+
+    #[test]
+    fn a_bad_address_is_refused_without_its_password() {
+        for bad in [
+            "",
+            "amqp://u:p@h/%2f,",
+            "amqp://u:p@h/%2f,h2:0",
+            "amqp://u:p@h/%2f,u@h2",
+        ] {
+            assert!(Addresses::parse(bad).is_err(), "{bad:?}");
+        }
+        let err = Addresses::parse("http://u:hunter2@h:5672/%2f").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -21,8 +21,12 @@ pub struct ConfigError {
 pub struct Config {
     /// `DATABASE_URL`: the MySQL/MariaDB database; created if missing.
     pub database_url: String,
-    /// `AMQP_URL`: the RabbitMQ broker.
+    /// `AMQP_URL`: the RabbitMQ broker, or the nodes of one cluster separated
+    /// by commas ([`crate::broker::Addresses`]).
     pub amqp_url: String,
+    /// `QUORUM_INITIAL_GROUP_SIZE`: replicas of each new quorum queue; unset
+    /// leaves it to the broker (every node of the cluster, up to 3).
+    pub quorum_initial_group_size: Option<u16>,
     /// `BROKER_NAMESPACE`: prefix of every exchange and queue name.
     pub broker_namespace: String,
     /// `ORDER_PARTITIONS`: number of partition queues; api and workers must agree.
@@ -145,7 +149,11 @@ impl Config {
         };
         let config = Config {
             database_url: get("DATABASE_URL", "mysql://root@127.0.0.1:3306/flashstock").1,
-            amqp_url: get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f").1,
+            amqp_url: amqp_url(get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"))?,
+            quorum_initial_group_size: match get("QUORUM_INITIAL_GROUP_SIZE", "") {
+                (_, v) if v.is_empty() => None,
+                given => Some(number(given, 1, 255)?),
+            },
             broker_namespace: namespace(get("BROKER_NAMESPACE", "flashstock"))?,
             order_partitions: number(get("ORDER_PARTITIONS", "16"), 1, 1024)?,
             api_addr: parse(get("API_ADDR", "0.0.0.0:3000"))?,
@@ -219,6 +227,11 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+fn amqp_url((variable, value): (&'static str, String)) -> Result<String, ConfigError> {
+    crate::broker::Addresses::parse(&value).map_err(|message| ConfigError { variable, message })?;
+    Ok(value)
 }
 
 fn origins((variable, value): (&'static str, String)) -> Result<Vec<String>, ConfigError> {
@@ -378,6 +391,34 @@ mod tests {
         let err =
             Config::from_lookup(|n| (n == "BROKER_NAMESPACE").then(|| "a b".into())).unwrap_err();
         assert_eq!(err.variable, "BROKER_NAMESPACE");
+    }
+
+    #[test]
+    fn amqp_url_may_list_the_nodes_of_a_cluster() {
+        let c = Config::from_lookup(|n| match n {
+            "AMQP_URL" => Some("amqp://u:p@rabbit1:5672/%2f, rabbit2,rabbit3:5673".into()),
+            "QUORUM_INITIAL_GROUP_SIZE" => Some("3".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.quorum_initial_group_size, Some(3));
+        assert_eq!(
+            Config::from_lookup(|_| None)
+                .unwrap()
+                .quorum_initial_group_size,
+            None
+        );
+        for bad in [
+            "amqp://u:p@rabbit1/%2f,,rabbit2",
+            "rabbit1:5672",
+            "amqp://u:p@r/%2f,r2:x",
+        ] {
+            let err = Config::from_lookup(|n| (n == "AMQP_URL").then(|| bad.into())).unwrap_err();
+            assert_eq!(err.variable, "AMQP_URL", "{bad}");
+        }
+        let err = Config::from_lookup(|n| (n == "QUORUM_INITIAL_GROUP_SIZE").then(|| "0".into()))
+            .unwrap_err();
+        assert_eq!(err.variable, "QUORUM_INITIAL_GROUP_SIZE");
     }
 
     #[test]

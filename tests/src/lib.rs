@@ -7,9 +7,11 @@
 //! - [`proxy::Proxy`]: a TCP proxy the tests can cut, to play "the database is down".
 //! - [`process`]: the api and worker binaries as processes, to kill and pause.
 //! - [`checker`]: load that records every submission, and the check of what must hold after a fault.
+//! - [`cluster`]: a real three-node RabbitMQ cluster on this machine (cluster fault tests only).
 //! - [`services`]: stopping and starting the shared MariaDB and RabbitMQ (fault tests only).
 
 pub mod checker;
+pub mod cluster;
 pub mod process;
 pub mod proxy;
 pub mod services;

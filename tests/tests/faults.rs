@@ -9,9 +9,11 @@
 //! Each test restarts what it stopped, even when it fails.
 
 use flashstock_tests::checker::{self, Load, Plan, Report, Sampler, Target};
+use flashstock_tests::cluster::{self, Cluster};
 use flashstock_tests::process::{Process, WorkerProcess, metric};
 use flashstock_tests::services::{MemoryAlarm, Outage, Server};
 use flashstock_tests::{Options, TestApp};
+use shared::broker::Topology;
 use shared::fault;
 use shared::message::{OrderBatch, OrderMessage};
 use shared::partition::partition_of;
@@ -27,14 +29,18 @@ const PROGRESS: Duration = Duration::from_secs(60);
 /// A system with no in-process worker, 8 partitions and short leases, and
 /// its products: four that never sell out and two that do.
 async fn world() -> (TestApp, HashMap<u64, i64>) {
-    let app = TestApp::spawn(
-        Options::default()
-            .workers(0)
-            .env("ORDER_PARTITIONS", "8")
-            .env("HEARTBEAT_INTERVAL", "200ms")
-            .env("LEASE_DURATION", "1s"),
-    )
-    .await;
+    world_with(Options::default()).await
+}
+
+/// [`world`], with the variables of `options` on top.
+async fn world_with(options: Options) -> (TestApp, HashMap<u64, i64>) {
+    let mut base = Options::default()
+        .workers(0)
+        .env("ORDER_PARTITIONS", "8")
+        .env("HEARTBEAT_INTERVAL", "200ms")
+        .env("LEASE_DURATION", "1s");
+    base.env.extend(options.env);
+    let app = TestApp::spawn(base).await;
     let mut stock = HashMap::new();
     for (i, units) in [1_000_000, 1_000_000, 1_000_000, 1_000_000, 150, 150]
         .into_iter()
@@ -481,4 +487,237 @@ async fn a_worker_paused_past_its_lease_loses_nothing() {
         &stock,
     )
     .await;
+}
+
+// A three-node RabbitMQ cluster (`flashstock_tests::cluster`), one node lost
+// under load and started again. The partition queues are declared through
+// node 2, so node 2 leads them; the api lists node 0 first and the worker
+// node 1, so each loss is a different one.
+
+/// How many orders submitted after a node loss must be decided before
+/// decisions count as resumed.
+const RESUMED: i64 = 100;
+
+/// A system on `cluster`, its partition queues replicated on all three
+/// nodes and led by node 2, the api on node 0 and one worker process on
+/// node 1 (each given every node's address).
+async fn cluster_world(cluster: &Cluster) -> (TestApp, HashMap<u64, i64>, WorkerProcess) {
+    let namespace = format!(
+        "fs_cluster_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let vars = HashMap::from([
+        ("BROKER_NAMESPACE".to_owned(), namespace),
+        ("ORDER_PARTITIONS".to_owned(), "8".to_owned()),
+        ("QUORUM_INITIAL_GROUP_SIZE".to_owned(), "3".to_owned()),
+    ]);
+    let config = shared::Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+    let conn = shared::broker::connect(&cluster.url_of(2), "flashstock test declarer")
+        .await
+        .unwrap();
+    Topology::from_config(&config).declare(&conn).await.unwrap();
+    let _ = conn.close(200, "declared".into()).await;
+
+    let mut options = Options::default().env("AMQP_URL", cluster.url_from(0));
+    options.env.extend(vars);
+    let (app, stock) = world_with(options).await;
+    let worker = app.spawn_worker_process_with(&[("AMQP_URL", cluster.url_from(1))]);
+    app.wait_for_owners(|l| l.len() == 1).await;
+    (app, stock, worker)
+}
+
+/// The node leading each partition queue of `app`.
+async fn partition_leaders(cluster: &Cluster, app: &TestApp) -> Vec<(String, usize)> {
+    let prefix = format!("{}.orders.", app.config.broker_namespace);
+    let mut leaders = cluster.leaders(&prefix).await;
+    leaders.retain(|(queue, _)| !queue.ends_with(".dead"));
+    leaders
+}
+
+/// The node of every connection whose name contains `who`.
+async fn nodes_of(cluster: &Cluster, who: &str) -> Vec<usize> {
+    let connections = cluster.connections().await;
+    connections
+        .into_iter()
+        .filter(|(name, _)| name.contains(who))
+        .map(|(_, node)| node)
+        .collect()
+}
+
+/// Waits until `who`'s `count` connections are all on nodes other than
+/// `lost`.
+async fn wait_moved(cluster: &Cluster, who: &str, count: usize, lost: usize) {
+    let deadline = Instant::now() + PROGRESS;
+    loop {
+        let nodes = nodes_of(cluster, who).await;
+        if nodes.len() == count && !nodes.contains(&lost) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} did not reconnect away from node {lost}: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Kills node `lost` under load and returns how long it took until
+/// [`RESUMED`] orders submitted after the kill were decided (orders for
+/// `products` only, when given).
+async fn kill_and_time_resumption(
+    cluster: &Cluster,
+    app: &TestApp,
+    lost: usize,
+    products: Option<&[u64]>,
+) -> Duration {
+    let only = products.map_or(String::new(), |ps| {
+        let ids: Vec<String> = ps.iter().map(u64::to_string).collect();
+        format!(" AND product_id IN ({})", ids.join(","))
+    });
+    let count = format!("SELECT COUNT(*) FROM orders WHERE id > ? AND status <> 'PENDING'{only}");
+    let mark = uuid::Uuid::now_v7();
+    let killed = Instant::now();
+    cluster.kill(lost).await;
+    loop {
+        let (decided,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count.as_str()))
+            .bind(mark)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if decided >= RESUMED {
+            return killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < PROGRESS,
+            "decisions did not resume after node {lost} was lost ({decided} decided)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Adds products to `stock` (never selling out) until one falls on a
+/// partition `worker` owns; returns the products on its partitions.
+async fn products_of(
+    app: &TestApp,
+    worker: &WorkerProcess,
+    stock: &mut HashMap<u64, i64>,
+) -> Vec<u64> {
+    let owner = format!("worker-{}-", worker.pid());
+    let mut held = Vec::new();
+    for (partition, who, _, _) in shared::db::leases::owners(&app.db).await.unwrap() {
+        if who.is_some_and(|w| w.starts_with(&owner)) {
+            held.push(partition);
+        }
+    }
+    assert!(!held.is_empty(), "the worker holds no partition");
+    let partitions = app.config.order_partitions;
+    let on_held = |product: u64| {
+        let id = shared::domain::ProductId::new(product as i64).unwrap();
+        held.contains(&partition_of(id, partitions))
+    };
+    let mut extra = 0;
+    while !stock.keys().any(|&p| on_held(p)) {
+        assert!(extra < 64, "no product fell on partitions {held:?}");
+        let units = 1_000_000;
+        stock.insert(
+            app.create_product(&format!("cluster extra {extra}"), units)
+                .await,
+            units,
+        );
+        extra += 1;
+    }
+    stock.keys().copied().filter(|&p| on_held(p)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_rabbitmq_node_that_leads_the_partitions_loses_nothing() {
+    let cluster = Cluster::start().await;
+    let (app, stock, _worker) = cluster_world(&cluster).await;
+    let leaders = partition_leaders(&cluster, &app).await;
+    assert_eq!(leaders.len(), 8, "{leaders:?}");
+    let mut led = [0; cluster::NODES];
+    for (_, node) in &leaders {
+        led[*node] += 1;
+    }
+    let lost = (0..cluster::NODES).max_by_key(|&n| led[n]).unwrap();
+    // It serves no client: only its queues' leadership is lost.
+    assert_eq!(lost, 2, "{leaders:?}");
+    let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
+    load.wait_for_more(500, PROGRESS).await;
+
+    let resumed = kill_and_time_resumption(&cluster, &app, lost, None).await;
+    let leaders = partition_leaders(&cluster, &app).await;
+    assert!(
+        leaders.len() == 8 && leaders.iter().all(|(_, node)| *node != lost),
+        "new leaders on the other nodes: {leaders:?}"
+    );
+    cluster.restart(lost).await;
+    load.wait_for_more(500, PROGRESS).await;
+    finish(
+        "RabbitMQ cluster: the partitions' leader node killed",
+        &app,
+        load,
+        sampler,
+        &stock,
+    )
+    .await;
+    eprintln!("decisions resumed {resumed:?} after node {lost}, leading {led:?}, was killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_rabbitmq_node_a_worker_is_on_loses_nothing() {
+    let cluster = Cluster::start().await;
+    let (app, mut stock, worker) = cluster_world(&cluster).await;
+    // A second worker, on node 2; each holds its leases in the database.
+    let _other = app.spawn_worker_process_with(&[("AMQP_URL", cluster.url_from(2))]);
+    let before = app.wait_for_owners(|l| l.len() == 2).await;
+    // Timed on the partitions of the worker that loses its node.
+    let its_products = products_of(&app, &worker, &mut stock).await;
+    // Each worker has two connections: consuming and announcing.
+    let mut workers = nodes_of(&cluster, "worker").await;
+    workers.sort_unstable();
+    assert_eq!(workers, [1, 1, 2, 2]);
+    let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
+    load.wait_for_more(500, PROGRESS).await;
+
+    let resumed = kill_and_time_resumption(&cluster, &app, 1, Some(&its_products)).await;
+    wait_moved(&cluster, "worker", 4, 1).await;
+    // The cut-off worker kept its partitions: nothing was handed over.
+    let after = app.wait_for_owners(|l| l.len() == 2).await;
+    assert_eq!(before, after);
+    cluster.restart(1).await;
+    load.wait_for_more(500, PROGRESS).await;
+    finish(
+        "RabbitMQ cluster: a worker's node killed",
+        &app,
+        load,
+        sampler,
+        &stock,
+    )
+    .await;
+    eprintln!("decisions resumed {resumed:?} after the worker's node was killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_rabbitmq_node_the_api_is_on_loses_nothing() {
+    let cluster = Cluster::start().await;
+    let (app, stock, _worker) = cluster_world(&cluster).await;
+    let apis = nodes_of(&cluster, "api").await;
+    assert!(!apis.is_empty() && apis.iter().all(|&n| n == 0), "{apis:?}");
+    let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
+    load.wait_for_more(500, PROGRESS).await;
+
+    let resumed = kill_and_time_resumption(&cluster, &app, 0, None).await;
+    wait_moved(&cluster, "api", apis.len(), 0).await;
+    cluster.restart(0).await;
+    load.wait_for_more(500, PROGRESS).await;
+    finish(
+        "RabbitMQ cluster: the api's node killed",
+        &app,
+        load,
+        sampler,
+        &stock,
+    )
+    .await;
+    eprintln!("decisions resumed {resumed:?} after the api's node was killed");
 }

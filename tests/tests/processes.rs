@@ -216,3 +216,42 @@ async fn a_normal_start_and_run_log_no_error() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_and_a_worker_given_a_dead_broker_first_use_the_next() {
+    let app = TestApp::spawn(Options::default().workers(0)).await;
+    // Nothing listens on port 1; the second entry is the live broker.
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:1/%2f,{}",
+        flashstock_tests::amqp_url()
+    );
+    let api = app.spawn_api_process(&[("AMQP_URL", url.clone())]).await;
+    let worker = app.spawn_worker_process_with(&[("AMQP_URL", url)]);
+    app.wait_for_owners(|l| l.len() == 1).await;
+    let product = app.create_product("second address", 10).await;
+    // Submitted to the api process, decided by the worker process.
+    let r = app
+        .client
+        .post(format!("{}/api/orders", api.address))
+        .header("Prefer", "wait=10")
+        .json(&serde_json::json!({"product_id": product, "total": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let ready = app
+        .client
+        .get(format!("{}/readyz", api.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    for (who, log) in [("api", api.log_text()), ("worker", worker.log_text())] {
+        assert!(
+            log.contains("broker node did not answer; trying the next")
+                && log.contains("127.0.0.1:1"),
+            "{who} did not say it skipped the dead node:\n{log}"
+        );
+    }
+    assert_eq!(app.inventory(product).await["reserved_stock"], 1);
+}
