@@ -3,7 +3,9 @@
 #   1. `docker-compose config -q` (Debian's docker-compose package),
 #   2. check-jsonschema against the compose-spec schema (PyPI, in .venv),
 #   3. the environment passed to api and worker matches what the binaries
-#      read (shared/src/config.rs): no unknown variable, none required missing.
+#      read (shared/src/config.rs): no unknown variable, none required missing;
+#   4. the `cluster` profile: its nodes are the ones deploy/rabbitmq/cluster.conf
+#      names, share one cookie and config, and api and worker list them all.
 #   bash scripts/check-compose.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +23,9 @@ fi
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 .venv/bin/pip install -q "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
 
-echo "== docker-compose config -q"
+echo "== docker-compose config -q (and with --profile cluster)"
 docker-compose config -q
+docker-compose --profile cluster config -q
 echo "== check-jsonschema --builtin-schema vendor.compose-spec"
 .venv/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 echo "== compose environment vs. the variables the binaries read"
@@ -41,4 +44,32 @@ for service, needed in required.items():
 if problems:
     print("\n".join(problems)); sys.exit(1)
 print(f"ok -- api and worker get only variables the binaries read ({len(read)} known)")
+
+# The cluster profile: the nodes the peer discovery config names are the
+# services' hostnames, all share one cookie and the config, and api and
+# worker are given every node.
+conf = open("deploy/rabbitmq/cluster.conf").read()
+named = re.findall(r"classic_config\.nodes\.\d+\s*=\s*rabbit@(\S+)", conf)
+services = compose["services"]
+nodes = [n for n, s in services.items() if s.get("image", "").startswith("rabbitmq:")]
+hosts = [services[n].get("hostname") for n in nodes]
+if sorted(hosts) != sorted(named) or len(named) != 3:
+    problems.append(f"cluster: hostnames {hosts} are not the nodes cluster.conf names {named}")
+for n in nodes:
+    s = services[n]
+    if n != "rabbitmq" and s.get("profiles") != ["cluster"]:
+        problems.append(f"{n}: not in the cluster profile only")
+    if not any("deploy/rabbitmq/cluster.conf" in v for v in s.get("volumes", [])):
+        problems.append(f"{n}: does not mount deploy/rabbitmq/cluster.conf")
+    env = s.get("environment") or {}
+    if env != (services["rabbitmq"].get("environment") or {}):
+        problems.append(f"{n}: environment (cookie, users) differs from rabbitmq's")
+for service in ("api", "worker"):
+    url = services[service]["environment"]["AMQP_URL"]
+    listed = [re.sub(r"^.*@", "", e).split("/")[0].split(":")[0] for e in url.split(",")]
+    if listed != ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]:
+        problems.append(f"{service}: AMQP_URL lists {listed}, not the three nodes")
+if problems:
+    print("\n".join(problems)); sys.exit(1)
+print(f"ok -- the cluster profile's nodes {hosts} match cluster.conf; api and worker list them all")
 PY

@@ -7,6 +7,7 @@
 //! (5672, `rabbit@localhost`) is left alone. Dropping the [`Cluster`] stops
 //! every node it started and removes the folder, also when a test panics.
 
+use crate::services::port_open;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -51,6 +52,7 @@ impl Cluster {
     }
 
     fn start_blocking() -> Cluster {
+        remove_abandoned();
         let dir = std::env::temp_dir().join(format!(
             "flashstock-cluster-{}-{}",
             std::process::id(),
@@ -336,6 +338,41 @@ impl Drop for Cluster {
     }
 }
 
+/// Stops the nodes of clusters whose test process is gone (killed before
+/// its drop could run) and removes their folders.
+fn remove_abandoned() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("flashstock-cluster-")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        for i in 0..NODES {
+            let Ok(node_pid) = std::fs::read_to_string(entry.path().join(format!("node{i}/pid")))
+            else {
+                continue;
+            };
+            // Only a node of that cluster: its command line names the folder.
+            let cmdline =
+                std::fs::read(format!("/proc/{}/cmdline", node_pid.trim())).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&name) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", node_pid.trim()])
+                    .status();
+            }
+        }
+        let _ = remove_folder(&entry.path());
+    }
+}
+
 /// Removes `dir`, retrying while a node that just stopped still writes.
 fn remove_folder(dir: &Path) -> std::io::Result<()> {
     let mut tries = 0;
@@ -365,12 +402,4 @@ fn free_port(from: u16, taken: &mut Vec<u16>) -> u16 {
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(500),
-    )
-    .is_ok()
 }

@@ -114,7 +114,8 @@ fn start(server: Server) -> Result<(), String> {
     Ok(())
 }
 
-fn port_open(port: u16) -> bool {
+/// Whether something accepts connections on 127.0.0.1:`port`.
+pub(crate) fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_millis(500),
