@@ -59,11 +59,14 @@ for n in nodes:
     s = services[n]
     if n != "rabbitmq" and s.get("profiles") != ["cluster"]:
         problems.append(f"{n}: not in the cluster profile only")
-    if not any("deploy/rabbitmq/cluster.conf" in v for v in s.get("volumes", [])):
-        problems.append(f"{n}: does not mount deploy/rabbitmq/cluster.conf")
+    if "./deploy/rabbitmq/cluster.conf:/etc/rabbitmq/conf.d/20-cluster.conf:ro" not in s.get("volumes", []):
+        problems.append(f"{n}: does not mount deploy/rabbitmq/cluster.conf into /etc/rabbitmq/conf.d")
     env = s.get("environment") or {}
     if env != (services["rabbitmq"].get("environment") or {}):
         problems.append(f"{n}: environment (cookie, users) differs from rabbitmq's")
+    server, cli = env.get("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", ""), env.get("RABBITMQ_CTL_ERL_ARGS", "")
+    if "-setcookie" not in server or server != cli:
+        problems.append(f"{n}: the server and its CLI do not get the same -setcookie")
 for service in ("api", "worker"):
     url = services[service]["environment"]["AMQP_URL"]
     listed = [re.sub(r"^.*@", "", e).split("/")[0].split(":")[0] for e in url.split(",")]

@@ -64,37 +64,72 @@ pub enum BrokerError {
 pub struct Addresses(Vec<AMQPUri>);
 
 impl Addresses {
-    /// Parses `AMQP_URL`.
+    /// Parses `AMQP_URL`. Errors name entries by position and never repeat
+    /// what was given, which may hold a password.
     pub fn parse(value: &str) -> Result<Self, String> {
+        const COMMA: &str = "(a comma inside a password or virtual host is written %2C)";
         let mut uris: Vec<AMQPUri> = Vec::new();
-        for entry in value.split(',').map(str::trim) {
+        for (i, entry) in value.split(',').map(str::trim).enumerate() {
+            let n = i + 1;
             if entry.is_empty() {
                 return Err(format!(
-                    "{value:?} has an empty entry: separate URLs with single commas"
+                    "entry {n} is empty: separate the nodes with single commas {COMMA}"
                 ));
             }
             let uri = match uris.first() {
                 Some(first) if !entry.contains("://") => {
-                    let (host, port) = match entry.rsplit_once(':') {
+                    let bare = |why: &str| {
+                        format!("entry {n} is not host[:port] or an amqp:// URL: {why} {COMMA}")
+                    };
+                    if entry.contains(['/', '@', '?', '[', ']', ' ']) {
+                        return Err(bare(
+                            "a bare entry is a host name or IPv4 address and a port",
+                        ));
+                    }
+                    let (host, port) = match entry.split_once(':') {
                         Some((host, port)) => (
                             host,
-                            port.parse::<u16>().map_err(|_| {
-                                format!("{entry:?}: the port is not a number from 1 to 65535")
-                            })?,
+                            port.parse::<u16>()
+                                .ok()
+                                .filter(|p| *p > 0)
+                                .ok_or_else(|| bare("the port is not a number from 1 to 65535"))?,
                         ),
                         None => (entry, first.scheme.default_port()),
                     };
-                    if host.is_empty() || port == 0 || host.contains(['/', '@']) {
-                        return Err(format!("{entry:?} is not host[:port] or an amqp:// URL"));
+                    if host.is_empty() {
+                        return Err(bare("the host is missing"));
                     }
                     let mut uri = first.clone();
                     uri.authority.host = host.to_owned();
                     uri.authority.port = port;
                     uri
                 }
-                _ => entry
-                    .parse::<AMQPUri>()
-                    .map_err(|e| format!("{}: {e}", redacted(entry)))?,
+                _ => {
+                    // The URL parser reads an IPv6 literal as no host at all
+                    // (then connects to localhost): refuse it.
+                    let authority = entry.split_once("://").map_or("", |(_, rest)| rest);
+                    let host_part = authority
+                        .split(['/', '?'])
+                        .next()
+                        .unwrap_or_default()
+                        .rsplit('@')
+                        .next()
+                        .unwrap_or_default();
+                    if host_part.starts_with('[') {
+                        return Err(format!(
+                            "entry {n}: IPv6 addresses are not supported; use a host name"
+                        ));
+                    }
+                    entry.parse::<AMQPUri>().map_err(|e| {
+                        // Only the parser's own "Invalid URL: '<input>'" repeats the input.
+                        let why = if e.contains(entry) {
+                            "not a URL".to_owned()
+                        } else {
+                            e
+                        };
+                        format!("entry {n} is not an amqp:// or amqps:// URL: {why} {COMMA}")
+                    })?
+                }
             };
             uris.push(uri);
         }
@@ -123,18 +158,6 @@ impl std::fmt::Debug for Addresses {
         f.debug_list()
             .entries((0..self.len()).map(|i| self.describe(i)))
             .finish()
-    }
-}
-
-/// `url` without its password, for an error message.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 
@@ -509,9 +532,15 @@ impl BrokerLink {
     }
 }
 
-/// How long one node may take to accept a connection and answer the
-/// topology's declarations before the next is tried.
-const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one node may take to accept a connection (TCP, TLS and the
+/// AMQP handshake) before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long declaring the topology on a node may take: quorum queues are
+/// declared one by one, so it grows with the partition count.
+fn declare_timeout(topology: &Topology) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(50) * u32::from(topology.partitions)
+}
 
 /// Connects to one of `addresses`, trying them in turn from `start`, and
 /// declares the topology; returns the connection and the index of its node.
@@ -523,20 +552,35 @@ async fn open_any(
 ) -> Result<(Connection, usize), BrokerError> {
     let mut last = None;
     for node in (0..addresses.len()).map(|i| (start + i) % addresses.len()) {
+        let timeout = |limit| BrokerError::Timeout {
+            address: addresses.describe(node),
+            timeout: limit,
+        };
         let uri = addresses.0[node].clone();
-        let opened = tokio::time::timeout(NODE_TIMEOUT, async {
-            let props = ConnectionProperties::default().with_connection_name(name.into());
-            let conn = Connection::connect_uri(uri, props).await?;
-            topology.declare(&conn).await?;
-            Ok::<_, BrokerError>(conn)
-        })
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let opened = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect_uri(uri, props),
+        )
         .await
-        .unwrap_or_else(|_| {
-            Err(BrokerError::Timeout {
-                address: addresses.describe(node),
-                timeout: NODE_TIMEOUT,
-            })
-        });
+        {
+            Err(_) => Err(timeout(CONNECT_TIMEOUT)),
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(conn)) => {
+                let limit = declare_timeout(topology);
+                let declared = tokio::time::timeout(limit, topology.declare(&conn))
+                    .await
+                    .unwrap_or_else(|_| Err(timeout(limit)));
+                match declared {
+                    Ok(()) => Ok(conn),
+                    Err(e) => {
+                        let close = conn.close(200, "topology not declared".into());
+                        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+                        Err(e)
+                    }
+                }
+            }
+        };
         match opened {
             Ok(conn) => {
                 tracing::info!(node = %addresses.describe(node), "broker connected");
@@ -545,7 +589,7 @@ async fn open_any(
             Err(e @ BrokerError::PartitionMismatch { .. }) => return Err(e),
             Err(e) => {
                 if addresses.len() > 1 {
-                    tracing::warn!(node = %addresses.describe(node), error = %e, "broker node did not answer; trying the next");
+                    tracing::warn!(node = %addresses.describe(node), error = %e, "broker node did not answer");
                 }
                 last = Some(e);
             }
@@ -672,13 +716,26 @@ mod tests {
     fn a_bad_address_is_refused_without_its_password() {
         for bad in [
             "",
-            "amqp://u:p@h/%2f,",
-            "amqp://u:p@h/%2f,h2:0",
-            "amqp://u:p@h/%2f,u@h2",
+            "amqp://u:hunter2@h/%2f,",
+            "amqp://u:hunter2@h/%2f,h2:0",
+            "amqp://u:hunter2@h/%2f,u:hunter2@h2",
+            "amqp://u:hunter2@h/%2f,u:hunter2@h2:5672",
+            "guest:hunter2@host:5672",
+            "http://u:hunter2@h:5672/%2f",
+            // A raw comma in the password splits the URL.
+            "amqp://u:pa,hunter2@h/%2f",
+            "amqp://u:hunter2,@h/%2f",
+            // IPv6: the URL parser would quietly connect to localhost.
+            "amqp://u:hunter2@[::1]:5672/%2f",
+            "amqp://u:hunter2@h/%2f,[::1]:5672",
+            "amqp://u:hunter2@h/%2f,::1",
         ] {
-            assert!(Addresses::parse(bad).is_err(), "{bad:?}");
+            let err = Addresses::parse(bad).expect_err(bad);
+            assert!(!err.contains("hunter2"), "{bad:?}: {err}");
+            assert!(err.starts_with("entry "), "{bad:?}: {err}");
         }
-        let err = Addresses::parse("http://u:hunter2@h:5672/%2f").unwrap_err();
-        assert!(!err.contains("hunter2"), "{err}");
+        // Written %2C, a comma belongs to the password.
+        let a = Addresses::parse("amqp://u:pa%2Css@h/%2f,h2").unwrap();
+        assert_eq!(a.0[1].authority.userinfo.password, "pa,ss");
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::services::port_open;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where Debian installs the broker's own scripts (the ones in /usr/sbin
@@ -19,11 +19,13 @@ const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
 pub const NODES: usize = 3;
 /// How long a node may take to start (or start again and rejoin).
 const START: Duration = Duration::from_secs(90);
+/// The longest one `rabbitmqctl` call may run.
+const CTL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One node of the cluster.
 #[derive(Debug, Clone)]
 pub struct Node {
-    /// `flashstock-{pid}-{i}@localhost`.
+    /// `flashstock-{pid}-{random}-{i}@localhost`.
     pub name: String,
     /// Its AMQP port on 127.0.0.1.
     pub amqp_port: u16,
@@ -53,11 +55,12 @@ impl Cluster {
 
     fn start_blocking() -> Cluster {
         remove_abandoned();
-        let dir = std::env::temp_dir().join(format!(
-            "flashstock-cluster-{}-{}",
+        let id = format!(
+            "{}-{}",
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
+        );
+        let dir = std::env::temp_dir().join(format!("flashstock-cluster-{id}"));
         std::fs::create_dir_all(dir.join("home")).expect("cluster folder");
         // The cluster's own cookie; the CLI reads it from $HOME.
         let cookie = dir.join("home/.erlang.cookie");
@@ -73,13 +76,14 @@ impl Cluster {
             let amqp_port = free_port(5681, &mut taken);
             let dist_port = free_port(25681, &mut taken);
             let node = Node {
-                name: format!("flashstock-{}-{i}@localhost", std::process::id()),
+                name: format!("flashstock-{id}-{i}@localhost"),
                 amqp_port,
                 dist_port,
             };
             let folder = dir.join(format!("node{i}"));
             std::fs::create_dir_all(folder.join("data")).expect("node folder");
             std::fs::create_dir_all(folder.join("log")).expect("node folder");
+            std::fs::create_dir_all(folder.join("conf.d")).expect("node folder");
             std::fs::write(
                 folder.join("rabbitmq.conf"),
                 format!(
@@ -223,7 +227,9 @@ impl Cluster {
                 if !port_open(node.amqp_port) {
                     continue;
                 }
-                let out = tokio::process::Command::new(format!("{RABBITMQ_BIN}/rabbitmqctl"))
+                let out = tokio::process::Command::new("timeout")
+                    .arg(CTL_TIMEOUT.as_secs().to_string())
+                    .arg(format!("{RABBITMQ_BIN}/rabbitmqctl"))
                     .envs(self.layout.cli_env())
                     .args(["-n", &node.name, "--formatter", "json", "-q"])
                     .args(args)
@@ -246,8 +252,21 @@ impl Layout {
     fn launch(&self, i: usize) {
         let node = &self.nodes[i];
         let folder = self.dir.join(format!("node{i}"));
-        let status = Command::new(format!("{RABBITMQ_BIN}/rabbitmq-server"))
+        let mut command = Command::new(format!("{RABBITMQ_BIN}/rabbitmq-server"));
+        // Nothing of the machine's broker: none of the caller's RABBITMQ_*
+        // variables, no /etc/rabbitmq/conf.d, no advanced.config.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("RABBITMQ_") {
+                command.env_remove(name);
+            }
+        }
+        let status = command
             .envs(self.cli_env())
+            .env("RABBITMQ_CONFIG_FILES", folder.join("conf.d"))
+            .env(
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                folder.join("advanced.config"),
+            )
             .env("RABBITMQ_NODENAME", &node.name)
             .env("RABBITMQ_CONFIG_FILE", folder.join("rabbitmq.conf"))
             .env(
@@ -291,10 +310,21 @@ impl Layout {
         }
     }
 
-    fn ctl(&self, args: &[&str]) -> Result<(), String> {
-        let out = Command::new(format!("{RABBITMQ_BIN}/rabbitmqctl"))
+    /// `rabbitmqctl` with `args`, killed after [`CTL_TIMEOUT`].
+    fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("timeout");
+        command
+            .arg(CTL_TIMEOUT.as_secs().to_string())
+            .arg(format!("{RABBITMQ_BIN}/rabbitmqctl"))
             .envs(self.cli_env())
-            .args(args)
+            .args(args);
+        command
+    }
+
+    /// Runs `rabbitmqctl` with `args`, killed after [`CTL_TIMEOUT`].
+    fn ctl(&self, args: &[&str]) -> Result<(), String> {
+        let out = self
+            .ctl_command(args)
             .output()
             .map_err(|e| format!("rabbitmqctl: {e}"))?;
         if out.status.success() {
@@ -323,13 +353,20 @@ impl Layout {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let layout = &self.layout;
-        for (i, node) in layout.nodes.iter().enumerate() {
-            // A clean stop; SIGKILL when that fails and the node still runs.
-            let stopped = layout.ctl(&["-n", &node.name, "stop", "--timeout", "20"]);
-            if stopped.is_err()
-                && let Ok(pid) = std::fs::read_to_string(layout.pid_file(i))
-            {
-                let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        // A clean stop of every node at once, each waiting for its process
+        // to exit; SIGKILL when that fails and the node still runs.
+        let stops: Vec<_> = (0..layout.nodes.len())
+            .map(|i| {
+                let pid_file = layout.pid_file(i).to_string_lossy().into_owned();
+                let name = layout.nodes[i].name.as_str();
+                let mut stop = layout.ctl_command(&["-n", name, "stop", &pid_file]);
+                stop.stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+            })
+            .collect();
+        for (i, stop) in stops.into_iter().enumerate() {
+            let stopped = stop.and_then(|mut child| child.wait());
+            if !stopped.is_ok_and(|status| status.success()) {
+                kill_node(&layout.pid_file(i), &layout.dir);
             }
         }
         if let Err(e) = remove_folder(&layout.dir) {
@@ -356,20 +393,31 @@ fn remove_abandoned() {
             continue;
         }
         for i in 0..NODES {
-            let Ok(node_pid) = std::fs::read_to_string(entry.path().join(format!("node{i}/pid")))
-            else {
-                continue;
-            };
-            // Only a node of that cluster: its command line names the folder.
-            let cmdline =
-                std::fs::read(format!("/proc/{}/cmdline", node_pid.trim())).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&name) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", node_pid.trim()])
-                    .status();
-            }
+            kill_node(&entry.path().join(format!("node{i}/pid")), &entry.path());
         }
         let _ = remove_folder(&entry.path());
+    }
+}
+
+/// SIGKILLs the node whose pid `pid_file` holds, if that process is still a
+/// node of the cluster in `dir` (its command line names the folder), and
+/// waits until it is gone.
+fn kill_node(pid_file: &Path, dir: &Path) {
+    let Ok(pid) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    let proc = PathBuf::from(format!("/proc/{}", pid.trim()));
+    let ours = |proc: &Path| {
+        std::fs::read(proc.join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()))
+    };
+    if !ours(&proc) {
+        return;
+    }
+    let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ours(&proc) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
