@@ -17,6 +17,16 @@ if command -v rabbitmqctl >/dev/null; then
     rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true
   done
 fi
+# RabbitMQ clusters of fault-test processes that were killed (tests/src/cluster.rs,
+# folders flashstock-cluster-<test pid>-<random>): their nodes' command lines
+# name their folders.
+for dir in "${TMPDIR:-/tmp}"/flashstock-cluster-*; do
+  [[ -d $dir ]] || continue
+  owner=${dir##*/flashstock-cluster-}; owner=${owner%%-*}
+  [[ -d /proc/$owner ]] && continue
+  pkill -KILL -f -- "$dir/" 2>/dev/null || true
+  rm -rf "$dir"
+done
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
