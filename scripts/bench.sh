@@ -1,29 +1,37 @@
 #!/usr/bin/env bash
 # Runs the benchmark against a fresh api + N workers on this machine, each
 # run on its own database and broker namespace, and removes them afterwards.
-#   bash scripts/bench.sh [--debug] [--workers N] -- <bench arguments>
+#   bash scripts/bench.sh [--debug] [--workers N] [--bin-dir DIR] -- <bench arguments>
 # e.g. bash scripts/bench.sh -- flash-sale --stock 10000 --orders 100000
+# --bin-dir runs the api, worker and bench binaries found in DIR instead of
+# building them (to compare a copy of an earlier build, back to back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # An open-loop run (--rate) holds a socket per request in flight, on both
 # sides: lift the soft open-files limit to the hard one for bench and servers.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-profile=release workers=1
+profile=release workers=1 bin=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --debug) profile=debug; shift ;;
     --workers) workers=$2; shift 2 ;;
+    --bin-dir) bin=$(cd "$2" && pwd); shift 2 ;;
     --) shift; break ;;
     *) break ;;
   esac
 done
-if [[ $profile == release ]]; then
-  cargo build -q --release --bin api --bin worker --bin bench
-else
-  cargo build -q --bin api --bin worker --bin bench
+if [[ -z $bin ]]; then
+  if [[ $profile == release ]]; then
+    cargo build -q --release --bin api --bin worker --bin bench
+  else
+    cargo build -q --bin api --bin worker --bin bench
+  fi
+  target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  bin="$target_dir/$profile"
 fi
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-bin="$target_dir/$profile"
+for b in api worker bench; do
+  [[ -x $bin/$b ]] || { echo "no $b binary in $bin"; exit 1; }
+done
 
 name="fs_bench_$(date +%s)_$$"
 port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
