@@ -6,6 +6,7 @@
 # --bin-dir runs the api, worker and bench binaries found in DIR instead of
 # building them (to compare a copy of an earlier build, back to back).
 set -euo pipefail
+caller=$PWD
 cd "$(dirname "$0")/.."
 # An open-loop run (--rate) holds a socket per request in flight, on both
 # sides: lift the soft open-files limit to the hard one for bench and servers.
@@ -15,7 +16,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --debug) profile=debug; shift ;;
     --workers) workers=$2; shift 2 ;;
-    --bin-dir) bin=$(cd "$2" && pwd); shift 2 ;;
+    --bin-dir) bin=$(cd "$caller" && cd "$2" && pwd); shift 2 ;;
     --) shift; break ;;
     *) break ;;
   esac

@@ -18,14 +18,20 @@ if command -v rabbitmqctl >/dev/null; then
   done
 fi
 # RabbitMQ clusters of fault-test processes that were killed (tests/src/cluster.rs,
-# folders flashstock-cluster-<test pid>-<random>): their nodes' command lines
-# name their folders.
-for dir in "${TMPDIR:-/tmp}"/flashstock-cluster-*; do
-  [[ -d $dir ]] || continue
+# folders flashstock-cluster-<test pid>-<random>): a node is killed only if
+# its command line names its folder.
+tmp=${TMPDIR:-/tmp}; tmp=${tmp%/}
+for dir in "$tmp"/flashstock-cluster-*; do
+  [[ -d $dir && -O $dir ]] || continue
   owner=${dir##*/flashstock-cluster-}; owner=${owner%%-*}
   [[ -d /proc/$owner ]] && continue
-  pkill -KILL -f -- "$dir/" 2>/dev/null || true
-  rm -rf "$dir"
+  for pidfile in "$dir"/node*/pid; do
+    [[ -f $pidfile ]] || continue
+    pid=$(cat "$pidfile" 2>/dev/null || true)
+    [[ $pid =~ ^[0-9]+$ ]] && grep -qF -- "$dir/" "/proc/$pid/cmdline" 2>/dev/null \
+      && kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf -- "$dir" 2>/dev/null || true
 done
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest

@@ -81,7 +81,9 @@ impl Addresses {
                     let bare = |why: &str| {
                         format!("entry {n} is not host[:port] or an amqp:// URL: {why} {COMMA}")
                     };
-                    if entry.contains(['/', '@', '?', '[', ']', ' ']) {
+                    if entry.contains(['/', '@', '?', '[', ']', ' '])
+                        || entry.chars().any(char::is_control)
+                    {
                         return Err(bare(
                             "a bare entry is a host name or IPv4 address and a port",
                         ));
@@ -106,18 +108,12 @@ impl Addresses {
                 }
                 _ => {
                     // The URL parser reads an IPv6 literal as no host at all
-                    // (then connects to localhost): refuse it.
-                    let authority = entry.split_once("://").map_or("", |(_, rest)| rest);
-                    let host_part = authority
-                        .split(['/', '?'])
-                        .next()
-                        .unwrap_or_default()
-                        .rsplit('@')
-                        .next()
-                        .unwrap_or_default();
-                    if host_part.starts_with('[') {
+                    // (then connects to localhost), and drops tabs and line
+                    // breaks anywhere: refuse both.
+                    if entry.contains('[') || entry.chars().any(char::is_control) {
                         return Err(format!(
-                            "entry {n}: IPv6 addresses are not supported; use a host name"
+                            "entry {n}: IPv6 addresses and control characters are not supported; \
+                             use a host name"
                         ));
                     }
                     entry.parse::<AMQPUri>().map_err(|e| {
@@ -727,6 +723,7 @@ mod tests {
             "amqp://u:hunter2,@h/%2f",
             // IPv6: the URL parser would quietly connect to localhost.
             "amqp://u:hunter2@[::1]:5672/%2f",
+            "amqp://u:hunter2@\t[::1]:5672/%2f",
             "amqp://u:hunter2@h/%2f,[::1]:5672",
             "amqp://u:hunter2@h/%2f,::1",
         ] {

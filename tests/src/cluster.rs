@@ -227,12 +227,9 @@ impl Cluster {
                 if !port_open(node.amqp_port) {
                     continue;
                 }
-                let out = tokio::process::Command::new("timeout")
-                    .arg(CTL_TIMEOUT.as_secs().to_string())
-                    .arg(format!("{RABBITMQ_BIN}/rabbitmqctl"))
-                    .envs(self.layout.cli_env())
-                    .args(["-n", &node.name, "--formatter", "json", "-q"])
-                    .args(args)
+                let mut ctl_args = vec!["-n", node.name.as_str(), "--formatter", "json", "-q"];
+                ctl_args.extend_from_slice(args);
+                let out = tokio::process::Command::from(self.layout.ctl_command(&ctl_args))
                     .output()
                     .await
                     .expect("rabbitmqctl runs");
@@ -255,11 +252,7 @@ impl Layout {
         let mut command = Command::new(format!("{RABBITMQ_BIN}/rabbitmq-server"));
         // Nothing of the machine's broker: none of the caller's RABBITMQ_*
         // variables, no /etc/rabbitmq/conf.d, no advanced.config.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("RABBITMQ_") {
-                command.env_remove(name);
-            }
-        }
+        without_rabbitmq_env(&mut command);
         let status = command
             .envs(self.cli_env())
             .env("RABBITMQ_CONFIG_FILES", folder.join("conf.d"))
@@ -310,14 +303,16 @@ impl Layout {
         }
     }
 
-    /// `rabbitmqctl` with `args`, killed after [`CTL_TIMEOUT`].
+    /// `rabbitmqctl` with `args`, stopped after [`CTL_TIMEOUT`] (and
+    /// killed 10 s later if it ignores that).
     fn ctl_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("timeout");
         command
+            .args(["-k", "10"])
             .arg(CTL_TIMEOUT.as_secs().to_string())
-            .arg(format!("{RABBITMQ_BIN}/rabbitmqctl"))
-            .envs(self.cli_env())
-            .args(args);
+            .arg(format!("{RABBITMQ_BIN}/rabbitmqctl"));
+        without_rabbitmq_env(&mut command);
+        command.envs(self.cli_env()).args(args);
         command
     }
 
@@ -354,12 +349,13 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let layout = &self.layout;
         // A clean stop of every node at once, each waiting for its process
-        // to exit; SIGKILL when that fails and the node still runs.
+        // to exit (`shutdown` asks the node for its pid; it fails at once
+        // for a node that is down); SIGKILL when that fails and a node of
+        // this folder still runs.
         let stops: Vec<_> = (0..layout.nodes.len())
             .map(|i| {
-                let pid_file = layout.pid_file(i).to_string_lossy().into_owned();
                 let name = layout.nodes[i].name.as_str();
-                let mut stop = layout.ctl_command(&["-n", name, "stop", &pid_file]);
+                let mut stop = layout.ctl_command(&["-n", name, "shutdown"]);
                 stop.stdout(Stdio::null()).stderr(Stdio::null()).spawn()
             })
             .collect();
@@ -399,14 +395,45 @@ fn remove_abandoned() {
     }
 }
 
+/// Removes the caller's RabbitMQ and Erlang settings from `command`'s
+/// environment (`RABBITMQ_*`, the unprefixed names rabbitmq-env falls back
+/// to, `ERL_*` flags), so the cluster's nodes and CLI agree with each other
+/// and with nothing else.
+fn without_rabbitmq_env(command: &mut Command) {
+    const FALLBACKS: [&str; 10] = [
+        "NODENAME",
+        "NODE_IP_ADDRESS",
+        "NODE_PORT",
+        "USE_LONGNAME",
+        "MNESIA_BASE",
+        "MNESIA_DIR",
+        "LOG_BASE",
+        "CONFIG_FILE",
+        "CONF_ENV_FILE",
+        "ENABLED_PLUGINS_FILE",
+    ];
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("RABBITMQ_")
+            || name.starts_with("ERL_")
+            || FALLBACKS.contains(&name.as_str())
+        {
+            command.env_remove(name);
+        }
+    }
+}
+
 /// SIGKILLs the node whose pid `pid_file` holds, if that process is still a
 /// node of the cluster in `dir` (its command line names the folder), and
 /// waits until it is gone.
 fn kill_node(pid_file: &Path, dir: &Path) {
-    let Ok(pid) = std::fs::read_to_string(pid_file) else {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    else {
         return;
     };
-    let proc = PathBuf::from(format!("/proc/{}", pid.trim()));
+    let proc = PathBuf::from(format!("/proc/{pid}"));
     let ours = |proc: &Path| {
         std::fs::read(proc.join("cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()))
@@ -414,7 +441,9 @@ fn kill_node(pid_file: &Path, dir: &Path) {
     if !ours(&proc) {
         return;
     }
-    let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while ours(&proc) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
