@@ -76,14 +76,21 @@ impl Addresses {
                     "entry {n} is empty: separate the nodes with single commas {COMMA}"
                 ));
             }
+            // The URL parser reads an IPv6 literal as no host at all (then
+            // connects to localhost), and drops tabs and line breaks
+            // anywhere: refuse both, in either form of entry.
+            if entry.contains('[') || entry.chars().any(char::is_control) {
+                return Err(format!(
+                    "entry {n}: IPv6 addresses and control characters are not supported; \
+                     use a host name"
+                ));
+            }
             let uri = match uris.first() {
                 Some(first) if !entry.contains("://") => {
                     let bare = |why: &str| {
                         format!("entry {n} is not host[:port] or an amqp:// URL: {why} {COMMA}")
                     };
-                    if entry.contains(['/', '@', '?', '[', ']', ' '])
-                        || entry.chars().any(char::is_control)
-                    {
+                    if entry.contains(['/', '@', '?', ']', ' ']) {
                         return Err(bare(
                             "a bare entry is a host name or IPv4 address and a port",
                         ));
@@ -107,15 +114,6 @@ impl Addresses {
                     uri
                 }
                 _ => {
-                    // The URL parser reads an IPv6 literal as no host at all
-                    // (then connects to localhost), and drops tabs and line
-                    // breaks anywhere: refuse both.
-                    if entry.contains('[') || entry.chars().any(char::is_control) {
-                        return Err(format!(
-                            "entry {n}: IPv6 addresses and control characters are not supported; \
-                             use a host name"
-                        ));
-                    }
                     entry.parse::<AMQPUri>().map_err(|e| {
                         // Only the parser's own "Invalid URL: '<input>'" repeats the input.
                         let why = if e.contains(entry) {
@@ -538,6 +536,35 @@ fn declare_timeout(topology: &Topology) -> Duration {
     Duration::from_secs(30) + Duration::from_millis(50) * u32::from(topology.partitions)
 }
 
+/// Connects to node `node` of `addresses` and declares the topology on it,
+/// each step within its time limit.
+async fn open_node(
+    addresses: &Addresses,
+    node: usize,
+    name: &str,
+    topology: &Topology,
+) -> Result<Connection, BrokerError> {
+    let timeout = |limit| BrokerError::Timeout {
+        address: addresses.describe(node),
+        timeout: limit,
+    };
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let connecting = Connection::connect_uri(addresses.0[node].clone(), props);
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| timeout(CONNECT_TIMEOUT))??;
+    let limit = declare_timeout(topology);
+    let declared = tokio::time::timeout(limit, topology.declare(&conn))
+        .await
+        .unwrap_or_else(|_| Err(timeout(limit)));
+    if let Err(e) = declared {
+        let close = conn.close(200, "topology not declared".into());
+        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+        return Err(e);
+    }
+    Ok(conn)
+}
+
 /// Connects to one of `addresses`, trying them in turn from `start`, and
 /// declares the topology; returns the connection and the index of its node.
 async fn open_any(
@@ -548,36 +575,7 @@ async fn open_any(
 ) -> Result<(Connection, usize), BrokerError> {
     let mut last = None;
     for node in (0..addresses.len()).map(|i| (start + i) % addresses.len()) {
-        let timeout = |limit| BrokerError::Timeout {
-            address: addresses.describe(node),
-            timeout: limit,
-        };
-        let uri = addresses.0[node].clone();
-        let props = ConnectionProperties::default().with_connection_name(name.into());
-        let opened = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect_uri(uri, props),
-        )
-        .await
-        {
-            Err(_) => Err(timeout(CONNECT_TIMEOUT)),
-            Ok(Err(e)) => Err(e.into()),
-            Ok(Ok(conn)) => {
-                let limit = declare_timeout(topology);
-                let declared = tokio::time::timeout(limit, topology.declare(&conn))
-                    .await
-                    .unwrap_or_else(|_| Err(timeout(limit)));
-                match declared {
-                    Ok(()) => Ok(conn),
-                    Err(e) => {
-                        let close = conn.close(200, "topology not declared".into());
-                        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
-                        Err(e)
-                    }
-                }
-            }
-        };
-        match opened {
+        match open_node(addresses, node, name, topology).await {
             Ok(conn) => {
                 tracing::info!(node = %addresses.describe(node), "broker connected");
                 return Ok((conn, node));

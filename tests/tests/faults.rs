@@ -561,25 +561,41 @@ async fn wait_moved(cluster: &Cluster, who: &str, count: usize, lost: usize) {
     }
 }
 
-/// How long it takes until [`RESUMED`] orders submitted from now on are
-/// decided (orders for `products` only, when given).
-async fn time_decisions(app: &TestApp, products: Option<&[u64]>) -> Duration {
-    let start = Instant::now();
-    wait_decided_after(app, products, uuid::Uuid::now_v7(), start).await
-}
-
-/// Kills node `lost` under load and returns how long it took, from the
-/// kill, until [`RESUMED`] orders submitted once it was dead were decided
-/// (orders for `products` only, when given).
-async fn kill_and_time_resumption(
+/// Under load, times decisions (for `products` only, when given) without
+/// a fault, then kills node `lost` and times them again from the kill:
+/// each is how long it took until [`RESUMED`] orders submitted from its
+/// start (from the node's death) were decided. Returns (baseline, resumed).
+async fn time_node_loss(
     cluster: &Cluster,
     app: &TestApp,
     lost: usize,
     products: Option<&[u64]>,
-) -> Duration {
+) -> (Duration, Duration) {
+    let start = Instant::now();
+    let baseline = wait_decided_after(app, products, uuid::Uuid::now_v7(), start).await;
     let killed = Instant::now();
     cluster.kill(lost).await;
-    wait_decided_after(app, products, uuid::Uuid::now_v7(), killed).await
+    let resumed = wait_decided_after(app, products, uuid::Uuid::now_v7(), killed).await;
+    (baseline, resumed)
+}
+
+/// Starts node `lost` again, lets the load run on, checks the outcome and
+/// reports the times [`time_node_loss`] measured.
+async fn heal_and_finish(
+    fault: &str,
+    cluster: &Cluster,
+    lost: usize,
+    app: &TestApp,
+    (load, sampler): (Load, Sampler),
+    stock: &HashMap<u64, i64>,
+    (baseline, resumed): (Duration, Duration),
+) {
+    cluster.restart(lost).await;
+    load.wait_for_more(500, PROGRESS).await;
+    finish(fault, app, load, sampler, stock).await;
+    eprintln!(
+        "{fault}: decisions resumed {resumed:?} after the kill ({baseline:?} without a fault)"
+    );
 }
 
 /// Waits until [`RESUMED`] orders with ids above `mark` (submitted after
@@ -694,23 +710,10 @@ async fn losing_the_rabbitmq_node_that_leads_the_partitions_loses_nothing() {
     let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
     load.wait_for_more(500, PROGRESS).await;
 
-    let baseline = time_decisions(&app, None).await;
-    let resumed = kill_and_time_resumption(&cluster, &app, lost, None).await;
+    let times = time_node_loss(&cluster, &app, lost, None).await;
     wait_for_leaders_off(&cluster, &app, lost).await;
-    cluster.restart(lost).await;
-    load.wait_for_more(500, PROGRESS).await;
-    finish(
-        "RabbitMQ cluster: the partitions' leader node killed",
-        &app,
-        load,
-        sampler,
-        &stock,
-    )
-    .await;
-    eprintln!(
-        "decisions resumed {resumed:?} after node {lost}, leading {led:?}, was killed \
-         ({baseline:?} without a fault)"
-    );
+    let fault = format!("RabbitMQ cluster: node {lost}, leading {led:?} partitions, killed");
+    heal_and_finish(&fault, &cluster, lost, &app, (load, sampler), &stock, times).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -731,26 +734,13 @@ async fn losing_the_rabbitmq_node_a_worker_is_on_loses_nothing() {
     let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
     load.wait_for_more(500, PROGRESS).await;
 
-    let baseline = time_decisions(&app, Some(&its_products)).await;
-    let resumed = kill_and_time_resumption(&cluster, &app, 1, Some(&its_products)).await;
+    let times = time_node_loss(&cluster, &app, 1, Some(&its_products)).await;
     wait_moved(&cluster, "worker", 4, 1).await;
     // The cut-off worker kept its partitions, under the same epochs:
     // nothing was handed over.
     assert_eq!(before, leases(&app).await);
-    cluster.restart(1).await;
-    load.wait_for_more(500, PROGRESS).await;
-    finish(
-        "RabbitMQ cluster: a worker's node killed",
-        &app,
-        load,
-        sampler,
-        &stock,
-    )
-    .await;
-    eprintln!(
-        "decisions resumed {resumed:?} after the worker's node was killed \
-         ({baseline:?} without a fault)"
-    );
+    let fault = "RabbitMQ cluster: a worker's node killed";
+    heal_and_finish(fault, &cluster, 1, &app, (load, sampler), &stock, times).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -762,21 +752,8 @@ async fn losing_the_rabbitmq_node_the_api_is_on_loses_nothing() {
     let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
     load.wait_for_more(500, PROGRESS).await;
 
-    let baseline = time_decisions(&app, None).await;
-    let resumed = kill_and_time_resumption(&cluster, &app, 0, None).await;
+    let times = time_node_loss(&cluster, &app, 0, None).await;
     wait_moved(&cluster, "api", apis.len(), 0).await;
-    cluster.restart(0).await;
-    load.wait_for_more(500, PROGRESS).await;
-    finish(
-        "RabbitMQ cluster: the api's node killed",
-        &app,
-        load,
-        sampler,
-        &stock,
-    )
-    .await;
-    eprintln!(
-        "decisions resumed {resumed:?} after the api's node was killed \
-         ({baseline:?} without a fault)"
-    );
+    let fault = "RabbitMQ cluster: the api's node killed";
+    heal_and_finish(fault, &cluster, 0, &app, (load, sampler), &stock, times).await;
 }
