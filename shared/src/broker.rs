@@ -115,8 +115,9 @@ impl Addresses {
                 }
                 _ => {
                     entry.parse::<AMQPUri>().map_err(|e| {
-                        // Only the parser's own "Invalid URL: '<input>'" repeats the input.
-                        let why = if e.contains(entry) {
+                        // Only the parser's own "Invalid URL: '<input>'" repeats the
+                        // input; drop it by its prefix too, should its quoting change.
+                        let why = if e.contains(entry) || e.starts_with("Invalid URL") {
                             "not a URL".to_owned()
                         } else {
                             e
