@@ -59,7 +59,8 @@ pub enum BrokerError {
 /// nodes of one cluster). An entry without a scheme is `host[:port]` and
 /// takes everything else (credentials, virtual host, options) from the
 /// first entry, so `amqp://u:p@rabbit1:5672/%2f,rabbit2,rabbit3:5673`
-/// names three nodes.
+/// names three nodes. Parsed once at start: one entry per listed node, and
+/// nothing is ever added.
 #[derive(Clone)]
 pub struct Addresses(Vec<AMQPUri>);
 
