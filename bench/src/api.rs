@@ -41,7 +41,7 @@ impl fmt::Display for OrderKey {
     }
 }
 
-/// How the api answered one `POST /api/orders`.
+/// How the api answered one `POST /api/orders` (see `wire`).
 #[derive(Debug)]
 pub enum Answer {
     /// Recorded: a 2xx carrying the order (or, with `Prefer: wait`, a 400
@@ -153,41 +153,6 @@ impl Api {
         body["data"]["id"]
             .as_u64()
             .with_context(|| format!("creating a product: {body}"))
-    }
-
-    /// Submits one order of one unit, as buyer `buyer` (modulo the buyers).
-    pub async fn order(&self, product: u64, wait: u64, buyer: usize) -> Answer {
-        let mut req = self
-            .http
-            .post(format!("{}/api/orders", self.base))
-            .json(&json!({"product_id": product, "total": 1}));
-        let buyers = &self.credentials.buyers;
-        if !buyers.is_empty() {
-            req = req.bearer_auth(&buyers[buyer % buyers.len()]);
-        }
-        if wait > 0 {
-            req = req.header("Prefer", format!("wait={wait}"));
-        }
-        let r = match req.send().await {
-            Ok(r) => r,
-            Err(e) => return Answer::Error(format!("{:#}", anyhow::Error::from(e))),
-        };
-        let status = r.status().as_u16();
-        let retry_after = r.headers().contains_key(reqwest::header::RETRY_AFTER);
-        let body: Value = match r.json().await {
-            Ok(body) => body,
-            Err(e) => {
-                return Answer::Error(format!("{status}: {:#}", anyhow::Error::from(e)));
-            }
-        };
-        match (status, body["data"]["id"].as_str()) {
-            (200..=299 | 400, Some(id)) => match OrderKey::parse(id) {
-                Some(key) => Answer::Admitted(key),
-                None => Answer::Error(format!("{status}: not an order id: {body}")),
-            },
-            (503, _) if body["data"]["error"] == "OVERLOADED" => Answer::Shed { retry_after },
-            _ => Answer::Error(format!("{status}: {body}")),
-        }
     }
 
     /// `decided_at - created_at` (database clock) of `orders`, each with the

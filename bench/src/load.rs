@@ -2,8 +2,9 @@
 //! order when the last one is answered) or open loop (orders arrive on a
 //! schedule, whatever the answers), and the tally of the answers.
 
-use crate::api::{Answer, Api, Credentials, OrderKey};
+use crate::api::{Answer, OrderKey};
 use crate::stats::Latencies;
+use crate::wire::Client;
 use indicatif::ProgressBar;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -129,10 +130,8 @@ pub struct Plan {
 /// each sending its next order when the previous one is answered, until
 /// every order is sent or `deadline` passes.
 pub async fn closed_loop(
-    base: &str,
-    credentials: &Credentials,
+    client: &Client,
     clients: usize,
-    wait: u64,
     plan: &Plan,
     deadline: Instant,
     progress: &ProgressBar,
@@ -143,8 +142,8 @@ pub async fn closed_loop(
     for _ in 0..clients {
         // Each client its own connection, as separate buyers would have;
         // with buyers' tokens, order n is buyer n % N whoever sends it.
-        let (api, next, orders, products, progress) = (
-            Api::new(base, wait, 1, credentials)?,
+        let (mut session, next, orders, products, progress) = (
+            client.session(),
             next.clone(),
             plan.orders.clone(),
             plan.products.clone(),
@@ -158,7 +157,7 @@ pub async fn closed_loop(
                     return out;
                 }
                 let sent = Instant::now();
-                let answer = api.order(products[orders[i]], wait, i).await;
+                let answer = session.order(products[orders[i]], i).await;
                 out.push(Record {
                     second: second_of(sent - started),
                     product: orders[i],
@@ -201,11 +200,10 @@ pub struct Schedule {
 /// last woke, each stamped with its own due time). When `max_in_flight`
 /// requests are outstanding, an arrival is not sent and counts as
 /// `client_dropped`. Latencies run from the due time, so a late launch
-/// shows in them rather than hiding (no coordinated omission). One HTTP
-/// client is shared: a request takes an idle pooled connection or opens one.
+/// shows in them rather than hiding (no coordinated omission). One client
+/// is shared: a request takes an idle pooled connection or opens one.
 pub async fn open_loop(
-    api: Api,
-    wait: u64,
+    client: Client,
     plan: &Plan,
     rate: f64,
     max_in_flight: usize,
@@ -255,13 +253,17 @@ pub async fn open_loop(
                 progress.inc(1);
             } else {
                 peak_in_flight = peak_in_flight.max(in_flight.fetch_add(1, Ordering::AcqRel) + 1);
-                let (api, tx, in_flight, progress) =
-                    (api.clone(), tx.clone(), in_flight.clone(), progress.clone());
+                let (client, tx, in_flight, progress) = (
+                    client.clone(),
+                    tx.clone(),
+                    in_flight.clone(),
+                    progress.clone(),
+                );
                 let product = plan.orders[i];
                 let product_id = plan.products[product];
                 let scheduled = started + offset;
                 tokio::spawn(async move {
-                    let answer = api.order(product_id, wait, i).await;
+                    let answer = client.order_pooled(product_id, i).await;
                     let latency = scheduled.elapsed();
                     // The collector outlives every sender.
                     let _ = tx.send(Record {

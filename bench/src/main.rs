@@ -17,6 +17,7 @@ mod load;
 mod procstat;
 mod report;
 mod stats;
+mod wire;
 
 use anyhow::{Context, bail};
 use api::{Api, OrderKey};
@@ -346,10 +347,8 @@ async fn main() -> anyhow::Result<()> {
     let (mut tally, schedule): (Tally, Option<Schedule>) = match mode {
         Mode::Closed => (
             load::closed_loop(
-                &cli.base_url,
-                &credentials,
+                &wire::Client::new(&cli.base_url, cli.wait, 0, &credentials)?,
                 cli.clients,
-                cli.wait,
                 &plan,
                 deadline,
                 &progress,
@@ -364,17 +363,9 @@ async fn main() -> anyhow::Result<()> {
         } => {
             // One client for every request; it keeps as many idle
             // connections as requests may be in flight.
-            let shared = Api::new(&cli.base_url, cli.wait, max_in_flight, &credentials)?;
-            let (tally, schedule) = load::open_loop(
-                shared,
-                cli.wait,
-                &plan,
-                rate,
-                max_in_flight,
-                deadline,
-                &progress,
-            )
-            .await?;
+            let shared = wire::Client::new(&cli.base_url, cli.wait, max_in_flight, &credentials)?;
+            let (tally, schedule) =
+                load::open_loop(shared, &plan, rate, max_in_flight, deadline, &progress).await?;
             (tally, Some(schedule))
         }
     };
