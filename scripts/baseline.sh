@@ -6,8 +6,11 @@
 #      (scripts/bench.sh, release build, 64 clients);
 # and prints flashstock's decided orders/s as a multiple of the baseline.
 #   bash scripts/baseline.sh [ORDERS]     (default 100000)
+#   bash scripts/baseline.sh --naive-only [ORDERS]   (step 1 alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+naive_only=false
+if [[ ${1:-} == --naive-only ]]; then naive_only=true; shift; fi
 orders=${1:-100000}
 slap=$(command -v mariadb-slap || command -v mysqlslap)
 name="fs_baseline_$(date +%s)_$$"
@@ -27,6 +30,7 @@ elapsed=$(python3 -c "import time; print(time.time() - $started)")
 reserved=$("${mysql[@]}" -N -e "SELECT reserved_stock FROM \`$name\`.inventories")
 naive=$(python3 -c "print(round($reserved / $elapsed))")
 echo "naive: $reserved reserved in ${elapsed}s = $naive orders/s"
+$naive_only && exit 0
 
 echo "== flashstock: flash sale, every order accepted, 64 clients"
 out=$(bash scripts/bench.sh -- --json --clients 64 flash-sale --stock "$orders" --orders "$orders")
