@@ -41,21 +41,6 @@ impl fmt::Display for OrderKey {
     }
 }
 
-/// How the api answered one `POST /api/orders` (see `wire`).
-#[derive(Debug)]
-pub enum Answer {
-    /// Recorded: a 2xx carrying the order (or, with `Prefer: wait`, a 400
-    /// carrying the rejected order, which was recorded and decided).
-    Admitted(OrderKey),
-    /// 503 with `data.error` = `OVERLOADED`: shed, nothing recorded.
-    Shed {
-        /// Whether the answer carried a `Retry-After` header.
-        retry_after: bool,
-    },
-    /// Anything else: transport failure, timeout, another status or body.
-    Error(String),
-}
-
 /// The orders' timestamps, all the decision latency needs.
 #[derive(Deserialize)]
 struct OrderTimes {
@@ -113,17 +98,12 @@ pub struct Api {
 
 impl Api {
     /// A client keeping at most `idle` idle keep-alive connections.
-    pub fn new(
-        base: &str,
-        wait: u64,
-        idle: usize,
-        credentials: &Credentials,
-    ) -> anyhow::Result<Self> {
+    pub fn new(base: &str, idle: usize, credentials: &Credentials) -> anyhow::Result<Self> {
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(idle)
-                .timeout(Duration::from_secs(30 + wait))
+                .timeout(Duration::from_secs(30))
                 .build()?,
             credentials: credentials.clone(),
         })

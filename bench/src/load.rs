@@ -2,9 +2,9 @@
 //! order when the last one is answered) or open loop (orders arrive on a
 //! schedule, whatever the answers), and the tally of the answers.
 
-use crate::api::{Answer, OrderKey};
+use crate::api::OrderKey;
 use crate::stats::Latencies;
-use crate::wire::Client;
+use crate::wire::{Answer, Client};
 use indicatif::ProgressBar;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -294,7 +294,7 @@ async fn main() -> anyhow::Result<()> {
     let mode = Mode::of(&cli)?;
     let deadline = Instant::now() + Duration::from_secs(cli.max_seconds);
     let credentials = credentials(&cli)?;
-    let api = Api::new(&cli.base_url, cli.wait, 1, &credentials)?;
+    let api = Api::new(&cli.base_url, 1, &credentials)?;
     let total = mode.orders(&cli.scenario);
     let limit = cli.max_per_buyer;
 
@@ -415,7 +415,7 @@ async fn main() -> anyhow::Result<()> {
     reading_bar.set_style(ProgressStyle::with_template(
         "{spinner} reading decisions [{bar:40}] {pos}/{len} ({per_sec}, {eta})",
     )?);
-    let reader = Api::new(&cli.base_url, 0, READ_CONCURRENCY, &credentials)?;
+    let reader = Api::new(&cli.base_url, READ_CONCURRENCY, &credentials)?;
     let read_started = Instant::now();
     let reading = reader
         .decision_latencies(&sample, READ_CONCURRENCY, &reading_bar)

@@ -17,7 +17,7 @@
 //! idle pooled connection is used only if it is younger than
 //! [`MAX_IDLE_AGE`] and the socket shows no end.
 
-use crate::api::{Answer, Credentials, OrderKey};
+use crate::api::{Credentials, OrderKey};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -25,6 +25,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// How the api answered one `POST /api/orders`.
+#[derive(Debug)]
+pub enum Answer {
+    /// Recorded: a 2xx carrying the order (or, with `Prefer: wait`, a 400
+    /// carrying the rejected order, which was recorded and decided).
+    Admitted(OrderKey),
+    /// 503 with `data.error` = `OVERLOADED`: shed, nothing recorded.
+    Shed {
+        /// Whether the answer carried a `Retry-After` header.
+        retry_after: bool,
+    },
+    /// Anything else: transport failure, timeout, another status or body.
+    Error(String),
+}
 
 /// Largest answer head accepted.
 const MAX_HEAD: usize = 16 * 1024;
