@@ -153,21 +153,15 @@ impl Client {
     /// connection, or a new one; the connection goes back to the pool
     /// after a clean answer.
     pub async fn order_pooled(&self, product: u64, n: usize) -> Answer {
-        let pooled = self.take_idle();
-        let mut session = Session {
-            client: self.clone(),
-            conn: pooled,
-            request: Vec::with_capacity(512),
-        };
+        let mut session = self.session();
+        session.conn = self.take_idle();
         let answer = session.order(product, n).await;
         if let Some(conn) = session.conn.take() {
             self.put_idle(conn);
         }
         answer
     }
-}
 
-impl Client {
     /// Keeps `conn` for a later order, unless the pool is full.
     fn put_idle(&self, conn: Conn) {
         let mut idle = self.inner.idle.lock().expect("pool lock");
