@@ -16,8 +16,9 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Everything the api and the worker read from the environment.
-#[derive(Debug, Clone)]
+/// Everything the api and the worker read from the environment. Its
+/// `Debug` hides the passwords in the URLs and every token.
+#[derive(Clone)]
 pub struct Config {
     /// `DATABASE_URL`: the MySQL/MariaDB database; created if missing.
     pub database_url: String,
@@ -128,6 +129,96 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
     }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured without `..`, so a new field cannot be added without
+        // deciding here whether it may be printed.
+        let Config {
+            database_url,
+            amqp_url,
+            quorum_initial_group_size,
+            broker_namespace,
+            order_partitions,
+            api_addr,
+            worker_metrics_addr,
+            reservation_ttl,
+            max_order_total,
+            max_wait,
+            database_max_connections,
+            relay_interval,
+            admission_max_delay,
+            queue_max_length,
+            worker_batch_size,
+            sweep_interval,
+            lease_duration,
+            heartbeat_interval,
+            delivery_limit,
+            log_json,
+            admin_token,
+            max_waiting,
+            request_timeout,
+            header_read_timeout,
+            max_connections,
+            payment_token,
+            buyer_jwt,
+            cors_allowed_origins,
+        } = self;
+        f.debug_struct("Config")
+            .field("database_url", &without_passwords(database_url))
+            .field("amqp_url", &without_passwords(amqp_url))
+            .field("quorum_initial_group_size", quorum_initial_group_size)
+            .field("broker_namespace", broker_namespace)
+            .field("order_partitions", order_partitions)
+            .field("api_addr", api_addr)
+            .field("worker_metrics_addr", worker_metrics_addr)
+            .field("reservation_ttl", reservation_ttl)
+            .field("max_order_total", max_order_total)
+            .field("max_wait", max_wait)
+            .field("database_max_connections", database_max_connections)
+            .field("relay_interval", relay_interval)
+            .field("admission_max_delay", admission_max_delay)
+            .field("queue_max_length", queue_max_length)
+            .field("worker_batch_size", worker_batch_size)
+            .field("sweep_interval", sweep_interval)
+            .field("lease_duration", lease_duration)
+            .field("heartbeat_interval", heartbeat_interval)
+            .field("delivery_limit", delivery_limit)
+            .field("log_json", log_json)
+            .field("admin_token", admin_token)
+            .field("max_waiting", max_waiting)
+            .field("request_timeout", request_timeout)
+            .field("header_read_timeout", header_read_timeout)
+            .field("max_connections", max_connections)
+            .field("payment_token", payment_token)
+            .field("buyer_jwt", buyer_jwt)
+            .field("cors_allowed_origins", cors_allowed_origins)
+            .finish()
+    }
+}
+
+/// `url` (or a comma-separated list of them) with every password in its
+/// user info replaced by `***`: `amqp://app:***@rabbit-1/%2f`.
+fn without_passwords(url: &str) -> String {
+    url.split(',')
+        .map(|part| {
+            let (scheme, rest) = match part.find("://") {
+                Some(i) => part.split_at(i + 3),
+                None => ("", part),
+            };
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((user_info, host)) => match user_info.split_once(':') {
+                    Some((user, _)) => format!("{scheme}{user}:***@{host}{path}"),
+                    None => part.to_owned(),
+                },
+                None => part.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Config {
@@ -472,6 +563,37 @@ mod tests {
         );
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(Config::from_lookup(|_| None).unwrap().admin_token.is_none());
+    }
+
+    #[test]
+    fn passwords_in_the_urls_never_print() {
+        let c = Config::from_lookup(|n| match n {
+            "DATABASE_URL" => Some("mysql://app:db-pa55@db:3306/flashstock".into()),
+            "AMQP_URL" => Some(
+                "amqp://app:mq-pa55@rabbit-1:5672/%2f,amqp://app:mq-pa55@rabbit-2:5672/%2f".into(),
+            ),
+            _ => None,
+        })
+        .unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("pa55"), "{printed}");
+        assert!(
+            printed.contains("mysql://app:***@db:3306/flashstock"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("amqp://app:***@rabbit-1:5672/%2f,amqp://app:***@rabbit-2:5672/%2f"),
+            "{printed}"
+        );
+        assert_eq!(c.database_url, "mysql://app:db-pa55@db:3306/flashstock");
+        assert_eq!(
+            without_passwords("mysql://root@127.0.0.1:3306/flashstock"),
+            "mysql://root@127.0.0.1:3306/flashstock"
+        );
+        assert_eq!(
+            without_passwords("amqp://u:p@ss@host/vh?x=1"),
+            "amqp://u:***@host/vh?x=1"
+        );
     }
 
     #[test]
