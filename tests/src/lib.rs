@@ -258,6 +258,11 @@ impl TestApp {
 
     /// Messages ready in `queue`.
     pub async fn queue_depth(&self, queue: &str) -> u32 {
+        self.queue_counts(queue).await.0
+    }
+
+    /// Messages ready in `queue`, and its consumers.
+    pub async fn queue_counts(&self, queue: &str) -> (u32, u32) {
         use lapin::options::QueueDeclareOptions;
         let conn = shared::broker::connect(&amqp_url(), "flashstock test inspector")
             .await
@@ -275,7 +280,7 @@ impl TestApp {
             .await
             .unwrap();
         let _ = conn.close(200, "done".into()).await;
-        q.message_count()
+        (q.message_count(), q.consumer_count())
     }
 
     /// Records a PENDING order straight in the database, as if the api had

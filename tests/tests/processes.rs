@@ -196,6 +196,38 @@ async fn a_worker_stopped_with_sigterm_releases_its_partitions_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_acks_what_it_decided_once_its_queue_is_quiet() {
+    // Acks are gathered for a few milliseconds; they must still go out when
+    // no further delivery comes, or a killed worker's decided messages
+    // would all come back to the next owner.
+    let app = Arc::new(TestApp::spawn(sixteen_partitions()).await);
+    let mut worker = app.spawn_worker_process();
+    app.wait_for_owners(|l| l.len() == 1).await;
+    let product = app.create_product("acked", 100).await;
+    flood(app.clone(), vec![product], 40, 8).await;
+    assert_sold_exactly(&app, &[product], 40, 100).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.kill();
+    let queue = app
+        .topology()
+        .partition_queue(partition_of(ProductId::new(product as i64).unwrap(), 16));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ready, consumers) = app.queue_counts(&queue).await;
+        if consumers == 0 {
+            // Anything unacked is back in the queue by now.
+            assert_eq!(ready, 0, "decided messages were never acked");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed worker's consumer stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_normal_start_and_run_log_no_error() {
     let app = Arc::new(TestApp::spawn(sixteen_partitions()).await);
     // Every start asks the broker for the queue past the last partition,
