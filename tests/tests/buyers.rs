@@ -369,6 +369,105 @@ async fn one_buyer_through_fifty_connections_gets_exactly_the_limit() {
     app.assert_invariants().await;
 }
 
+/// Creates a product of `stock` units with the rules in `extra`.
+async fn product_with(app: &TestApp, stock: u64, extra: Value) -> u64 {
+    let mut body = json!({"name": "Kaos", "stock": stock});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let r = app.post_json("/api/products", &body).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["data"]["id"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Places one order of 1 as `token`, waiting for the decision: its id, and
+/// its status (with the reason when rejected).
+async fn buy(app: &TestApp, token: &str, product: u64) -> (String, String) {
+    let (status, body) = order_as(app, token, product, 10).await;
+    assert!(
+        status == StatusCode::CREATED || status == StatusCode::BAD_REQUEST,
+        "{status} {body}"
+    );
+    let order = &body["data"];
+    let outcome = match order["reason"].as_str() {
+        Some(reason) => format!("{} {reason}", order["status"].as_str().unwrap()),
+        None => order["status"].as_str().unwrap().to_owned(),
+    };
+    (order["id"].as_str().unwrap().to_owned(), outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_buyer_holds_falls_with_a_cancel_or_an_expiry_and_not_with_a_payment() {
+    let app = TestApp::spawn(
+        with_buyers()
+            .env("RESERVATION_TTL", "2s")
+            .env("SWEEP_INTERVAL", "200ms"),
+    )
+    .await;
+    let product = product_with(&app, 100, json!({"max_per_buyer": 2})).await;
+    let alice = token("alice");
+    let (first, outcome) = buy(&app, &alice, product).await;
+    assert_eq!(outcome, "ACCEPTED");
+    let (second, outcome) = buy(&app, &alice, product).await;
+    assert_eq!(outcome, "ACCEPTED");
+    assert_eq!(buy(&app, &alice, product).await.1, "REJECTED BUYER_LIMIT");
+
+    // A cancelled order no longer counts.
+    let cancel = format!("{}/api/orders/{second}/cancel", app.address);
+    let (status, body) = send(bearer(app.client.post(&cancel), &alice)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (third, outcome) = buy(&app, &alice, product).await;
+    assert_eq!(outcome, "ACCEPTED");
+    assert_eq!(buy(&app, &alice, product).await.1, "REJECTED BUYER_LIMIT");
+
+    // A paid one still does; an expired one no longer does.
+    let pay = format!("{}/api/orders/{first}/pay", app.address);
+    let (status, body) = send(bearer(app.client.post(&pay), PAYMENT)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = send(bearer(
+            app.client
+                .get(format!("{}/api/orders/{third}", app.address)),
+            &alice,
+        ))
+        .await;
+        if body["data"]["status"] == "EXPIRED" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(buy(&app, &alice, product).await.1, "ACCEPTED");
+    assert_eq!(buy(&app, &alice, product).await.1, "REJECTED BUYER_LIMIT");
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_set_during_the_sale_counts_what_was_bought_before_it() {
+    let app = TestApp::spawn(with_buyers()).await;
+    let product = product_with(&app, 100, json!({})).await;
+    let bob = token("bob");
+    for _ in 0..3 {
+        assert_eq!(buy(&app, &bob, product).await.1, "ACCEPTED");
+    }
+    let r = app
+        .as_admin(
+            app.client
+                .patch(format!("{}/api/products/{product}", app.address)),
+        )
+        .json(&json!({"max_per_buyer": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(buy(&app, &bob, product).await.1, "REJECTED BUYER_LIMIT");
+    assert_eq!(buy(&app, &token("carol"), product).await.1, "ACCEPTED");
+    app.assert_invariants().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_buyers_three_orders_each_stock_one_hundred_limit_one() {
     let app = Arc::new(TestApp::spawn(with_buyers()).await);

@@ -332,6 +332,17 @@ impl Plan {
                 sold_out,
             }));
         }
+        // What the accepted orders of known buyers add to their holdings.
+        let mut bought: BTreeMap<(u64, &str), i64> = BTreeMap::new();
+        for decision in out.iter().flatten().flat_map(|d| &d.decisions) {
+            if let (Outcome::Accepted, Some(row)) = (
+                &decision.outcome,
+                locked.rows.get(&decision.order_id.uuid()),
+            ) && let Some(buyer) = row.buyer.as_deref()
+            {
+                *bought.entry((row.product, buyer)).or_default() += i64::from(row.total);
+            }
+        }
         let mut writes = Script::new();
         // One decision time for the whole transaction, read back with the
         // writes, so the notices can carry it.
@@ -360,11 +371,33 @@ impl Plan {
                 .sql(")")
                 .end();
         }
+        let writes_holdings = !bought.is_empty();
+        if writes_holdings {
+            // In key order, like every lock this transaction takes in turn.
+            let bought: Vec<_> = bought.into_iter().collect();
+            writes
+                .sql("INSERT INTO buyer_holdings (product_id, buyer_id, held) VALUES ")
+                .list(&bought, |s, ((product, buyer), units)| {
+                    s.sql("(")
+                        .uint(*product)
+                        .sql(", ")
+                        .text(buyer)
+                        .sql(", ")
+                        .int(*units)
+                        .sql(")");
+                })
+                .sql(" ON DUPLICATE KEY UPDATE held = held + VALUES(held)")
+                .end();
+        }
         let mut expected: Vec<Option<u64>> = std::iter::once(None)
             .chain(expected.into_iter().map(Some))
             .collect();
         if !reserved.is_empty() {
             expected.push(Some(reserved.len() as u64));
+        }
+        if writes_holdings {
+            // One row inserted or two changed per holding: not checked.
+            expected.push(None);
         }
         writes.sql("SELECT CAST(@decided_at AS DATETIME(6))").end();
         expected.push(None);
@@ -632,9 +665,10 @@ impl SaleRule {
 }
 
 /// Units each buyer of `orders` already holds (ACCEPTED or PAID) of each
-/// product that has a `max_per_buyer`. Only this partition accepts orders
-/// for these products, in order, so nothing can add to them meanwhile; a
-/// cancel or expiry meanwhile only lowers them.
+/// product that has a `max_per_buyer`, one `buyer_holdings` row each.
+/// Nothing changes them meanwhile: a cancel or expiry locks the product's
+/// inventory row first, which this transaction holds, and only this
+/// partition accepts orders for these products.
 async fn held_by_buyers<'r>(
     tx: &mut MySqlConnection,
     rules: &HashMap<u64, SaleRule>,
@@ -653,14 +687,11 @@ async fn held_by_buyers<'r>(
     }
     // Padded like every list here, so the statement cache keeps a few shapes.
     let pairs: Vec<(u64, &str)> = pairs.into_iter().collect();
-    let condition = vec!["(buyer_id = ? AND product_id = ?)"; padded_len(pairs.len())].join(" OR ");
-    let sql = format!(
-        "SELECT product_id, buyer_id, CAST(SUM(total) AS SIGNED) FROM orders \
-         WHERE status IN ('ACCEPTED', 'PAID') AND ({condition}) GROUP BY product_id, buyer_id"
-    );
+    let condition = vec!["(product_id = ? AND buyer_id = ?)"; padded_len(pairs.len())].join(" OR ");
+    let sql = format!("SELECT product_id, buyer_id, held FROM buyer_holdings WHERE {condition}");
     let mut q = sqlx::query_as::<_, (u64, String, i64)>(AssertSqlSafe(sql));
     for (product, buyer) in padded(&pairs) {
-        q = q.bind(*buyer).bind(*product);
+        q = q.bind(*product).bind(*buyer);
     }
     Ok(q.fetch_all(&mut *tx)
         .await?

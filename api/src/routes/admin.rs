@@ -27,7 +27,9 @@ pub struct InvariantReport {
 }
 
 /// Checks the stock invariants over every product and order: `0 <= reserved
-/// <= stored`, `reserved` = the sum of ACCEPTED totals, decisions consistent.
+/// <= stored`, `reserved` = the sum of ACCEPTED totals, decisions
+/// consistent, each buyer's holding = the sum of their ACCEPTED and PAID
+/// totals.
 #[utoipa::path(get, path = "/admin/invariants", tag = "admin",
     responses(
         (status = 401, description = "ADMIN_TOKEN is set and the request lacks `Authorization: Bearer <token>`", body = Envelope<ErrorBody>),

@@ -8,7 +8,7 @@ use sqlx::MySqlPool;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Violation {
     /// Which invariant: `RESERVED_OUT_OF_RANGE`, `RESERVED_NOT_SUM_OF_ACCEPTED`,
-    /// or `DECISION_INCONSISTENT`.
+    /// `DECISION_INCONSISTENT` or `HOLDINGS_NOT_SUM_OF_ORDERS`.
     pub invariant: &'static str,
     /// The product concerned, if one.
     pub product_id: Option<u64>,
@@ -22,7 +22,9 @@ pub struct Violation {
 /// - every order was decided at most once and its record agrees with its
 ///   status: PENDING has no decision, a decided order has one `decided_at`,
 ///   REJECTED has a reason, ACCEPTED/PAID/EXPIRED came through an acceptance
-///   (`expires_at` set) and nothing else has one.
+///   (`expires_at` set) and nothing else has one;
+/// - each buyer's holding of a product equals the sum of `total` over the
+///   buyer's ACCEPTED and PAID orders of it.
 pub async fn check(pool: &MySqlPool) -> Result<Vec<Violation>, sqlx::Error> {
     let mut violations = Vec::new();
     let stock: Vec<(u64, i64, i64, i64)> = sqlx::query_as(
@@ -64,6 +66,27 @@ pub async fn check(pool: &MySqlPool) -> Result<Vec<Violation>, sqlx::Error> {
             invariant: "DECISION_INCONSISTENT",
             product_id: Some(product),
             detail: format!("{n} {status} orders whose decision fields disagree with their status"),
+        });
+    }
+    let holdings: Vec<(u64, i64)> = sqlx::query_as(
+        "SELECT product_id, COUNT(*) FROM ( \
+            SELECT product_id FROM ( \
+                SELECT product_id, buyer_id, held, 0 AS units FROM buyer_holdings \
+                UNION ALL \
+                SELECT product_id, buyer_id, 0, total FROM orders \
+                WHERE buyer_id IS NOT NULL AND status IN ('ACCEPTED', 'PAID') \
+            ) AS both_sides GROUP BY product_id, buyer_id HAVING SUM(held) <> SUM(units) \
+         ) AS differing GROUP BY product_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (product, buyers) in holdings {
+        violations.push(Violation {
+            invariant: "HOLDINGS_NOT_SUM_OF_ORDERS",
+            product_id: Some(product),
+            detail: format!(
+                "{buyers} buyers' holdings differ from the units their ACCEPTED and PAID orders hold"
+            ),
         });
     }
     Ok(violations)

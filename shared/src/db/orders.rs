@@ -449,11 +449,18 @@ pub async fn pay(
     {
         return Ok(Transition::KeyReused);
     }
-    let Some((status, product, total, expired)) = lock(&mut tx, id).await? else {
+    let Some(locked) = lock(&mut tx, id).await? else {
         return Ok(Transition::NotFound);
     };
+    let Locked {
+        status,
+        product,
+        total,
+        expired,
+        ..
+    } = locked.clone();
     if status == "ACCEPTED" && expired {
-        release(&mut tx, &[(id.uuid(), product, total)], "EXPIRED").await?;
+        release(&mut tx, &[locked.held(id)], "EXPIRED").await?;
     } else if status == "ACCEPTED" {
         sqlx::query("UPDATE orders SET status = 'PAID', closed_at = NOW(6) WHERE id = ? AND status = 'ACCEPTED'")
             .bind(id.uuid())
@@ -497,12 +504,12 @@ pub async fn cancel(
     {
         return Ok(Transition::KeyReused);
     }
-    let Some((status, product, total, _)) = lock(&mut tx, id).await? else {
+    let Some(locked) = lock(&mut tx, id).await? else {
         return Ok(Transition::NotFound);
     };
-    let done = match status.as_str() {
+    let done = match locked.status.as_str() {
         "ACCEPTED" => {
-            release(&mut tx, &[(id.uuid(), product, total)], "CANCELLED").await?;
+            release(&mut tx, &[locked.held(id)], "CANCELLED").await?;
             true
         }
         "PENDING" => {
@@ -528,26 +535,52 @@ pub async fn cancel(
     })
 }
 
-/// Locks an order row: `(status, product, total, past expires_at)`.
-async fn lock(
-    tx: &mut sqlx::MySqlConnection,
-    id: OrderId,
-) -> Result<Option<(String, u64, u32, bool)>, sqlx::Error> {
-    let row: Option<(String, u64, u32, i64)> = sqlx::query_as(
-        "SELECT status, product_id, total, CAST(COALESCE(expires_at <= NOW(6), 0) AS SIGNED) \
+/// An order row as [`lock`] read it.
+#[derive(Debug, Clone)]
+struct Locked {
+    status: String,
+    product: u64,
+    total: u32,
+    buyer: Option<String>,
+    /// Past its `expires_at` (database clock).
+    expired: bool,
+}
+
+impl Locked {
+    /// The units it holds, for [`release`].
+    fn held(&self, id: OrderId) -> Held {
+        (id.uuid(), self.product, self.total, self.buyer.clone())
+    }
+}
+
+/// An ACCEPTED order's units: `(id, product, total, buyer)`.
+type Held = (Uuid, u64, u32, Option<String>);
+
+/// Locks an order row.
+async fn lock(tx: &mut sqlx::MySqlConnection, id: OrderId) -> Result<Option<Locked>, sqlx::Error> {
+    let row: Option<(String, u64, u32, Option<String>, i64)> = sqlx::query_as(
+        "SELECT status, product_id, total, buyer_id, CAST(COALESCE(expires_at <= NOW(6), 0) AS SIGNED) \
          FROM orders WHERE id = ? FOR UPDATE",
     )
     .bind(id.uuid())
     .fetch_optional(&mut *tx)
     .await?;
-    Ok(row.map(|(s, p, t, e)| (s, p, t, e == 1)))
+    Ok(row.map(|(status, product, total, buyer, expired)| Locked {
+        status,
+        product,
+        total,
+        buyer,
+        expired: expired == 1,
+    }))
 }
 
-/// Moves locked ACCEPTED orders `(id, product, total)` to `status`
-/// (CANCELLED or EXPIRED) and gives their units back to availability.
+/// Moves locked ACCEPTED orders to `status` (CANCELLED or EXPIRED) and
+/// gives their units back: to availability, and off their buyers'
+/// holdings. The inventory rows are locked (in product order) before any
+/// holding, as in the deciding transaction, so the two cannot deadlock.
 async fn release(
     tx: &mut sqlx::MySqlConnection,
-    orders: &[(Uuid, u64, u32)],
+    orders: &[Held],
     status: &'static str,
 ) -> Result<(), sqlx::Error> {
     if orders.is_empty() {
@@ -558,7 +591,7 @@ async fn release(
         placeholders(padded_len(orders.len()))
     );
     let mut q = sqlx::query(AssertSqlSafe(sql)).bind(status);
-    for (id, _, _) in padded(orders) {
+    for (id, ..) in padded(orders) {
         q = q.bind(id);
     }
     let changed = q.execute(&mut *tx).await?.rows_affected();
@@ -569,8 +602,12 @@ async fn release(
         )));
     }
     let mut per_product: std::collections::BTreeMap<u64, i64> = Default::default();
-    for (_, product, total) in orders {
+    let mut per_buyer: std::collections::BTreeMap<(u64, &str), i64> = Default::default();
+    for (_, product, total, buyer) in orders {
         *per_product.entry(*product).or_default() += i64::from(*total);
+        if let Some(buyer) = buyer {
+            *per_buyer.entry((*product, buyer)).or_default() += i64::from(*total);
+        }
     }
     for (product, units) in per_product {
         sqlx::query(
@@ -581,6 +618,22 @@ async fn release(
         .execute(&mut *tx)
         .await?;
     }
+    for ((product, buyer), units) in per_buyer {
+        let changed = sqlx::query(
+            "UPDATE buyer_holdings SET held = held - ? WHERE product_id = ? AND buyer_id = ?",
+        )
+        .bind(units)
+        .bind(product)
+        .bind(buyer)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed != 1 {
+            return Err(sqlx::Error::Protocol(format!(
+                "no holding of product {product} for a buyer whose order held {units} units"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -590,8 +643,8 @@ async fn release(
 /// orders expired.
 pub async fn expire_due(pool: &MySqlPool, limit: u32) -> Result<Vec<OrderId>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let due: Vec<(Uuid, u64, u32)> = sqlx::query_as(
-        "SELECT id, product_id, total FROM orders \
+    let due: Vec<Held> = sqlx::query_as(
+        "SELECT id, product_id, total, buyer_id FROM orders \
          WHERE status = 'ACCEPTED' AND expires_at <= NOW(6) \
          ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED",
     )
@@ -600,10 +653,7 @@ pub async fn expire_due(pool: &MySqlPool, limit: u32) -> Result<Vec<OrderId>, sq
     .await?;
     release(&mut tx, &due, "EXPIRED").await?;
     tx.commit().await?;
-    Ok(due
-        .into_iter()
-        .map(|(id, _, _)| OrderId::from(id))
-        .collect())
+    Ok(due.into_iter().map(|(id, ..)| OrderId::from(id)).collect())
 }
 
 /// Filters for listing orders.
