@@ -166,8 +166,8 @@ impl std::fmt::Debug for Config {
             cors_allowed_origins,
         } = self;
         f.debug_struct("Config")
-            .field("database_url", &without_passwords(database_url))
-            .field("amqp_url", &without_passwords(amqp_url))
+            .field("database_url", &without_password(database_url))
+            .field("amqp_url", &without_amqp_passwords(amqp_url))
             .field("quorum_initial_group_size", quorum_initial_group_size)
             .field("broker_namespace", broker_namespace)
             .field("order_partitions", order_partitions)
@@ -198,25 +198,31 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// `url` (or a comma-separated list of them) with every password in its
-/// user info replaced by `***`: `amqp://app:***@rabbit-1/%2f`.
-fn without_passwords(url: &str) -> String {
-    url.split(',')
-        .map(|part| {
-            let (scheme, rest) = match part.find("://") {
-                Some(i) => part.split_at(i + 3),
-                None => ("", part),
-            };
-            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(authority_end);
-            match authority.rsplit_once('@') {
-                Some((user_info, host)) => match user_info.split_once(':') {
-                    Some((user, _)) => format!("{scheme}{user}:***@{host}{path}"),
-                    None => part.to_owned(),
-                },
-                None => part.to_owned(),
-            }
-        })
+/// `url` with the password in its user info replaced by `***`:
+/// `mysql://app:***@db/flashstock`. The user info is taken to end at the
+/// last `@`, so a password holding `/`, `?`, `#`, `,` or `@` is hidden
+/// whole; an `@` further on (in a query) hides more than the password,
+/// never less.
+fn without_password(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    match rest.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{scheme}{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// `AMQP_URL` with every node's password hidden ([`without_password`]);
+/// its nodes are separated by commas (a comma in a password is `%2C`).
+fn without_amqp_passwords(nodes: &str) -> String {
+    nodes
+        .split(',')
+        .map(without_password)
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -586,13 +592,20 @@ mod tests {
             "{printed}"
         );
         assert_eq!(c.database_url, "mysql://app:db-pa55@db:3306/flashstock");
+        for (url, printed) in [
+            (
+                "mysql://root@127.0.0.1:3306/flashstock",
+                "mysql://root@127.0.0.1:3306/flashstock",
+            ),
+            ("amqp://u:p@ss@host/vh?x=1", "amqp://u:***@host/vh?x=1"),
+            ("mysql://app:pa,ss/w?#d@db/x", "mysql://app:***@db/x"),
+            ("mysql://app:secret@db/x?ssl=a@b", "mysql://app:***@b"),
+        ] {
+            assert_eq!(without_password(url), printed);
+        }
         assert_eq!(
-            without_passwords("mysql://root@127.0.0.1:3306/flashstock"),
-            "mysql://root@127.0.0.1:3306/flashstock"
-        );
-        assert_eq!(
-            without_passwords("amqp://u:p@ss@host/vh?x=1"),
-            "amqp://u:***@host/vh?x=1"
+            without_amqp_passwords("amqp://u:p%2Cq@rabbit1:5672/%2f,rabbit2:5672,rabbit3:5672"),
+            "amqp://u:***@rabbit1:5672/%2f,rabbit2:5672,rabbit3:5672"
         );
     }
 

@@ -386,6 +386,8 @@ impl Plan {
                         .int(*units)
                         .sql(")");
                 })
+                // `VALUES(held)`: the form MariaDB and MySQL 8 both take
+                // (MySQL 8.0.20+ warns that it is deprecated).
                 .sql(" ON DUPLICATE KEY UPDATE held = held + VALUES(held)")
                 .end();
         }

@@ -620,20 +620,55 @@ async fn release(
     }
     for ((product, buyer), units) in per_buyer {
         let changed = sqlx::query(
-            "UPDATE buyer_holdings SET held = held - ? WHERE product_id = ? AND buyer_id = ?",
+            "UPDATE buyer_holdings SET held = held - ? \
+             WHERE product_id = ? AND buyer_id = ? AND held >= ?",
         )
         .bind(units)
         .bind(product)
         .bind(buyer)
+        .bind(units)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if changed != 1 {
-            return Err(sqlx::Error::Protocol(format!(
-                "no holding of product {product} for a buyer whose order held {units} units"
-            )));
+            // Missing or short (an older process decided or cancelled past
+            // the migration, or a hand edit): recounted from the orders
+            // rather than refused, or this order could never be released
+            // and a sweep that holds it would expire nothing. Nothing else
+            // writes this row meanwhile: its product's inventory row is
+            // locked by this transaction.
+            tracing::error!(
+                product,
+                units,
+                "a buyer's holding disagreed with their orders; recounted from them"
+            );
+            recount_holding(&mut *tx, product, buyer).await?;
         }
     }
+    Ok(())
+}
+
+/// Sets what `buyer` holds of `product` to what their ACCEPTED and PAID
+/// orders hold, as this transaction sees them.
+async fn recount_holding(
+    tx: &mut sqlx::MySqlConnection,
+    product: u64,
+    buyer: &str,
+) -> Result<(), sqlx::Error> {
+    // `VALUES(held)`: the form MariaDB and MySQL 8 both take (MySQL 8.0.20+
+    // warns that it is deprecated).
+    sqlx::query(
+        "INSERT INTO buyer_holdings (product_id, buyer_id, held) \
+         SELECT ?, ?, CAST(COALESCE(SUM(total), 0) AS SIGNED) FROM orders \
+         WHERE product_id = ? AND buyer_id = ? AND status IN ('ACCEPTED', 'PAID') \
+         ON DUPLICATE KEY UPDATE held = VALUES(held)",
+    )
+    .bind(product)
+    .bind(buyer)
+    .bind(product)
+    .bind(buyer)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
