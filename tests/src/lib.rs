@@ -446,18 +446,22 @@ impl TestApp {
     pub async fn assert_invariants(&self) {
         let violations = shared::db::invariants::check(&self.db).await.unwrap();
         assert!(violations.is_empty(), "invariants broken: {violations:?}");
-        let report: Value = self
-            .as_admin(
-                self.client
-                    .get(format!("{}/api/admin/invariants", self.address)),
-            )
-            .send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .unwrap();
+        let report = self.invariants_report().await;
         assert_eq!(report["data"]["ok"], true, "{report}");
+    }
+
+    /// `GET /api/admin/invariants`, as the admin when there is one.
+    pub async fn invariants_report(&self) -> Value {
+        self.as_admin(
+            self.client
+                .get(format!("{}/api/admin/invariants", self.address)),
+        )
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .unwrap()
     }
 
     /// `POST /api/orders/{id}/{action}` (`pay` or `cancel`).

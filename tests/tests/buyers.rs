@@ -470,17 +470,7 @@ async fn a_holding_gone_wrong_is_reported_and_recounted_when_released() {
         .execute(&app.db)
         .await
         .unwrap();
-    let report: Value = app
-        .as_admin(
-            app.client
-                .get(format!("{}/api/admin/invariants", app.address)),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = app.invariants_report().await;
     assert_eq!(report["data"]["ok"], false, "{report}");
     assert_eq!(
         report["data"]["violations"][0]["invariant"], "HOLDINGS_NOT_SUM_OF_ORDERS",

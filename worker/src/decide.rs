@@ -332,7 +332,8 @@ impl Plan {
                 sold_out,
             }));
         }
-        // What the accepted orders of known buyers add to their holdings.
+        // What the accepted orders of known buyers add to their holdings
+        // (an entry per buyer and product of this transaction's orders).
         let mut bought: BTreeMap<(u64, &str), i64> = BTreeMap::new();
         for decision in out.iter().flatten().flat_map(|d| &d.decisions) {
             if let (Outcome::Accepted, Some(row)) = (

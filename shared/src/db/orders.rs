@@ -452,16 +452,10 @@ pub async fn pay(
     let Some(locked) = lock(&mut tx, id).await? else {
         return Ok(Transition::NotFound);
     };
-    let Locked {
-        status,
-        product,
-        total,
-        expired,
-        ..
-    } = locked.clone();
-    if status == "ACCEPTED" && expired {
+    let accepted = locked.status == "ACCEPTED";
+    if accepted && locked.expired {
         release(&mut tx, &[locked.held(id)], "EXPIRED").await?;
-    } else if status == "ACCEPTED" {
+    } else if accepted {
         sqlx::query("UPDATE orders SET status = 'PAID', closed_at = NOW(6) WHERE id = ? AND status = 'ACCEPTED'")
             .bind(id.uuid())
             .execute(&mut *tx)
@@ -470,21 +464,21 @@ pub async fn pay(
             "UPDATE inventories SET stored_stock = stored_stock - ?, reserved_stock = reserved_stock - ? \
              WHERE product_id = ?",
         )
-        .bind(total)
-        .bind(total)
-        .bind(product)
+        .bind(locked.total)
+        .bind(locked.total)
+        .bind(locked.product)
         .execute(&mut *tx)
         .await?;
     }
     let row = fetch(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
     // Paid, or expired on the spot: kept with its key. Anything else changed
     // nothing, and leaves nothing behind (a key included).
-    if status == "ACCEPTED" {
+    if accepted {
         tx.commit().await?;
     } else {
         tx.rollback().await?;
     }
-    Ok(if row.status == "PAID" && status == "ACCEPTED" {
+    Ok(if row.status == "PAID" && accepted {
         Transition::Done(row)
     } else {
         Transition::Refused(row)
@@ -536,7 +530,7 @@ pub async fn cancel(
 }
 
 /// An order row as [`lock`] read it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Locked {
     status: String,
     product: u64,
