@@ -1,7 +1,8 @@
 //! The flashstock HTTP api.
 //!
 //! - [`startup`]: `Application::build(config)` wires everything; `run_until_stopped` serves.
-//! - [`serve`]: the accept loop, with a deadline on request headers.
+//! - [`serve`]: the accept loop: HTTP/1.1, deadlines on request heads and bodies;
+//!   [`connections`]: which connections are idle, so the longest idle makes room.
 //! - [`routes`]: one module per resource (products, inventory, orders, health).
 //! - [`admission`]: shedding orders past capacity (503 `OVERLOADED`).
 //! - [`recorder`]: recording orders in batches, one commit for many.
@@ -20,6 +21,7 @@
 pub mod admission;
 pub mod auth;
 pub mod conditional;
+pub mod connections;
 pub mod decisions;
 pub mod envelope;
 pub mod error;
@@ -30,6 +32,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod pagination;
 pub mod publisher;
+pub mod receive;
 pub mod recorder;
 pub mod relay;
 pub mod routes;

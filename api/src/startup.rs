@@ -168,6 +168,7 @@ impl Application {
 /// The whole router: every route, the spec, the envelope for 404 and 405.
 pub fn router(state: AppState) -> Router {
     let request_timeout = state.config.request_timeout;
+    let header_read_timeout = state.config.header_read_timeout;
     let cors = cors(&state.config.cors_allowed_origins);
     let (routes, _) = crate::routes::router().split_for_parts();
     let spec = openapi::document_json();
@@ -213,7 +214,7 @@ pub fn router(state: AppState) -> Router {
                 request.extensions_mut().insert(claimed.clone());
                 let handling = next.run(request);
                 tokio::pin!(handling);
-                // A body trickled in or a handler stuck: answer rather than hold on.
+                // A handler stuck: answer rather than hold on.
                 let mut response = match tokio::time::timeout(request_timeout, &mut handling).await {
                     Ok(response) => response,
                     // Its order is being recorded: the answer must say what
@@ -243,6 +244,14 @@ pub fn router(state: AppState) -> Router {
                     );
                 }
                 response
+            },
+        ))
+        // The whole request is read before any handler (or the timeout
+        // above) runs, within HEADER_READ_TIMEOUT; only then is its
+        // connection busy (api/src/serve.rs).
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                crate::receive::receive(header_read_timeout, BODY_LIMIT, request, next)
             },
         ))
         // Outermost but for the trace: a preflight is answered before any

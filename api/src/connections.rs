@@ -1,0 +1,228 @@
+//! Which client connections are working on a request and which are idle, so
+//! that at capacity the connection idle the longest gives its slot to a new
+//! one.
+//!
+//! A connection is *idle* from the moment it is accepted until the api has
+//! received a whole request on it (head and body), and again from the end of
+//! each response until the next request is whole; it is *busy* while the api
+//! handles a request and writes its answer. Idle connections cost the api
+//! nothing but their buffers, and closing one loses nothing: no request on
+//! it has been acted on. So `MAX_CONNECTIONS` silent, trickling or kept-alive
+//! connections can never lock a new client out: when every slot is taken,
+//! the accept loop closes the one idle the longest ([`Registry::evict_oldest`])
+//! and the newcomer takes its place. Only busy connections, each bounded by
+//! `REQUEST_TIMEOUT`, make new ones wait.
+//!
+//! Bounded: one entry per open connection, at most `MAX_CONNECTIONS` (and
+//! the one the accept loop holds while it makes room).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// The open connections, idle and busy. Cheap to share.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Hands out connection ids and idle ranks, both increasing.
+    next: u64,
+    /// Idle connections by rank: the first went idle the longest ago.
+    idle: BTreeMap<u64, u64>,
+    /// Every open connection, by id.
+    open: HashMap<u64, Entry>,
+}
+
+struct Entry {
+    /// Requests being handled (HTTP/1: at most one).
+    busy: u32,
+    /// Its rank in `idle`, while idle.
+    idle_rank: Option<u64>,
+    /// Set once it was chosen to make room; it never becomes busy again.
+    evicted: bool,
+    /// Wakes the connection's task to close it.
+    close: Arc<Notify>,
+}
+
+impl Inner {
+    fn rank(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+}
+
+impl Registry {
+    /// Registers a new connection, idle. Dropping the [`Registration`]
+    /// removes it.
+    pub fn open(self: &Arc<Self>) -> Registration {
+        let close = Arc::new(Notify::new());
+        let mut inner = self.lock();
+        let id = inner.rank();
+        let rank = inner.rank();
+        inner.idle.insert(rank, id);
+        inner.open.insert(
+            id,
+            Entry {
+                busy: 0,
+                idle_rank: Some(rank),
+                evicted: false,
+                close: close.clone(),
+            },
+        );
+        Registration {
+            activity: Activity {
+                registry: self.clone(),
+                id,
+            },
+            close,
+        }
+    }
+
+    /// Closes the connection idle the longest, if there is one: it is told
+    /// to close and never starts another request. False when every open
+    /// connection is busy.
+    pub fn evict_oldest(&self) -> bool {
+        let mut inner = self.lock();
+        let Some((_, id)) = inner.idle.pop_first() else {
+            return false;
+        };
+        let entry = inner.open.get_mut(&id).expect("an idle connection is open");
+        entry.idle_rank = None;
+        entry.evicted = true;
+        entry.close.notify_one();
+        true
+    }
+
+    /// Open connections, and how many of them are idle.
+    pub fn counts(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.open.len(), inner.idle.len())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("connection registry lock")
+    }
+}
+
+/// A connection's place in the [`Registry`], held by its task.
+pub struct Registration {
+    activity: Activity,
+    close: Arc<Notify>,
+}
+
+impl Registration {
+    /// The handle requests on this connection use to say they are busy.
+    pub fn activity(&self) -> Activity {
+        self.activity.clone()
+    }
+
+    /// Resolves once the connection was chosen to make room.
+    pub async fn evicted(&self) {
+        self.close.notified().await
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut inner = self.activity.registry.lock();
+        if let Some(entry) = inner.open.remove(&self.activity.id)
+            && let Some(rank) = entry.idle_rank
+        {
+            inner.idle.remove(&rank);
+        }
+    }
+}
+
+/// One connection's activity, carried in its requests' extensions.
+#[derive(Clone)]
+pub struct Activity {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+impl Activity {
+    /// A whole request arrived: the connection is busy until the returned
+    /// guard is dropped (after its response was written). `None` when the
+    /// connection was already chosen to make room: the request must not be
+    /// acted on.
+    pub fn begin(&self) -> Option<Busy> {
+        let mut inner = self.registry.lock();
+        let entry = inner.open.get_mut(&self.id)?;
+        if entry.evicted {
+            return None;
+        }
+        entry.busy += 1;
+        if let Some(rank) = entry.idle_rank.take() {
+            inner.idle.remove(&rank);
+        }
+        Some(Busy {
+            activity: self.clone(),
+        })
+    }
+}
+
+/// A request being handled; dropping it makes the connection idle again
+/// once no other request is.
+pub struct Busy {
+    activity: Activity,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut inner = self.activity.registry.lock();
+        let rank = inner.rank();
+        let Some(entry) = inner.open.get_mut(&self.activity.id) else {
+            return;
+        };
+        entry.busy -= 1;
+        if entry.busy == 0 && !entry.evicted {
+            entry.idle_rank = Some(rank);
+            inner.idle.insert(rank, self.activity.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_idle_the_longest_makes_room_and_busy_ones_never_do() {
+        let registry = Arc::new(Registry::default());
+        let first = registry.open();
+        let second = registry.open();
+        let third = registry.open();
+        // The first starts a request and finishes it: it is now the newest idle.
+        drop(first.activity().begin().expect("not evicted"));
+        // The third is busy.
+        let busy = third.activity().begin().expect("not evicted");
+        assert!(registry.evict_oldest());
+        // The second was idle the longest.
+        assert!(second.activity().begin().is_none());
+        assert!(first.activity().begin().is_some());
+        // The first is busy again (its guard dropped above made it idle,
+        // the one just taken made it busy and was dropped: idle again).
+        assert!(registry.evict_oldest());
+        assert!(first.activity().begin().is_none());
+        // Only the busy one is left: nothing to evict.
+        assert!(!registry.evict_oldest());
+        assert_eq!(registry.counts(), (3, 0));
+        drop(busy);
+        assert_eq!(registry.counts(), (3, 1));
+        drop((first, second, third));
+        assert_eq!(registry.counts(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_evicted_connection_hears_it() {
+        let registry = Arc::new(Registry::default());
+        let connection = registry.open();
+        assert!(registry.evict_oldest());
+        tokio::time::timeout(std::time::Duration::from_secs(1), connection.evicted())
+            .await
+            .expect("told to close");
+    }
+}
