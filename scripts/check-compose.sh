@@ -5,7 +5,11 @@
 #   3. the environment passed to api and worker matches what the binaries
 #      read (shared/src/config.rs): no unknown variable, none required missing;
 #   4. the `cluster` profile: its nodes are the ones deploy/rabbitmq/cluster.conf
-#      names, share one cookie and config, and api and worker list them all.
+#      names, share one cookie and config, and api and worker list them all;
+#   5. what is exposed: the secrets are required (compose refuses to start
+#      without them), nothing but the api is published beyond the host's
+#      loopback, RabbitMQ's management UI not at all, and Prometheus scrapes
+#      the api's private metrics listener.
 #   bash scripts/check-compose.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,9 +27,21 @@ fi
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 .venv/bin/pip install -q "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
 
+# The secrets compose requires (.env would hold them): any values do here.
+secrets=(ADMIN_TOKEN=check-compose-admin-0123456789abcdef PAYMENT_TOKEN=check-compose-payment-0123456789abcdef
+  GRAFANA_ADMIN_PASSWORD=check-compose-grafana)
 echo "== docker-compose config -q (and with --profile cluster)"
-docker-compose config -q
-docker-compose --profile cluster config -q
+env "${secrets[@]}" docker-compose config -q
+env "${secrets[@]}" docker-compose --profile cluster config -q
+echo "== docker-compose refuses to start without each secret"
+for secret in "${secrets[@]}"; do
+  others=()
+  for s in "${secrets[@]}"; do [[ $s == "$secret" ]] || others+=("$s"); done
+  if env -u "${secret%%=*}" "${others[@]}" docker-compose --env-file /dev/null config -q 2>/dev/null; then
+    echo "docker-compose.yml starts without ${secret%%=*}"; exit 1
+  fi
+done
+echo "ok -- ${secrets[*]%%=*} are required"
 echo "== check-jsonschema --builtin-schema vendor.compose-spec"
 .venv/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 echo "== compose environment vs. the variables the binaries read"
@@ -35,7 +51,8 @@ from ruamel.yaml import YAML
 read = set(re.findall(r'get\("([A-Z_]+)"', open("shared/src/config.rs").read())) | {"RUST_LOG"}
 compose = YAML(typ="safe").load(open("docker-compose.yml"))
 both = {"DATABASE_URL", "AMQP_URL", "BROKER_NAMESPACE", "ORDER_PARTITIONS", "RESERVATION_TTL"}
-required = {"api": both | {"API_ADDR"}, "worker": both | {"WORKER_METRICS_ADDR"}}
+required = {"api": both | {"API_ADDR", "API_METRICS_ADDR", "ADMIN_TOKEN", "PAYMENT_TOKEN"},
+            "worker": both | {"WORKER_METRICS_ADDR"}}
 problems = []
 for service, needed in required.items():
     env = set((compose["services"][service].get("environment") or {}).keys())
@@ -75,4 +92,27 @@ for service in ("api", "worker"):
 if problems:
     print("\n".join(problems)); sys.exit(1)
 print(f"ok -- the cluster profile's nodes {hosts} match cluster.conf; api and worker list them all")
+
+# What is exposed.
+api_env = services["api"]["environment"]
+for token in ("ADMIN_TOKEN", "PAYMENT_TOKEN"):
+    if not re.fullmatch(r"\$\{" + token + r":\?[^}]+\}", str(api_env.get(token, ""))):
+        problems.append(f"api: {token} is not required from .env (${{{token}:?...}})")
+for name, s in services.items():
+    for port in s.get("ports") or []:
+        published = str(port)
+        if name != "api" and not published.startswith("127.0.0.1:"):
+            problems.append(f"{name}: {published} is published beyond the host's loopback")
+        if published.split(":")[-1] == "15672":
+            problems.append(f"{name}: the management UI is published")
+prometheus = YAML(typ="safe").load(open("deploy/prometheus/prometheus.yml"))
+scraped = {job["job_name"]: job["dns_sd_configs"][0]["port"] for job in prometheus["scrape_configs"]}
+metrics_port = int(str(api_env.get("API_METRICS_ADDR", ":0")).rsplit(":", 1)[1])
+if scraped.get("api") != metrics_port:
+    problems.append(f"prometheus scrapes the api on {scraped.get('api')}, its metrics listen on {metrics_port}")
+if any(str(p).split(":")[-1] == str(metrics_port) for p in services["api"].get("ports") or []):
+    problems.append("api: the metrics port is published")
+if problems:
+    print("\n".join(problems)); sys.exit(1)
+print("ok -- secrets required; only the api is public; Prometheus scrapes the api's private metrics listener")
 PY

@@ -30,6 +30,7 @@ promtool test rules deploy/prometheus/alerts.test.yml
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 name="fs_test_monitoring_$$"
 api_port=$(free_port)
+api_metrics_port=$(free_port)
 prom_port=$(free_port)
 work=$(mktemp -d)
 runner="" prom=""
@@ -45,7 +46,9 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== a live system: scripts/run.sh --debug --workers 2"
+# /metrics on a listener of its own, as compose runs it (API_METRICS_ADDR).
 DATABASE_URL="mysql://root@127.0.0.1:3306/$name" BROKER_NAMESPACE="$name" API_ADDR="127.0.0.1:$api_port" \
+  API_METRICS_ADDR="127.0.0.1:$api_metrics_port" \
   bash scripts/run.sh --debug --workers 2 >"$work/run.log" 2>&1 &
 runner=$!
 for _ in $(seq 120); do grep -q "is running" "$work/run.log" && break; sleep 1; done
@@ -60,7 +63,7 @@ rule_files:
   - $PWD/deploy/prometheus/alerts.yml
 scrape_configs:
   - job_name: api
-    static_configs: [{targets: ["127.0.0.1:$api_port"]}]
+    static_configs: [{targets: ["127.0.0.1:$api_metrics_port"]}]
   - job_name: worker
     static_configs: [{targets: [$workers]}]
 EOF

@@ -52,6 +52,9 @@ for _ in $(seq 120); do
   kill -0 "${pids[0]}" 2>/dev/null || { echo "run.sh: the api exited; see its message above" >&2; exit 1; }
   sleep 0.5
 done
+# /metrics on the api's own port, or on API_METRICS_ADDR when that is set.
+api_metrics="http://127.0.0.1:$api_port/metrics"
+[[ -n ${API_METRICS_ADDR:-} ]] && api_metrics="http://127.0.0.1:${API_METRICS_ADDR##*:}/metrics"
 metrics=()
 for _ in $(seq "$workers"); do
   port=$(free_port)
@@ -64,7 +67,7 @@ cat <<EOF
 == flashstock is running ($profile build, 1 api, $workers worker(s))
    api             http://127.0.0.1:$api_port/api
    OpenAPI         http://127.0.0.1:$api_port/api/openapi.json
-   api metrics     http://127.0.0.1:$api_port/metrics
+   api metrics     $api_metrics
    worker metrics  ${metrics[*]:-none}
    RabbitMQ UI     http://127.0.0.1:15672 (if the management plugin is enabled: rabbitmq-plugins enable rabbitmq_management)
    try:  curl -s -XPOST 127.0.0.1:$api_port/api/products -H 'content-type: application/json' -d '{"name":"Kaos","stock":100}'

@@ -61,12 +61,12 @@ fi
 echo "== contract check"
 bash scripts/schemathesis.sh 100 120
 echo "== contract check with buyers' tokens verified, as a buyer"
-BUYER_JWT_SECRET=schemathesis-buyer-secret-0123456789 PAYMENT_TOKEN=schemathesis-payment-0123456789 ADMIN_TOKEN=schemathesis-admin-0123456789 \
+BUYER_JWT_SECRET=schemathesis-buyer-secret-0123456789 PAYMENT_TOKEN=schemathesis-payment-0123456789abcdef ADMIN_TOKEN=schemathesis-admin-0123456789abcdef \
   bash scripts/schemathesis.sh 50 60
 echo "== benchmark smoke run (the harness and its checks, not a speed gate)"
 bash scripts/bench.sh --debug -- --json --max-seconds 120 flash-sale --stock 500 --orders 3000 --clients 32
 bash scripts/bench.sh --debug -- --json --max-seconds 120 many-products --products 8 --stock 100 --orders 2000 --skewed
-BUYER_JWT_SECRET=bench-smoke-buyer-secret-0123456789 PAYMENT_TOKEN=bench-smoke-payment-0123456789 ADMIN_TOKEN=bench-smoke-admin-0123456789 \
+BUYER_JWT_SECRET=bench-smoke-buyer-secret-0123456789 PAYMENT_TOKEN=bench-smoke-payment-0123456789abcdef ADMIN_TOKEN=bench-smoke-admin-0123456789abcdef \
   bash scripts/bench.sh --debug -- --json --max-seconds 120 --buyers 50 --max-per-buyer 2 flash-sale --stock 500 --orders 1000 --clients 16
 echo "== scripts/run.sh end to end (an order placed with curl is decided; SIGTERM leaves no process)"
 bash scripts/run-check.sh

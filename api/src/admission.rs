@@ -63,6 +63,8 @@ struct State {
     parts: Vec<Part>,
     /// Admitted, undecided orders and their partitions.
     undecided: HashMap<OrderId, u16>,
+    /// The partition the reconciler's next round starts with.
+    reconcile_from: usize,
 }
 
 struct Part {
@@ -136,6 +138,7 @@ impl Admission {
             inner: Arc::new(Mutex::new(State {
                 parts: (0..partitions).map(|_| Part::new(now)).collect(),
                 undecided: HashMap::new(),
+                reconcile_from: 0,
             })),
             target: max_delay / 2,
         }
@@ -158,7 +161,9 @@ impl Admission {
         if state.undecided.len() >= MAX_UNDECIDED {
             return Err(overloaded);
         }
-        let State { parts, undecided } = &mut *state;
+        let State {
+            parts, undecided, ..
+        } = &mut *state;
         let part = &mut parts[usize::from(partition)];
         part.roll(now);
         while part
@@ -206,7 +211,9 @@ impl Admission {
             return;
         }
         let now = Instant::now();
-        let State { parts, undecided } = &mut *state;
+        let State {
+            parts, undecided, ..
+        } = &mut *state;
         for id in ids {
             if let Some(partition) = undecided.remove(id) {
                 let part = &mut parts[usize::from(partition)];
@@ -228,27 +235,50 @@ impl Admission {
         }
     }
 
-    /// Undecided orders admitted more than `age` ago, the oldest of each
-    /// partition first, at most `limit` in all and a fair share of it per
-    /// partition (one stalled partition must not starve the others).
+    /// Undecided orders admitted more than `age` ago, at most `limit`, taken
+    /// round-robin over the partitions: every partition's oldest first,
+    /// then every partition's second oldest, and so on. The oldest is what makes a partition look
+    /// stalled, so however many partitions there are and however many of
+    /// them are backed up, each one's front is checked within a few rounds.
     fn overdue(&self, age: Duration, limit: usize) -> Vec<OrderId> {
         let now = Instant::now();
-        let state = self.inner.lock().expect("admission lock");
-        let share = (limit / state.parts.len().max(1)).max(16);
+        let mut state = self.inner.lock().expect("admission lock");
+        let parts = state.parts.len();
+        if parts == 0 || limit == 0 {
+            return Vec::new();
+        }
+        let start = state.reconcile_from % parts;
+        // With more partitions than the budget, the next round starts where
+        // this one's first pass ends.
+        state.reconcile_from = (start + limit.min(parts)) % parts;
+        let State {
+            parts: all,
+            undecided,
+            ..
+        } = &*state;
+        let mut fronts: Vec<_> = (0..parts)
+            .map(|i| {
+                all[(start + i) % parts]
+                    .queue
+                    .iter()
+                    .take_while(|(_, at)| now.duration_since(*at) > age)
+                    .filter(|(id, _)| undecided.contains_key(id))
+                    .map(|(id, _)| *id)
+            })
+            .collect();
         let mut found = Vec::new();
-        for part in &state.parts {
-            let mut taken = 0;
-            for (id, at) in &part.queue {
-                if now.duration_since(*at) <= age || taken >= share || found.len() >= limit {
-                    break;
+        loop {
+            let before = found.len();
+            for front in &mut fronts {
+                if found.len() >= limit {
+                    return found;
                 }
-                if state.undecided.contains_key(id) {
-                    found.push(*id);
-                    taken += 1;
-                }
+                found.extend(front.next());
+            }
+            if found.len() == before {
+                return found;
             }
         }
-        found
     }
 
     /// Admitted orders not yet decided (a gauge).
@@ -322,6 +352,41 @@ mod tests {
         admission.admit(0, OrderId::generate()).unwrap().keep();
         std::thread::sleep(Duration::from_millis(30));
         assert!(admission.admit(0, OrderId::generate()).is_err());
+    }
+
+    #[test]
+    fn the_reconciler_reaches_every_partitions_oldest_however_many_are_backed_up() {
+        let admission = Admission::new(32, Duration::from_secs(60));
+        // The first 16 partitions hold 100 undecided orders each...
+        for p in 0..16 {
+            for _ in 0..100 {
+                admission.admit(p, OrderId::generate()).unwrap().keep();
+            }
+        }
+        // ...and the last one a single order whose notice never comes.
+        let lonely = OrderId::generate();
+        admission.admit(31, lonely).unwrap().keep();
+        let overdue = admission.overdue(Duration::ZERO, RECONCILE_BATCH);
+        assert_eq!(overdue.len(), RECONCILE_BATCH);
+        assert!(
+            overdue.contains(&lonely),
+            "partition 31's oldest is checked"
+        );
+        // More partitions than the budget: every one's oldest within a few rounds.
+        let admission = Admission::new(1024, Duration::from_secs(60));
+        let fronts: Vec<OrderId> = (0..1024)
+            .map(|p| {
+                let id = OrderId::generate();
+                admission.admit(p, id).unwrap().keep();
+                admission.admit(p, OrderId::generate()).unwrap().keep();
+                id
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            seen.extend(admission.overdue(Duration::ZERO, RECONCILE_BATCH));
+        }
+        assert!(fronts.iter().all(|id| seen.contains(id)));
     }
 
     #[test]

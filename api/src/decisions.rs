@@ -5,9 +5,11 @@ use crate::admission::Admission;
 use crate::metrics::Metrics;
 use crate::sold_out::SoldOut;
 use crate::waiters::Waiters;
-use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use futures::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use shared::broker::{BrokerLink, Topology};
 use shared::domain::OrderId;
 use shared::message::DecisionNotice;
@@ -37,49 +39,93 @@ impl Listeners {
     }
 }
 
-/// Listens on the decisions fanout through a private, auto-deleted queue
+/// Most notices an api's queue holds while the api falls behind; past it
+/// the oldest are dropped (waiting requests then read their orders, and the
+/// reconciler finds what admission missed).
+pub const NOTICE_QUEUE_MAX: u32 = 10_000;
+/// The same bound in bytes (a notice carries up to a batch of decisions).
+pub const NOTICE_QUEUE_MAX_BYTES: u32 = 64 * 1024 * 1024;
+/// Notices delivered to the api and not yet handled: all it buffers.
+const PREFETCH: u16 = 64;
+/// How long the queue of an api that went away without deleting it stays.
+const UNUSED_FOR: Duration = Duration::from_secs(60);
+
+/// Listens on the decisions fanout through `{namespace}.decisions.{api_id}`
 /// and hands each notice to `listeners`; re-subscribes after every
 /// reconnection.
 pub async fn run_decision_listener(
     link: BrokerLink,
     topology: Topology,
+    api_id: String,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) {
+    let queue = format!("{}.{api_id}", topology.decisions_exchange());
+    listen(link, topology, queue, |n| listeners.hear(n), shutdown).await
+}
+
+/// Listens on the decisions fanout through `queue` (a queue of this api's
+/// own, deleted when it goes) and calls `hear` with each notice, until
+/// `shutdown`; re-subscribes after every reconnection.
+///
+/// Bounded at both ends: the queue holds at most [`NOTICE_QUEUE_MAX`]
+/// notices (dropping the oldest), and the broker delivers at most
+/// [`PREFETCH`] unacknowledged ones, so an api that falls behind never
+/// buffers more than that in memory (with automatic acks the broker would
+/// push everything, and the client would buffer it all).
+pub async fn listen(
+    link: BrokerLink,
+    topology: Topology,
+    queue: String,
+    mut hear: impl FnMut(&DecisionNotice),
+    shutdown: CancellationToken,
+) {
     while let Some(conn) = link.connected(&shutdown).await {
-        let consumer = async {
+        let subscribed = async {
             let ch = conn.create_channel().await?;
-            let queue = ch
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+            let mut arguments = FieldTable::default();
+            arguments.insert("x-max-length".into(), AMQPValue::LongUInt(NOTICE_QUEUE_MAX));
+            arguments.insert(
+                "x-max-length-bytes".into(),
+                AMQPValue::LongUInt(NOTICE_QUEUE_MAX_BYTES),
+            );
+            arguments.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("drop-head".into()),
+            );
+            arguments.insert(
+                "x-expires".into(),
+                AMQPValue::LongUInt(UNUSED_FOR.as_millis() as u32),
+            );
+            ch.queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                arguments,
+            )
+            .await?;
             ch.queue_bind(
-                queue.name().clone(),
+                queue.as_str().into(),
                 topology.decisions_exchange().into(),
                 "".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-            ch.basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
+            ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+            let consumer = ch
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((ch, consumer))
         };
-        let mut consumer = match consumer.await {
+        let (ch, mut consumer) = match subscribed.await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "could not subscribe to decisions");
@@ -88,15 +134,32 @@ pub async fn run_decision_listener(
             }
         };
         loop {
-            tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 delivery = consumer.next() => match delivery {
-                    Some(Ok(d)) => match serde_json::from_slice::<DecisionNotice>(&d.data) {
-                        Ok(notice) => listeners.hear(&notice),
-                        Err(e) => tracing::warn!(error = %e, "ignoring a malformed decision notice"),
-                    },
+                    Some(Ok(d)) => d,
                     _ => break,
                 },
+            };
+            // Whatever else has arrived, then one ack for all of it.
+            let mut last = first.delivery_tag;
+            let mut delivery = Some(first);
+            while let Some(d) = delivery.take() {
+                last = d.delivery_tag;
+                match serde_json::from_slice::<DecisionNotice>(&d.data) {
+                    Ok(notice) => hear(&notice),
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed decision notice"),
+                }
+                if let Some(Some(Ok(next))) = consumer.next().now_or_never() {
+                    delivery = Some(next);
+                }
+            }
+            if ch
+                .basic_ack(last, BasicAckOptions { multiple: true })
+                .await
+                .is_err()
+            {
+                break;
             }
         }
     }

@@ -79,6 +79,18 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<shared::db::DbError> for ApiError {
+    fn from(e: shared::db::DbError) -> Self {
+        match e {
+            shared::db::DbError::Sql(e) => e.into(),
+            // Our own check failed: a bug, not an outage (no Retry-After).
+            e @ shared::db::DbError::Inconsistent(_) => {
+                Self::Internal(anyhow::Error::new(e).context("database check failed"))
+            }
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let (status, code) = match &rejection {
@@ -193,5 +205,23 @@ impl IntoResponse for ApiError {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_check_is_a_500_and_an_outage_a_503() {
+        let check = ApiError::from(shared::db::DbError::Inconsistent("released 1 of 2".into()));
+        let response = check.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        let down = ApiError::from(shared::db::DbError::Sql(sqlx::Error::PoolTimedOut));
+        assert_eq!(
+            down.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

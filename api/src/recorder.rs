@@ -20,8 +20,8 @@ use crate::outbox::{NewId, Outbox};
 use crate::publisher::{PublishError, Publisher};
 use crate::sold_out::SoldOut;
 use futures::StreamExt;
-use shared::db;
 use shared::db::orders::{IdempotencyKey, NewOrder, OrderRow};
+use shared::db::{self, DbError};
 use shared::domain::{OrderId, ProductId, Quantity};
 use shared::message::OrderMessage;
 use sqlx::MySqlPool;
@@ -50,6 +50,16 @@ pub enum Recorded {
     /// order's message (its partition queue is full) and the order was
     /// removed again. The client is told to come back.
     Shed,
+}
+
+impl From<db::orders::Recorded> for Recorded {
+    fn from(recorded: db::orders::Recorded) -> Self {
+        match recorded {
+            db::orders::Recorded::New(row) => Self::New(row),
+            db::orders::Recorded::Existing(row) => Self::Existing(row),
+            db::orders::Recorded::KeyReused => Self::KeyReused,
+        }
+    }
 }
 
 impl Submission {
@@ -111,7 +121,7 @@ impl Claimed {
     }
 }
 
-type Reply = oneshot::Sender<Result<Recorded, sqlx::Error>>;
+type Reply = oneshot::Sender<Result<Recorded, DbError>>;
 
 struct Job {
     submission: Submission,
@@ -162,15 +172,19 @@ impl Recorder {
     /// Records `submission` and publishes it; returns once it is committed
     /// and its message confirmed (or left to the relay). [`Recorded::Shed`]
     /// at once, recording nothing, when the recording queue is full.
-    pub async fn record(&self, submission: Submission) -> Result<Recorded, sqlx::Error> {
+    pub async fn record(&self, submission: Submission) -> Result<Recorded, DbError> {
         let (reply, answer) = oneshot::channel();
         match self.jobs.try_send(Job { submission, reply }) {
             Ok(()) => {}
             // Dropping the job forgets its id: nothing was recorded.
             Err(mpsc::error::TrySendError::Full(_)) => return Ok(Recorded::Shed),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(sqlx::Error::PoolClosed),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(DbError::Sql(sqlx::Error::PoolClosed));
+            }
         }
-        answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+        answer
+            .await
+            .map_err(|_| DbError::Sql(sqlx::Error::PoolClosed))?
     }
 }
 
@@ -195,23 +209,20 @@ impl Loop {
         let started = std::time::Instant::now();
         let (plain, keyed): (Vec<Job>, Vec<Job>) =
             batch.into_iter().partition(|j| j.submission.key.is_none());
-        let mut results: Vec<(Job, Result<Recorded, sqlx::Error>)> = Vec::new();
+        let mut results: Vec<(Job, Result<Recorded, DbError>)> = Vec::new();
         self.insert_plain(plain, &mut results).await;
         // Each keyed submission is a transaction of its own: several at once
         // (their results kept in arrival order), so a batch of them does not
         // take one round trip after another. Two with the same key meet at
         // its unique index: the second waits for the first and finds it.
-        let keyed: Vec<(Job, Result<Recorded, sqlx::Error>)> = futures::stream::iter(keyed)
+        let keyed: Vec<(Job, Result<Recorded, DbError>)> = futures::stream::iter(keyed)
             .map(|job| async move {
                 let s = &job.submission;
                 let recorded =
                     db::orders::record(&self.db, &s.new_order(), s.key.as_ref(), &self.api_id)
                         .await
-                        .map(|r| match r {
-                            db::orders::Recorded::New(row) => Recorded::New(row),
-                            db::orders::Recorded::Existing(row) => Recorded::Existing(row),
-                            db::orders::Recorded::KeyReused => Recorded::KeyReused,
-                        });
+                        .map(Recorded::from)
+                        .map_err(DbError::from);
                 (job, recorded)
             })
             .buffered(KEYED_AT_ONCE)
@@ -249,7 +260,7 @@ impl Loop {
     async fn insert_plain(
         &self,
         plain: Vec<Job>,
-        results: &mut Vec<(Job, Result<Recorded, sqlx::Error>)>,
+        results: &mut Vec<(Job, Result<Recorded, DbError>)>,
     ) {
         if plain.is_empty() {
             return;
@@ -275,12 +286,12 @@ impl Loop {
                 results.push((job, Err(e)));
             }
             // The database is down: one by one would only wait longer.
-            Err(e) if db::is_unavailable(&e) => {
+            Err(e) if e.is_unavailable() => {
                 tracing::warn!(error = %e, orders = plain.len(), "could not record a batch");
                 results.extend(
                     plain
                         .into_iter()
-                        .map(|job| (job, Err(sqlx::Error::PoolTimedOut))),
+                        .map(|job| (job, Err(DbError::Sql(sqlx::Error::PoolTimedOut)))),
                 );
             }
             Err(_) => {
@@ -294,7 +305,8 @@ impl Loop {
                     let s = &job.submission;
                     let row = db::orders::insert(&self.db, &s.new_order(), &self.api_id)
                         .await
-                        .map(Recorded::New);
+                        .map(Recorded::New)
+                        .map_err(DbError::from);
                     results.push((job, row));
                 }
             }
@@ -306,7 +318,7 @@ impl Loop {
     /// with the relay. Then answers every request.
     async fn settle(
         &self,
-        results: Vec<(Job, Result<Recorded, sqlx::Error>)>,
+        results: Vec<(Job, Result<Recorded, DbError>)>,
         published: crate::publisher::Published,
     ) {
         let metrics = &self.publisher.metrics;

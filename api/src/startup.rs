@@ -31,6 +31,8 @@ const BODY_LIMIT: usize = 64 * 1024;
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    /// `/metrics` on a listener of its own (`API_METRICS_ADDR`), if set.
+    metrics: Option<(TcpListener, Router)>,
     header_read_timeout: std::time::Duration,
     max_connections: usize,
     shutdown: CancellationToken,
@@ -68,6 +70,7 @@ impl Application {
         tokio::spawn(decisions::run_decision_listener(
             link.clone(),
             topology,
+            api_id.clone(),
             Listeners {
                 waiters: waiters.clone(),
                 sold_out: sold_out.clone(),
@@ -111,6 +114,21 @@ impl Application {
                 "cannot listen on {addr} (API_ADDR): {e}; stop what uses it or set API_ADDR to another address"
             )
         })?;
+        let metrics_listener = match config.api_metrics_addr {
+            Some(addr) => Some(listen(addr).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot serve /metrics on {addr} (API_METRICS_ADDR): {e}; stop what uses it \
+                     or set API_METRICS_ADDR to another address"
+                )
+            })?),
+            None => {
+                tracing::warn!(
+                    "API_METRICS_ADDR is not set: /metrics (sale volumes, shed counts) is served \
+                     to anyone who reaches API_ADDR"
+                );
+                None
+            }
+        };
         let header_read_timeout = config.header_read_timeout;
         let max_connections = config.max_connections as usize;
         tracing::info!(%api_id, "api started");
@@ -134,6 +152,7 @@ impl Application {
         });
         Ok(Self {
             listener,
+            metrics: metrics_listener.map(|l| (l, metrics_router(state.clone()))),
             router: router(state),
             header_read_timeout,
             max_connections,
@@ -147,9 +166,26 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
+    /// The port `/metrics` is served on when `API_METRICS_ADDR` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        let (listener, _) = self.metrics.as_ref()?;
+        listener.local_addr().map(|a| a.port()).ok()
+    }
+
     /// Serves until `stop` fires, then stops accepting, drains in-flight
     /// requests and stops the background tasks.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
+        // Prometheus, and whoever else may reach the private address: a few
+        // connections are plenty.
+        let metrics = self.metrics.map(|(listener, router)| {
+            tokio::spawn(crate::serve::serve(
+                listener,
+                router,
+                self.header_read_timeout,
+                METRICS_CONNECTIONS,
+                stop.clone(),
+            ))
+        });
         crate::serve::serve(
             self.listener,
             self.router,
@@ -158,6 +194,9 @@ impl Application {
             stop,
         )
         .await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         self.shutdown.cancel();
         // The relay hands over what is still unpublished before it ends.
         let _ = self.relay.await;
@@ -165,25 +204,43 @@ impl Application {
     }
 }
 
-/// The whole router: every route, the spec, the envelope for 404 and 405.
+/// Most connections the `API_METRICS_ADDR` listener holds.
+const METRICS_CONNECTIONS: usize = 64;
+
+/// `GET /metrics`: Prometheus text.
+async fn get_metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.publisher.metrics.render(&state.gauges()),
+    )
+        .into_response()
+}
+
+/// The router of the `API_METRICS_ADDR` listener: `/metrics` alone.
+fn metrics_router(state: AppState) -> Router {
+    let header_read_timeout = state.config.header_read_timeout;
+    Router::new()
+        .route("/metrics", get(get_metrics))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                crate::receive::receive(header_read_timeout, BODY_LIMIT, request, next)
+            },
+        ))
+        .with_state(state)
+}
+
+/// The whole router: every route, the spec, the envelope for 404 and 405;
+/// `/metrics` too, unless it has a listener of its own (`API_METRICS_ADDR`).
 pub fn router(state: AppState) -> Router {
     let request_timeout = state.config.request_timeout;
     let header_read_timeout = state.config.header_read_timeout;
     let cors = cors(&state.config.cors_allowed_origins);
-    let (routes, _) = crate::routes::router().split_for_parts();
+    let (mut routes, _) = crate::routes::router().split_for_parts();
+    if state.config.api_metrics_addr.is_none() {
+        routes = routes.route("/metrics", get(get_metrics));
+    }
     let spec = openapi::document_json();
     routes
-        .route(
-            "/metrics",
-            get(
-                |axum::extract::State(state): axum::extract::State<AppState>| async move {
-                    (
-                        [("content-type", "text/plain; version=0.0.4")],
-                        state.publisher.metrics.render(&state.gauges()),
-                    )
-                },
-            ),
-        )
         .route(
             "/api/openapi.json",
             get(move || async move { ([("content-type", "application/json")], spec) }),

@@ -68,7 +68,8 @@ pub struct Config {
     /// `LOG_FORMAT`: `json` for JSON logs, anything else for human-readable ones.
     pub log_json: bool,
     /// `ADMIN_TOKEN`: when set, product creation, inventory writes and the
-    /// admin endpoints require `Authorization: Bearer <token>`.
+    /// admin endpoints require `Authorization: Bearer <token>`. At least 32
+    /// bytes, and not the placeholder of the examples.
     pub admin_token: Option<Secret>,
     /// `MAX_WAITING`: most requests waiting with `Prefer: wait` at once;
     /// beyond it a request is answered at once (202) instead of waiting.
@@ -77,14 +78,20 @@ pub struct Config {
     /// handling together (408 after it); must exceed `MAX_WAIT`.
     pub request_timeout: Duration,
     /// `HEADER_READ_TIMEOUT`: longest a connection may take to send a
-    /// request's headers before the api closes it.
+    /// request's head (from its opening, or from the end of its previous
+    /// answer), and then again its body, before the api closes it.
     pub header_read_timeout: Duration,
     /// `MAX_CONNECTIONS`: most client connections the api keeps open at
-    /// once; more wait in the kernel's accept queue.
+    /// once; past it the one idle the longest is closed for a new one.
     pub max_connections: u32,
     /// `PAYMENT_TOKEN`: the payment service's bearer token; with it (or the
-    /// admin token) `POST /api/orders/{id}/pay` is allowed.
+    /// admin token) `POST /api/orders/{id}/pay` is allowed. At least 32
+    /// bytes, and not the placeholder of the examples.
     pub payment_token: Option<Secret>,
+    /// `API_METRICS_ADDR`: when set, the api serves `/metrics` there (a
+    /// listener of its own, for Prometheus on a private network) and not
+    /// on `API_ADDR`.
+    pub api_metrics_addr: Option<SocketAddr>,
     /// How buyers' tokens are verified; `None` leaves buyers anonymous.
     pub buyer_jwt: Option<BuyerJwt>,
     /// `CORS_ALLOWED_ORIGINS`: origins (`https://shop.example`) whose pages
@@ -162,6 +169,7 @@ impl std::fmt::Debug for Config {
             header_read_timeout,
             max_connections,
             payment_token,
+            api_metrics_addr,
             buyer_jwt,
             cors_allowed_origins,
         } = self;
@@ -192,6 +200,7 @@ impl std::fmt::Debug for Config {
             .field("header_read_timeout", header_read_timeout)
             .field("max_connections", max_connections)
             .field("payment_token", payment_token)
+            .field("api_metrics_addr", api_metrics_addr)
             .field("buyer_jwt", buyer_jwt)
             .field("cors_allowed_origins", cors_allowed_origins)
             .finish()
@@ -268,16 +277,16 @@ impl Config {
             lease_duration: duration(get("LEASE_DURATION", "5s"))?,
             heartbeat_interval: duration(get("HEARTBEAT_INTERVAL", "1s"))?,
             log_json: get("LOG_FORMAT", "text").1.eq_ignore_ascii_case("json"),
-            admin_token: Some(get("ADMIN_TOKEN", "").1)
-                .filter(|t| !t.is_empty())
-                .map(Secret),
+            admin_token: service_token(get("ADMIN_TOKEN", ""))?,
             max_waiting: number(get("MAX_WAITING", "1000"), 1, 1_000_000)?,
             request_timeout: duration(get("REQUEST_TIMEOUT", "60s"))?,
             header_read_timeout: duration(get("HEADER_READ_TIMEOUT", "10s"))?,
             max_connections: number(get("MAX_CONNECTIONS", "4096"), 1, 1_000_000)?,
-            payment_token: Some(get("PAYMENT_TOKEN", "").1)
-                .filter(|t| !t.is_empty())
-                .map(Secret),
+            payment_token: service_token(get("PAYMENT_TOKEN", ""))?,
+            api_metrics_addr: match get("API_METRICS_ADDR", "") {
+                (_, v) if v.is_empty() => None,
+                given => Some(parse(given)?),
+            },
             cors_allowed_origins: origins(get("CORS_ALLOWED_ORIGINS", ""))?,
             buyer_jwt: buyer_jwt(
                 get("BUYER_JWT_SECRET", ""),
@@ -355,8 +364,39 @@ fn origins((variable, value): (&'static str, String)) -> Result<Vec<String>, Con
     Ok(origins)
 }
 
-/// The shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash's size).
+/// The shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash's
+/// size), and the shortest service token: 32 random bytes cannot be guessed.
 const MIN_SECRET_BYTES: usize = 32;
+
+/// What the examples (`.env.example`, earlier compose files) put where a
+/// secret goes: public, so never accepted as one.
+const PLACEHOLDER: &str = "change-me";
+
+/// A service token (`ADMIN_TOKEN`, `PAYMENT_TOKEN`): unset when empty;
+/// refused when shorter than [`MIN_SECRET_BYTES`] or a placeholder.
+fn service_token((variable, value): (&'static str, String)) -> Result<Option<Secret>, ConfigError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let refuse = |why: String| ConfigError {
+        variable,
+        message: format!(
+            "{why}: use at least {MIN_SECRET_BYTES} random bytes (`openssl rand -hex 32`)"
+        ),
+    };
+    if value.to_ascii_lowercase().contains(PLACEHOLDER) {
+        return Err(refuse(
+            "this is the examples' placeholder, which anyone can read".into(),
+        ));
+    }
+    if value.len() < MIN_SECRET_BYTES {
+        return Err(refuse(format!(
+            "{} bytes is too short to resist guessing",
+            value.len()
+        )));
+    }
+    Ok(Some(Secret(value)))
+}
 
 fn buyer_jwt(
     (_, secret): (&'static str, String),
@@ -384,6 +424,23 @@ fn buyer_jwt(
         }
         (false, true) => BuyerKey::Secret(Secret(secret)),
         (true, false) => {
+            // An identity provider's key signs tokens for every app it
+            // serves: only those issued by it for this one are buyers'.
+            for (variable, value) in [
+                ("BUYER_JWT_ISSUER", &issuer),
+                ("BUYER_JWT_AUDIENCE", &audience),
+            ] {
+                if value.is_empty() {
+                    return Err(ConfigError {
+                        variable,
+                        message:
+                            "with BUYER_JWT_PUBLIC_KEY_FILE (an identity provider's key, which \
+                                  signs tokens for its other apps too) set both BUYER_JWT_ISSUER \
+                                  and BUYER_JWT_AUDIENCE"
+                                .into(),
+                    });
+                }
+            }
             let pem = std::fs::read_to_string(&key_file).map_err(|e| ConfigError {
                 variable: key_var,
                 message: format!("cannot read {key_file:?}: {e}"),
@@ -528,27 +585,46 @@ mod tests {
             })
         };
         const LONG: &str = "a-secret-of-thirty-two-bytes-0123";
-        let err = from(&[("BUYER_JWT_SECRET", LONG), ("PAYMENT_TOKEN", "p")]).unwrap_err();
+        const ADMIN: &str = "an-admin-token-of-32-bytes-012345";
+        let err = from(&[("BUYER_JWT_SECRET", LONG), ("PAYMENT_TOKEN", ADMIN)]).unwrap_err();
         assert_eq!(err.variable, "ADMIN_TOKEN");
-        let short = &[("BUYER_JWT_SECRET", "short"), ("ADMIN_TOKEN", "a")];
+        let short = &[("BUYER_JWT_SECRET", "short"), ("ADMIN_TOKEN", ADMIN)];
         assert_eq!(from(short).unwrap_err().variable, "BUYER_JWT_SECRET");
         let both = &[
             ("BUYER_JWT_SECRET", LONG),
             ("BUYER_JWT_PUBLIC_KEY_FILE", "/k.pem"),
-            ("ADMIN_TOKEN", "a"),
+            ("ADMIN_TOKEN", ADMIN),
         ];
         assert_eq!(from(both).unwrap_err().variable, "BUYER_JWT_SECRET");
         let missing = &[
             ("BUYER_JWT_PUBLIC_KEY_FILE", "/nonexistent/k.pem"),
-            ("ADMIN_TOKEN", "a"),
+            ("BUYER_JWT_ISSUER", "https://id.example"),
+            ("BUYER_JWT_AUDIENCE", "shop"),
+            ("ADMIN_TOKEN", ADMIN),
         ];
         assert_eq!(
             from(missing).unwrap_err().variable,
             "BUYER_JWT_PUBLIC_KEY_FILE"
         );
+        // A shared identity provider's key: its tokens for other apps must not pass.
+        let no_audience = &[
+            ("BUYER_JWT_PUBLIC_KEY_FILE", "/k.pem"),
+            ("BUYER_JWT_ISSUER", "https://id.example"),
+            ("ADMIN_TOKEN", ADMIN),
+        ];
+        assert_eq!(
+            from(no_audience).unwrap_err().variable,
+            "BUYER_JWT_AUDIENCE"
+        );
+        let no_issuer = &[
+            ("BUYER_JWT_PUBLIC_KEY_FILE", "/k.pem"),
+            ("BUYER_JWT_AUDIENCE", "shop"),
+            ("ADMIN_TOKEN", ADMIN),
+        ];
+        assert_eq!(from(no_issuer).unwrap_err().variable, "BUYER_JWT_ISSUER");
         let ok = from(&[
             ("BUYER_JWT_SECRET", LONG),
-            ("ADMIN_TOKEN", "a"),
+            ("ADMIN_TOKEN", ADMIN),
             ("BUYER_JWT_AUDIENCE", "shop"),
         ])
         .unwrap();
@@ -560,13 +636,27 @@ mod tests {
     }
 
     #[test]
+    fn service_tokens_are_long_and_never_the_placeholder() {
+        for variable in ["ADMIN_TOKEN", "PAYMENT_TOKEN"] {
+            for bad in [
+                "x",
+                "0123456789abcdef0123456789abcde",
+                "change-me-before-going-live",
+                "CHANGE-ME-before-going-live-0123456789",
+            ] {
+                let err = Config::from_lookup(|n| (n == variable).then(|| bad.into())).unwrap_err();
+                assert_eq!(err.variable, variable, "{bad}");
+            }
+            let ok = "0123456789abcdef0123456789abcdef";
+            assert!(Config::from_lookup(|n| (n == variable).then(|| ok.into())).is_ok());
+        }
+    }
+
+    #[test]
     fn the_admin_token_never_prints() {
-        let c =
-            Config::from_lookup(|n| (n == "ADMIN_TOKEN").then(|| "s3cret-token".into())).unwrap();
-        assert_eq!(
-            c.admin_token.as_ref().map(Secret::expose),
-            Some("s3cret-token")
-        );
+        let token = "s3cret-token-0123456789abcdef0123";
+        let c = Config::from_lookup(|n| (n == "ADMIN_TOKEN").then(|| token.into())).unwrap();
+        assert_eq!(c.admin_token.as_ref().map(Secret::expose), Some(token));
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(Config::from_lookup(|_| None).unwrap().admin_token.is_none());
     }

@@ -311,6 +311,25 @@ impl TestApp {
         id
     }
 
+    /// Registers an api that is alive and has confirmed nothing, so that no
+    /// relay ever republishes the orders a test records under its id (and
+    /// publishes itself, as it likes). Returns its id.
+    pub async fn quiet_api(&self) -> String {
+        let id = format!(
+            "api-quiet-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        sqlx::query(
+            "INSERT INTO apis (id, heartbeat_at, confirmed_below) VALUES (?, '2999-01-01', ?)",
+        )
+        .bind(&id)
+        .bind(uuid::Uuid::nil())
+        .execute(&self.db)
+        .await
+        .unwrap();
+        id
+    }
+
     /// Stops the api and workers and waits for them to finish.
     pub async fn stop(&mut self) {
         self.stop.cancel();

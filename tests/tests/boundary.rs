@@ -7,14 +7,17 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seller_endpoints_need_the_admin_token_and_buyers_do_not() {
-    let app = TestApp::spawn(Options::default().env("ADMIN_TOKEN", "let-me-in-0123456789")).await;
+    let app = TestApp::spawn(
+        Options::default().env("ADMIN_TOKEN", "let-me-in-0123456789abcdef0123456789"),
+    )
+    .await;
     let url = |p: &str| format!("{}{p}", app.address);
     let body = json!({"name": "Kaos", "stock": 5});
     for auth in [
         None,
         Some("Bearer wrong-token"),
-        Some("let-me-in-0123456789"),
-        Some("Basic let-me-in-0123456789"),
+        Some("let-me-in-0123456789abcdef0123456789"),
+        Some("Basic let-me-in-0123456789abcdef0123456789"),
     ] {
         let mut req = app.client.post(url("/api/products")).json(&body);
         if let Some(a) = auth {
@@ -29,7 +32,7 @@ async fn seller_endpoints_need_the_admin_token_and_buyers_do_not() {
     let listed: Value = app.get("/api/products").await.json().await.unwrap();
     assert_eq!(listed["data"]["total_items"], 0, "nothing was created");
 
-    let admin = "Bearer let-me-in-0123456789";
+    let admin = "Bearer let-me-in-0123456789abcdef0123456789";
     let r = app
         .client
         .post(url("/api/products"))

@@ -8,11 +8,11 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SECRET: &str = "buyer-signing-secret-0123456789abcdef";
 const PAYMENT: &str = "payment-service-token-0123456789";
-const ADMIN: &str = "admin-token-0123456789abcdef";
+const ADMIN: &str = "admin-token-0123456789abcdef0123456789";
 const ISSUER: &str = "https://id.shop.example";
 const AUDIENCE: &str = "flashstock";
 
@@ -717,6 +717,8 @@ async fn rs256_and_es256_tokens_verify_with_the_public_key_file() {
         let app = TestApp::spawn(
             Options::default()
                 .env("BUYER_JWT_PUBLIC_KEY_FILE", public.to_str().unwrap())
+                .env("BUYER_JWT_ISSUER", ISSUER)
+                .env("BUYER_JWT_AUDIENCE", AUDIENCE)
                 .env("PAYMENT_TOKEN", PAYMENT)
                 .env("ADMIN_TOKEN", ADMIN),
         )
@@ -727,11 +729,18 @@ async fn rs256_and_es256_tokens_verify_with_the_public_key_file() {
             _ => EncodingKey::from_ec_pem(&private).unwrap(),
         };
         let now = Utc::now().timestamp();
-        let claims = json!({"sub": format!("{name}-buyer"), "exp": now + 600});
+        let claims = json!({"sub": format!("{name}-buyer"), "exp": now + 600,
+                            "iss": ISSUER, "aud": AUDIENCE});
         let good = jsonwebtoken::encode(&Header::new(algorithm), &claims, &key).unwrap();
         let (status, body) = order_as(&app, &good, product, 10).await;
         assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
         assert_eq!(body["data"]["buyer_id"], format!("{name}-buyer"));
+        // The same identity provider's token for another of its apps is no buyer's.
+        let elsewhere =
+            json!({"sub": "someone", "exp": now + 600, "iss": ISSUER, "aud": "another-app"});
+        let elsewhere = jsonwebtoken::encode(&Header::new(algorithm), &elsewhere, &key).unwrap();
+        let (status, body) = order_as(&app, &elsewhere, product, 0).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
         // The classic confusion: HS256 "signed" with the public key as the secret.
         let public_pem = std::fs::read_to_string(&public).unwrap();
         let confused = sign(claims, &public_pem);
@@ -787,5 +796,88 @@ async fn a_buyer_named_with_quotes_and_sql_is_stored_as_written() {
         .await
         .unwrap();
     assert_eq!(stored, name);
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sales_opening_under_load_reject_no_order_recorded_after_they_opened() {
+    use chrono::{DateTime, SecondsFormat};
+    let app = Arc::new(flashstock_tests::spawn_app().await);
+    // A hundred sales opening 12 ms apart, from a second ahead on the database
+    // clock: each opening may fall inside a recording batch.
+    let (now,): (DateTime<Utc>,) = sqlx::query_as("SELECT NOW(6)")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let mut products = Vec::new();
+    for i in 0..100 {
+        let starts = now + TimeDelta::milliseconds(1000 + 12 * i);
+        let r = app
+            .post_json(
+                "/api/products",
+                &json!({"name": format!("sale {i}"), "stock": 1_000_000,
+                        "sale_starts_at": starts.to_rfc3339_opts(SecondsFormat::Micros, true)}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        products.push(
+            r.json::<Value>().await.unwrap()["data"]["id"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    let products = Arc::new(products);
+    // 64 clients ordering every product in turn until the last sale is open.
+    let until = Instant::now() + Duration::from_millis(1000 + 12 * 100 + 300);
+    let clients: Vec<_> = (0..64)
+        .map(|c| {
+            let (app, products) = (app.clone(), products.clone());
+            tokio::spawn(async move {
+                let mut n = c;
+                while Instant::now() < until {
+                    let (status, body) =
+                        app.post_order(products[n % products.len()], 1, None).await;
+                    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let (mut accepted, mut rejected) = (0, 0);
+    for product in products.iter() {
+        let counts = app.drain(*product, Duration::from_secs(60)).await;
+        assert!(!counts.contains_key("PENDING"), "{product}: {counts:?}");
+        accepted += counts.get("ACCEPTED").copied().unwrap_or(0);
+        rejected += counts.get("REJECTED").copied().unwrap_or(0);
+    }
+    // Orders came both before and after the openings.
+    assert!(
+        accepted > 0 && rejected > 0,
+        "{accepted} accepted, {rejected} rejected"
+    );
+    let wrong: Vec<(Option<String>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT o.decided_by, o.created_at, p.sale_starts_at FROM orders o JOIN products p ON p.id = o.product_id \
+         WHERE o.reason = 'SALE_NOT_STARTED' AND o.created_at >= p.sale_starts_at",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert!(
+        wrong.is_empty(),
+        "{} orders recorded after their sale opened were rejected SALE_NOT_STARTED: {wrong:?}",
+        wrong.len()
+    );
+    // And none recorded before it was accepted.
+    let (early,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM orders o JOIN products p ON p.id = o.product_id \
+         WHERE o.status = 'ACCEPTED' AND o.created_at < p.sale_starts_at",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(early, 0);
     app.assert_invariants().await;
 }

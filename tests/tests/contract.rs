@@ -419,7 +419,7 @@ async fn a_product_post_with_an_idempotency_key_creates_one_product() {
 /// the usual refusals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spec_lists_every_header_the_answers_carry() {
-    const ADMIN: &str = "contract-admin-token-0123456789";
+    const ADMIN: &str = "contract-admin-token-0123456789abcdef";
     let app = TestApp::spawn(Options::default().env("ADMIN_TOKEN", ADMIN)).await;
     let spec: Value = app.get("/api/openapi.json").await.json().await.unwrap();
     let ours = [

@@ -634,3 +634,77 @@ async fn a_waited_for_answer_is_what_the_database_holds() {
     }
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_more_limited_buyers_than_a_statement_has_parameters_is_decided() {
+    // 33,000 buyers' holdings are 66,000 parameters, past MySQL's 65,535.
+    const BUYERS: usize = 33_000;
+    let app = TestApp::spawn(Options::default().workers(0)).await;
+    let r = app
+        .post_json(
+            "/api/products",
+            &serde_json::json!({"name": "Kaos", "stock": 100_000, "max_per_buyer": 1}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let product = r.json::<serde_json::Value>().await.unwrap()["data"]["id"]
+        .as_u64()
+        .unwrap();
+    let quiet_api = app.quiet_api().await;
+    let mut messages = Vec::with_capacity(BUYERS);
+    for chunk in (0..BUYERS).collect::<Vec<_>>().chunks(1000) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO orders (id, product_id, total, buyer_id, recorded_by) ",
+        );
+        let ids: Vec<uuid::Uuid> = chunk.iter().map(|_| uuid::Uuid::now_v7()).collect();
+        insert.push_values(chunk.iter().zip(&ids), |mut row, (n, id)| {
+            row.push_bind(*id)
+                .push_bind(product)
+                .push_bind(1)
+                .push_bind(format!("buyer-{n}"))
+                .push_bind(&quiet_api);
+        });
+        insert.build().execute(&app.db).await.unwrap();
+        messages.extend(ids.into_iter().map(|id| OrderMessage {
+            order_id: OrderId::from(id),
+            product_id: ProductId::new(product as i64).unwrap(),
+            total: Quantity::new(1, 10).unwrap(),
+        }));
+    }
+    let mut tx = app.db.begin().await.unwrap();
+    let decided =
+        worker::decide::decide_batch(&mut tx, &messages, Duration::from_secs(60), &test_lease())
+            .await
+            .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        decided
+            .decisions
+            .iter()
+            .all(|d| d.outcome == worker::decide::Outcome::Accepted)
+    );
+    assert_eq!(app.inventory(product).await["reserved_stock"], BUYERS);
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_metrics_addr_metrics_leave_the_public_listener() {
+    let port = flashstock_tests::process::free_port();
+    let app =
+        TestApp::spawn(Options::default().env("API_METRICS_ADDR", format!("127.0.0.1:{port}")))
+            .await;
+    let product = app.create_product("Kaos", 5).await;
+    let (status, _) = app.post_order(product, 1, Some(5)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let public = app.get("/metrics").await;
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    let private = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(private.status(), StatusCode::OK);
+    let text = private.text().await.unwrap();
+    assert!(
+        text.contains("flashstock_api_orders_recorded_total 1"),
+        "{text}"
+    );
+}

@@ -222,3 +222,170 @@ async fn a_live_backlog_is_never_republished() {
     }
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_cancelled_through_another_api_frees_its_partition_however_many_partitions_are_backed_up()
+ {
+    use shared::domain::ProductId;
+    use shared::partition::partition_of;
+    let mut app = TestApp::spawn(
+        Options::default()
+            .workers(0)
+            .env("ORDER_PARTITIONS", "32")
+            .env("ADMISSION_MAX_DELAY", "2s"),
+    )
+    .await;
+    let other_api = app.spawn_api(app.config.clone()).await;
+    // A product in each of 16 low partitions, and one in partition 31.
+    let mut by_partition = std::collections::HashMap::new();
+    while by_partition.len() < 17 {
+        let id = app.create_product("Kaos", 1_000).await;
+        let p = partition_of(ProductId::new(id as i64).unwrap(), 32);
+        if p < 16 || p == 31 {
+            by_partition.entry(p).or_insert(id);
+        }
+    }
+    // No worker: 16 orders wait in each low partition, more than the
+    // reconciler checks per partition when the budget is split evenly.
+    for p in 0..16 {
+        for _ in 0..16 {
+            assert_eq!(post(&app, by_partition[&p]).await.0, StatusCode::ACCEPTED);
+        }
+    }
+    let lonely = by_partition[&31];
+    let (status, _, order) = post(&app, lonely).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = order["data"]["id"].as_str().unwrap();
+    // Cancelled while PENDING through the other api: this api hears nothing.
+    let r = app
+        .client
+        .post(format!("{other_api}/api/orders/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Once the cancelled order is past the target (1 s) the partition looks
+    // stalled until the reconciler (every 250 ms) finds it cancelled.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let deadline = Instant::now() + Duration::from_millis(600);
+    loop {
+        let (status, _, body) = post(&app, lonely).await;
+        if status == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "partition 31 still shed past a reconcile period: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_retry_of_a_recorded_order_gets_that_order_while_its_partition_is_shed() {
+    let app = TestApp::spawn(
+        Options::default()
+            .workers(0)
+            .env("ADMISSION_MAX_DELAY", "1s"),
+    )
+    .await;
+    let product = app.create_product("Kaos", 10).await;
+    let keyed = || {
+        app.client
+            .post(format!("{}/api/orders", app.address))
+            .header("Idempotency-Key", "retry-after-a-lost-answer-0001")
+            .json(&json!({"product_id": product, "total": 1}))
+    };
+    let first = keyed().send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    // No worker: the partition is stalled, and new orders are shed.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, _, _) = post(&app, product).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The client lost the first answer and retries with its key: the order exists.
+    let retry = keyed().send().await.unwrap();
+    assert_eq!(retry.status(), StatusCode::ACCEPTED);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry["data"]["id"], first["data"]["id"]);
+    // The same key with another body is still refused, and nothing more is recorded.
+    let other = app
+        .client
+        .post(format!("{}/api/orders", app.address))
+        .header("Idempotency-Key", "retry-after-a-lost-answer-0001")
+        .json(&json!({"product_id": product, "total": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(orders_recorded(&app).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_falls_behind_on_notices_keeps_them_on_the_broker_and_bounded() {
+    use api::decisions::{NOTICE_QUEUE_MAX, listen};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let app = TestApp::spawn(Options::default().workers(0)).await;
+    let topology = app.topology();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let link = shared::broker::BrokerLink::start(
+        flashstock_tests::amqp_url(),
+        "flashstock slow listener".into(),
+        topology.clone(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    // A listener that takes 5 ms a notice: 200 a second.
+    let queue = format!("{}.slow-listener", topology.decisions_exchange());
+    let heard = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::spawn(listen(
+        link,
+        topology.clone(),
+        queue.clone(),
+        {
+            let heard = heard.clone();
+            move |_| {
+                heard.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        },
+        stop.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while heard.load(Ordering::Relaxed) == 0 {
+        // Until it listens, a notice reaches nobody: send one now and then.
+        app.publish_raw(&topology.decisions_exchange(), "", br#"{"decisions":[]}"#)
+            .await;
+        assert!(
+            Instant::now() < deadline,
+            "the listener never heard a notice"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Far more notices than it can take, and than its queue holds.
+    let burst = NOTICE_QUEUE_MAX as usize + 5_000;
+    let notices: Vec<(String, Vec<u8>)> = (0..burst)
+        .map(|_| (String::new(), br#"{"decisions":[]}"#.to_vec()))
+        .collect();
+    app.publish_raw_many(&topology.decisions_exchange(), &notices)
+        .await;
+    // The backlog waits on the broker, not in the api's memory, and the
+    // queue kept only the newest.
+    let (ready, consumers) = app.queue_counts(&queue).await;
+    let handled = heard.load(Ordering::Relaxed);
+    assert_eq!(consumers, 1);
+    assert!(
+        ready as usize >= burst / 2,
+        "only {ready} of {burst} notices wait on the broker ({handled} handled): the client buffers them"
+    );
+    assert!(
+        ready <= NOTICE_QUEUE_MAX,
+        "{ready} notices queued, past the bound"
+    );
+    stop.cancel();
+    let _ = listener.await;
+}

@@ -372,3 +372,138 @@ async fn one_transaction_decides_each_partition_under_its_own_epoch() {
     assert_eq!(app.inventory(products[3]).await["reserved_stock"], 0);
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_committed_before_a_fence_are_announced_all_the_same() {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use shared::message::{DecisionNotice, OrderBatch};
+    // One order per transaction, so that one message's orders commit one
+    // by one and a fence can fall between them.
+    let mut app = TestApp::spawn(fast_leases().workers(0).env("WORKER_BATCH_SIZE", "1")).await;
+    let product = app.create_product("Kaos", 1_000).await;
+    // 300 orders recorded by an api that is alive and never republishes
+    // them, and sent as one message.
+    let quiet_api = app.quiet_api().await;
+    let mut orders = Vec::new();
+    for _ in 0..300 {
+        let id = uuid::Uuid::now_v7();
+        sqlx::query("INSERT INTO orders (id, product_id, total, recorded_by) VALUES (?, ?, 1, ?)")
+            .bind(id)
+            .bind(product)
+            .bind(&quiet_api)
+            .execute(&app.db)
+            .await
+            .unwrap();
+        orders.push(OrderMessage {
+            order_id: OrderId::from(id),
+            product_id: ProductId::new(product as i64).unwrap(),
+            total: Quantity::new(1, 1000).unwrap(),
+        });
+    }
+    let topology = app.topology();
+    let partition = partition_of(orders[0].product_id, app.config.order_partitions);
+    let payload = serde_json::to_vec(&OrderBatch { orders }).unwrap();
+    app.publish_raw(
+        &topology.orders_exchange(),
+        &shared::broker::Topology::routing_key(partition),
+        &payload,
+    )
+    .await;
+
+    // Hear every notice, as an api does.
+    let conn = shared::broker::connect(&flashstock_tests::amqp_url(), "notice listener")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let queue = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        queue.name().clone(),
+        topology.decisions_exchange().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let listener = {
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let notice: DecisionNotice = serde_json::from_slice(&d.data).unwrap();
+                let mut heard = heard.lock().unwrap();
+                heard.extend(notice.decisions.iter().map(|o| o.order_id.uuid()));
+            }
+        })
+    };
+
+    app.spawn_worker(app.config.clone()).await;
+    // Some of the message's orders are committed: take the partition away.
+    let decided = || async {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status <> 'PENDING'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        n
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while decided().await < 10 {
+        assert!(Instant::now() < deadline, "nothing decided");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sqlx::query("UPDATE partition_leases SET epoch = epoch + 1 WHERE partition_no = ?")
+        .bind(partition)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let fenced_at = decided().await;
+    assert!(fenced_at < 300, "the fence fell after the whole message");
+    // The partition is leased again and the message redelivered: every
+    // order ends up decided, and every decision was heard.
+    let counts = app.drain(product, Duration::from_secs(60)).await;
+    assert!(!counts.contains_key("PENDING"), "{counts:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let decided_ids: Vec<(uuid::Uuid,)> =
+        sqlx::query_as("SELECT id FROM orders WHERE status <> 'PENDING'")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let heard = heard.lock().unwrap().clone();
+    let unheard = decided_ids
+        .iter()
+        .filter(|(id,)| !heard.contains(id))
+        .count();
+    assert_eq!(
+        unheard,
+        0,
+        "{unheard} of {} decisions never announced ({fenced_at} decided when the fence fell)",
+        decided_ids.len()
+    );
+    listener.abort();
+    let _ = conn.close(200, "done".into()).await;
+}

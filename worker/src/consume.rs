@@ -13,7 +13,6 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, message::Delivery};
 use shared::Config;
 use shared::broker::{BrokerLink, Topology, retry_policy};
-use shared::db;
 use shared::db::leases::Lease;
 use shared::message::{DecidedOrder, DecisionNotice, OrderMessage, parse_orders};
 use sqlx::MySqlPool;
@@ -253,17 +252,22 @@ async fn process_batch(
     };
 
     // Messages carry several orders each: decide at most a batch per
-    // transaction, and acknowledge only once every one has committed.
-    let mut decided = Decided::default();
+    // transaction (each announced as it commits, see `committed`), and
+    // acknowledge only once every one has committed. If the ack is lost,
+    // the redelivery finds the orders decided and changes nothing.
     for chunk in orders.chunks(usize::from(ctx.config.worker_batch_size)) {
-        let part =
-            decide_isolating(ctx, ch, chunk, lease, shutdown, MAX_PERMANENT_FAILURES).await?;
-        decided.append(part);
+        decide_isolating(ctx, ch, chunk, lease, shutdown, MAX_PERMANENT_FAILURES).await?;
     }
-    // Committed: announce (handed to the notifier's task, so this never
-    // waits on the broker); now, and only now, the caller may acknowledge.
-    // If the ack is lost, the redelivery finds the orders decided and
-    // changes nothing.
+    shared::fault::point(shared::fault::WORKER_AFTER_COMMIT);
+    Ok(Some(ack_tag))
+}
+
+/// Counts and announces what one transaction committed, at once (handed to
+/// the notifier's task, so this never waits on the broker): a later
+/// transaction of the same deliveries may still be fenced or fail, and
+/// these decisions must be heard all the same; their redelivery finds them
+/// decided and says nothing.
+fn committed(ctx: &Context, mut decided: Decided) {
     record(&ctx.metrics, &decided.decisions);
     decided.sold_out.sort_unstable();
     decided.sold_out.dedup();
@@ -275,8 +279,6 @@ async fn process_batch(
             .collect(),
         sold_out: decided.sold_out,
     });
-    shared::fault::point(shared::fault::WORKER_AFTER_COMMIT);
-    Ok(Some(ack_tag))
 }
 
 /// Decides `orders` in arrival order. When their transaction keeps failing
@@ -291,17 +293,18 @@ async fn decide_isolating(
     lease: &Lease,
     shutdown: &CancellationToken,
     attempts: u32,
-) -> Result<Decided, SessionError> {
+) -> Result<(), SessionError> {
     if let Some(decided) = decide_with_retry(ctx, ch, orders, lease, shutdown, attempts).await? {
-        return Ok(decided);
+        committed(ctx, decided);
+        return Ok(());
     }
     if let [order] = orders {
-        return reject_failed(ctx, order, lease).await;
+        committed(ctx, reject_failed(ctx, order, lease).await?);
+        return Ok(());
     }
     let (first, second) = orders.split_at(orders.len() / 2);
-    let mut decided = Box::pin(decide_isolating(ctx, ch, first, lease, shutdown, 1)).await?;
-    decided.append(Box::pin(decide_isolating(ctx, ch, second, lease, shutdown, 1)).await?);
-    Ok(decided)
+    Box::pin(decide_isolating(ctx, ch, first, lease, shutdown, 1)).await?;
+    Box::pin(decide_isolating(ctx, ch, second, lease, shutdown, 1)).await
 }
 
 /// Rejects one order that cannot be decided (`DECISION_FAILED`), fenced like
@@ -353,7 +356,7 @@ async fn decide_with_retry(
                 return Err(SessionError::Fenced);
             }
             Err(e) => {
-                if !db::is_transient(&e) {
+                if !e.is_transient() {
                     permanent_failures += 1;
                     tracing::warn!(error = %e, orders = orders.len(), "deciding a batch failed");
                     if permanent_failures >= attempts {

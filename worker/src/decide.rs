@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use shared::db::leases::{self, Lease};
 use shared::db::script::{Answer, Script, Session};
-use shared::db::{padded, padded_len};
+use shared::db::{DbError, padded, padded_len};
 use shared::domain::{OrderId, OrderStatus, ProductId, reason};
 use shared::message::{DecidedOrder, OrderMessage};
 use sqlx::mysql::MySqlRow;
@@ -82,14 +82,6 @@ pub struct Group<'a> {
     pub lease: &'a Lease,
 }
 
-impl Decided {
-    /// Adds `later`'s decisions (decided after these) and sold-out products.
-    pub fn append(&mut self, later: Decided) {
-        self.decisions.extend(later.decisions);
-        self.sold_out.extend(later.sold_out);
-    }
-}
-
 /// Decides `orders` (in arrival order) inside the caller's transaction `tx`,
 /// recording `decider` (the lease's owner and epoch) on each decision:
 /// locks the order rows and the product rows involved, accepts each order
@@ -103,7 +95,7 @@ pub async fn decide_batch(
     orders: &[OrderMessage],
     reservation_ttl: Duration,
     decider: &Lease,
-) -> Result<Decided, sqlx::Error> {
+) -> Result<Decided, DbError> {
     let group = Group {
         orders,
         lease: decider,
@@ -127,7 +119,7 @@ pub async fn decide_groups(
     tx: &mut MySqlConnection,
     groups: &[Group<'_>],
     reservation_ttl: Duration,
-) -> Result<Vec<Decided>, sqlx::Error> {
+) -> Result<Vec<Decided>, DbError> {
     let plan = Plan::new(groups);
     if plan.ids.is_empty() {
         return Ok(groups.iter().map(|_| Decided::default()).collect());
@@ -224,9 +216,9 @@ impl Plan {
         &self,
         tx: &mut MySqlConnection,
         answers: &[Answer],
-    ) -> Result<Locked, sqlx::Error> {
+    ) -> Result<Locked, DbError> {
         let [orders, stock, rules] = answers else {
-            return Err(sqlx::Error::Protocol(format!(
+            return Err(DbError::Inconsistent(format!(
                 "the deciding reads returned {} results",
                 answers.len()
             )));
@@ -599,25 +591,22 @@ fn parse_rules(rows: &[MySqlRow]) -> Result<HashMap<u64, SaleRule>, sqlx::Error>
 
 /// Every write changed the rows it had to; returns the decision time read
 /// back by the last of the `expected` statements.
-fn check_written(
-    answers: &[Answer],
-    expected: &[Option<u64>],
-) -> Result<DateTime<Utc>, sqlx::Error> {
+fn check_written(answers: &[Answer], expected: &[Option<u64>]) -> Result<DateTime<Utc>, DbError> {
     for (answer, expected) in answers.iter().zip(expected) {
         if let Some(n) = *expected
             && answer.affected != n
         {
-            return Err(sqlx::Error::Protocol(format!(
+            return Err(DbError::Inconsistent(format!(
                 "decided {} of {n} locked orders",
                 answer.affected
             )));
         }
     }
-    answers
+    Ok(answers
         .get(expected.len() - 1)
         .and_then(|a| a.rows.first())
         .ok_or(sqlx::Error::RowNotFound)?
-        .try_get(0)
+        .try_get(0)?)
 }
 
 /// Records on each new decision when it was made (and, accepted, until
@@ -688,20 +677,34 @@ async fn held_by_buyers<'r>(
     if pairs.is_empty() {
         return Ok(HashMap::new());
     }
-    // Padded like every list here, so the statement cache keeps a few shapes.
+    // Padded like every list here, so the statement cache keeps a few
+    // shapes; and at most HOLDINGS_PER_QUERY pairs a statement, since a
+    // statement takes at most 65,535 parameters (MySQL error 1390), which a
+    // combined round of many large limited batches would pass.
     let pairs: Vec<(u64, &str)> = pairs.into_iter().collect();
-    let condition = vec!["(product_id = ? AND buyer_id = ?)"; padded_len(pairs.len())].join(" OR ");
-    let sql = format!("SELECT product_id, buyer_id, held FROM buyer_holdings WHERE {condition}");
-    let mut q = sqlx::query_as::<_, (u64, String, i64)>(AssertSqlSafe(sql));
-    for (product, buyer) in padded(&pairs) {
-        q = q.bind(*product).bind(*buyer);
+    let mut held = HashMap::with_capacity(pairs.len());
+    for pairs in pairs.chunks(HOLDINGS_PER_QUERY) {
+        let condition =
+            vec!["(product_id = ? AND buyer_id = ?)"; padded_len(pairs.len())].join(" OR ");
+        let sql =
+            format!("SELECT product_id, buyer_id, held FROM buyer_holdings WHERE {condition}");
+        let mut q = sqlx::query_as::<_, (u64, String, i64)>(AssertSqlSafe(sql));
+        for (product, buyer) in padded(pairs) {
+            q = q.bind(*product).bind(*buyer);
+        }
+        held.extend(
+            q.fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|(p, b, units)| ((p, b), units)),
+        );
     }
-    Ok(q.fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(p, b, units)| ((p, b), units))
-        .collect())
+    Ok(held)
 }
+
+/// Most (product, buyer) pairs one holdings read asks for: two parameters
+/// each, a power of two (so padding never passes it) far below 65,535.
+const HOLDINGS_PER_QUERY: usize = 4096;
 
 /// Decides `orders` in a transaction of its own and commits it, fenced by
 /// `lease`: `None` (nothing written) when the partition is no longer this
@@ -712,7 +715,7 @@ pub async fn decide_fenced(
     orders: &[OrderMessage],
     reservation_ttl: Duration,
     lease: &Lease,
-) -> Result<Option<Decided>, sqlx::Error> {
+) -> Result<Option<Decided>, DbError> {
     let group = Group { orders, lease };
     Ok(decide_fenced_groups(db, &[group], reservation_ttl)
         .await?
@@ -732,7 +735,7 @@ pub async fn decide_fenced_groups(
     db: &sqlx::MySqlPool,
     groups: &[Group<'_>],
     reservation_ttl: Duration,
-) -> Result<Vec<Option<Decided>>, sqlx::Error> {
+) -> Result<Vec<Option<Decided>>, DbError> {
     if groups.is_empty() {
         return Ok(Vec::new());
     }
@@ -746,7 +749,7 @@ pub async fn decide_fenced_groups(
     }
     let answers = reads.run(session.conn()).await?;
     let (fences, answers) = answers[1..].split_first().ok_or_else(|| {
-        sqlx::Error::Protocol("the deciding reads returned too few results".into())
+        DbError::Inconsistent("the deciding reads returned too few results".into())
     })?;
     let live: Vec<bool> = groups
         .iter()

@@ -12,6 +12,7 @@
 //! batch, so a partition's orders are still decided in arrival order.
 
 use crate::decide::{Decided, Group, decide_fenced, decide_fenced_groups};
+use shared::db::DbError;
 use shared::db::leases::Lease;
 use shared::message::OrderMessage;
 use sqlx::MySqlPool;
@@ -24,7 +25,7 @@ const MAX_GROUPS: usize = 16;
 /// What a consumer gets back: the decisions, `None` when its lease is lost,
 /// or the database's error (a combined transaction that failed is retried
 /// batch by batch, so each error is that batch's own).
-pub type Answer = Result<Option<Decided>, sqlx::Error>;
+pub type Answer = Result<Option<Decided>, DbError>;
 
 struct Request {
     orders: Vec<OrderMessage>,
@@ -58,8 +59,10 @@ impl Decider {
         self.requests
             .send(request)
             .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-        answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+            .map_err(|_| DbError::Sql(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| DbError::Sql(sqlx::Error::PoolClosed))?
     }
 }
 

@@ -19,7 +19,7 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::db::orders::{OrderFilter, Transition};
-use shared::db::{self, orders::OrderRow};
+use shared::db::{self, DbError, orders::OrderRow};
 use shared::domain::{OrderId, OrderStatus, ProductId, Quantity};
 use shared::error_code::ErrorCode;
 use shared::partition::partition_of;
@@ -181,23 +181,37 @@ pub async fn create_order(
     // clock, with room for skew); the database clock decides.
     let opening = sale_start.is_some_and(|start| start > Utc::now() - CLOCK_SKEW);
 
+    // A retry with a key finds its order before admission control: shed
+    // means "nothing was recorded", which must not be said of an order
+    // that exists.
+    let earlier = match &key {
+        Some(key) => db::orders::find_keyed(&state.db, key).await?,
+        None => None,
+    };
     let new_id = state.outbox.new_id();
     let order_id = new_id.get();
-    let ticket = admit(&state, product, order_id)?;
-    // Register before publishing so a fast decision cannot slip past.
-    let waiting = wait.map(|_| state.waiters.register(order_id));
-    let recorded = state
-        .recorder
-        .record(Submission {
-            id: new_id,
-            product,
-            total,
-            buyer,
-            opening,
-            key,
-            claimed: claimed.map(|Extension(c)| c).unwrap_or_default(),
-        })
-        .await;
+    let mut waiting = None;
+    let (recorded, ticket) = match earlier {
+        Some(earlier) => (Ok(Recorded::from(earlier)), None),
+        None => {
+            let ticket = admit(&state, product, order_id)?;
+            // Register before publishing so a fast decision cannot slip past.
+            waiting = wait.map(|_| state.waiters.register(order_id));
+            let recorded = state
+                .recorder
+                .record(Submission {
+                    id: new_id,
+                    product,
+                    total,
+                    buyer,
+                    opening,
+                    key,
+                    claimed: claimed.map(|Extension(c)| c).unwrap_or_default(),
+                })
+                .await;
+            (recorded, Some(ticket))
+        }
+    };
     let recorded = match recorded {
         Ok(recorded) => recorded,
         // The failure may have come after the commit: then the order is
@@ -216,9 +230,10 @@ pub async fn create_order(
     };
     let id = OrderId::from(row.id);
     let waiting = match waiting {
+        _ if wait.is_none() => None,
         // Decided already (sold out, or a replay of a decided order): nothing to wait for.
-        Some(_) if row.status != "PENDING" => None,
-        Some(_) if replayed => Some(state.waiters.register(id)),
+        _ if row.status() != OrderStatus::Pending => None,
+        _ if replayed => Some(state.waiters.register(id)),
         other => other,
     };
     if replayed {
@@ -232,7 +247,9 @@ pub async fn create_order(
     } else {
         Metrics::inc(&metrics.orders_recorded);
         // Queued: it counts against capacity until its decision.
-        ticket.keep();
+        if let Some(ticket) = ticket {
+            ticket.keep();
+        }
     }
 
     let mut order = Order::from(row);
@@ -319,9 +336,11 @@ fn overloaded(state: &AppState) -> ApiError {
 
 /// A recording failure as the client sees it: a product deleted meanwhile
 /// is a 404, a database that is down a 503.
-fn order_error(e: sqlx::Error, product: ProductId) -> ApiError {
+fn order_error(e: DbError, product: ProductId) -> ApiError {
     match &e {
-        sqlx::Error::Database(d) if d.is_foreign_key_violation() => product_not_found(product),
+        DbError::Sql(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => {
+            product_not_found(product)
+        }
         _ => e.into(),
     }
 }

@@ -95,8 +95,40 @@ async fn migrate(pool: &MySqlPool) -> Result<(), ConnectError> {
     Ok(())
 }
 
+/// What the queries both binaries share can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database's (or the driver's) own error.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    /// The database answered, but not as our own checks require: a write
+    /// that changed fewer rows than it locked, a script short of results.
+    /// A bug or a broken row, never an outage: retrying it as one would
+    /// repeat it forever.
+    #[error("inconsistent database answer: {0}")]
+    Inconsistent(String),
+}
+
+impl DbError {
+    /// Whether the database is unreachable or overloaded: see [`is_unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Sql(e) if is_unavailable(e))
+    }
+
+    /// Whether retrying the same transaction may succeed: see [`is_transient`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Sql(e) if is_transient(e))
+    }
+
+    /// A deadlock or lock wait timeout: see [`is_lock_conflict`].
+    pub fn is_lock_conflict(&self) -> bool {
+        matches!(self, Self::Sql(e) if is_lock_conflict(e))
+    }
+}
+
 /// Whether an error means the database is unreachable or overloaded (worth
-/// a 503 and a retry) rather than a bug.
+/// a 503 and a retry) rather than a bug. (sqlx's own protocol errors count:
+/// a connection that lost its place; ours are [`DbError::Inconsistent`].)
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     matches!(
         e,
@@ -130,15 +162,15 @@ pub fn is_lock_conflict(e: &sqlx::Error) -> bool {
 
 /// Runs the transaction `attempt` makes, again (up to 5 times in all) when
 /// it lost a deadlock or a lock wait; every other outcome is returned as is.
-pub async fn retry_lock_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, sqlx::Error>
+pub async fn retry_lock_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, DbError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
 {
     let mut tries = 1;
     loop {
         match attempt().await {
-            Err(e) if tries < 5 && is_lock_conflict(&e) => {
+            Err(e) if tries < 5 && e.is_lock_conflict() => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(5 * tries)).await;
             }
@@ -186,6 +218,16 @@ pub fn placeholders(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_own_checks_are_never_taken_for_an_outage() {
+        let ours = DbError::Inconsistent("decided 3 of 4 locked orders".into());
+        assert!(!ours.is_unavailable());
+        assert!(!ours.is_transient());
+        assert!(!ours.is_lock_conflict());
+        let down = DbError::Sql(sqlx::Error::PoolTimedOut);
+        assert!(down.is_unavailable() && down.is_transient());
+    }
 
     #[test]
     fn lists_pad_to_powers_of_two() {

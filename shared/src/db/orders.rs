@@ -3,6 +3,7 @@
 //! (`recorded_by`), which owes its publish; `relayed_at` records when
 //! another api's relay claimed and republished it.
 
+use super::DbError;
 use super::script::Script;
 use super::{padded, padded_len, placeholders};
 use crate::domain::{OrderId, OrderStatus, ProductId, Quantity};
@@ -112,7 +113,7 @@ pub async fn insert_many(
     check: &[ProductId],
     opening: &[ProductId],
     recorded_by: &str,
-) -> Result<Inserted, sqlx::Error> {
+) -> Result<Inserted, DbError> {
     use crate::domain::reason;
     if orders.is_empty() {
         return Ok(Inserted::default());
@@ -122,7 +123,16 @@ pub async fn insert_many(
     let ids = |s: &mut Script, p: &ProductId| {
         s.uint(p.get());
     };
+    // One instant for the whole batch, taken before anything is read: the
+    // sale-start check and every order's `created_at` use it, so an order is
+    // refused SALE_NOT_STARTED exactly when the worker's rule (by
+    // `created_at`) would refuse it, even when the sale opens between this
+    // round trip and the next.
     let mut reads = Script::new();
+    let reading = !check.is_empty() || !opening.is_empty();
+    if reading {
+        reads.sql("SET @recorded_at = NOW(6)").end();
+    }
     if !check.is_empty() {
         reads
             .sql("SELECT product_id FROM inventories WHERE stored_stock - reserved_stock <= 0 AND product_id IN (")
@@ -132,12 +142,16 @@ pub async fn insert_many(
     }
     if !opening.is_empty() {
         reads
-            .sql("SELECT id FROM products WHERE sale_starts_at > NOW(6) AND id IN (")
+            .sql("SELECT id FROM products WHERE sale_starts_at > @recorded_at AND id IN (")
             .list(opening, ids)
             .sql(")")
             .end();
     }
-    let mut answers = reads.run(&mut conn).await?.into_iter();
+    let mut answers = reads
+        .run(&mut conn)
+        .await?
+        .into_iter()
+        .skip(usize::from(reading));
     if !check.is_empty() {
         for row in answers.next().map(|a| a.rows).unwrap_or_default() {
             refused.insert(row.try_get(0)?, reason::OUT_OF_STOCK);
@@ -151,7 +165,9 @@ pub async fn insert_many(
     }
 
     let mut insert = Script::new();
-    insert.sql("SET @recorded_at = NOW(6)").end();
+    if !reading {
+        insert.sql("SET @recorded_at = NOW(6)").end();
+    }
     insert.sql(
         "INSERT INTO orders (id, product_id, total, buyer_id, status, reason, created_at, decided_at, decided_by, recorded_by) VALUES ",
     );
@@ -177,15 +193,17 @@ pub async fn insert_many(
     insert.end();
     insert.sql("SELECT CAST(@recorded_at AS DATETIME(6))").end();
     let answers = insert.run(&mut conn).await?;
-    let inserted = answers.get(1).map_or(0, |a| a.affected);
+    // The INSERT's answer, then the time's (after the SET, when it is here).
+    let answers = &answers[usize::from(!reading).min(answers.len())..];
+    let inserted = answers.first().map_or(0, |a| a.affected);
     if inserted != orders.len() as u64 {
-        return Err(sqlx::Error::Protocol(format!(
+        return Err(DbError::Inconsistent(format!(
             "recorded {inserted} of {} orders",
             orders.len()
         )));
     }
     let recorded_at: DateTime<Utc> = answers
-        .get(2)
+        .get(1)
         .and_then(|a| a.rows.first())
         .ok_or(sqlx::Error::RowNotFound)?
         .try_get(0)?;
@@ -340,6 +358,32 @@ pub enum Recorded {
     KeyReused,
 }
 
+/// The order an earlier submission with `key` recorded: `Existing` (the
+/// same request), `KeyReused` (another request), or `None` when the key is
+/// new. A retry is answered from this before admission control, so a
+/// client whose answer was lost never hears "nothing was recorded" for an
+/// order that exists.
+pub async fn find_keyed(
+    pool: &MySqlPool,
+    key: &IdempotencyKey,
+) -> Result<Option<Recorded>, sqlx::Error> {
+    let found: Option<(Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT id, request_hash FROM orders WHERE idempotency_key = ?")
+            .bind(&key.key)
+            .fetch_optional(pool)
+            .await?;
+    let Some((id, hash)) = found else {
+        return Ok(None);
+    };
+    if hash != key.request_hash {
+        return Ok(Some(Recorded::KeyReused));
+    }
+    // An order is never deleted once it was answered for.
+    Ok(fetch(pool, OrderId::from(id))
+        .await?
+        .map(Recorded::Existing))
+}
+
 /// Records a new PENDING order, or — when `key` was seen before — returns
 /// the order it created (same request) or says it was reused (different
 /// request). Concurrent submissions with one key record one order: the
@@ -442,7 +486,7 @@ pub async fn pay(
     pool: &MySqlPool,
     id: OrderId,
     key: Option<&IdempotencyKey>,
-) -> Result<Transition, sqlx::Error> {
+) -> Result<Transition, DbError> {
     let mut tx = pool.begin().await?;
     if let Some(key) = key
         && !claim_action_key(&mut tx, key, id).await?
@@ -491,7 +535,7 @@ pub async fn cancel(
     pool: &MySqlPool,
     id: OrderId,
     key: Option<&IdempotencyKey>,
-) -> Result<Transition, sqlx::Error> {
+) -> Result<Transition, DbError> {
     let mut tx = pool.begin().await?;
     if let Some(key) = key
         && !claim_action_key(&mut tx, key, id).await?
@@ -576,7 +620,7 @@ async fn release(
     tx: &mut sqlx::MySqlConnection,
     orders: &[Held],
     status: &'static str,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), DbError> {
     if orders.is_empty() {
         return Ok(());
     }
@@ -590,7 +634,7 @@ async fn release(
     }
     let changed = q.execute(&mut *tx).await?.rows_affected();
     if changed != orders.len() as u64 {
-        return Err(sqlx::Error::Protocol(format!(
+        return Err(DbError::Inconsistent(format!(
             "released {changed} of {} locked orders",
             orders.len()
         )));
@@ -670,7 +714,7 @@ async fn recount_holding(
 /// clock), releasing their units. Rows another sweeper (or a payment) holds
 /// are skipped, so any number of workers can sweep at once. Returns the
 /// orders expired.
-pub async fn expire_due(pool: &MySqlPool, limit: u32) -> Result<Vec<OrderId>, sqlx::Error> {
+pub async fn expire_due(pool: &MySqlPool, limit: u32) -> Result<Vec<OrderId>, DbError> {
     let mut tx = pool.begin().await?;
     let due: Vec<Held> = sqlx::query_as(
         "SELECT id, product_id, total, buyer_id FROM orders \
@@ -683,6 +727,35 @@ pub async fn expire_due(pool: &MySqlPool, limit: u32) -> Result<Vec<OrderId>, sq
     release(&mut tx, &due, "EXPIRED").await?;
     tx.commit().await?;
     Ok(due.into_iter().map(|(id, ..)| OrderId::from(id)).collect())
+}
+
+/// The first `limit` ACCEPTED orders past their `expires_at`, unlocked:
+/// for expiring them one by one with [`expire_order`] when a batch fails.
+pub async fn due(pool: &MySqlPool, limit: u32) -> Result<Vec<OrderId>, sqlx::Error> {
+    let due: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT id FROM orders WHERE status = 'ACCEPTED' AND expires_at <= NOW(6) \
+         ORDER BY expires_at LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(due.into_iter().map(|(id,)| OrderId::from(id)).collect())
+}
+
+/// Expires order `id` alone, if it is still ACCEPTED and past its
+/// `expires_at` (and nobody else holds it): true when it was.
+pub async fn expire_order(pool: &MySqlPool, id: OrderId) -> Result<bool, DbError> {
+    let mut tx = pool.begin().await?;
+    let due: Vec<Held> = sqlx::query_as(
+        "SELECT id, product_id, total, buyer_id FROM orders \
+         WHERE id = ? AND status = 'ACCEPTED' AND expires_at <= NOW(6) FOR UPDATE SKIP LOCKED",
+    )
+    .bind(id.uuid())
+    .fetch_all(&mut *tx)
+    .await?;
+    release(&mut tx, &due, "EXPIRED").await?;
+    tx.commit().await?;
+    Ok(!due.is_empty())
 }
 
 /// Filters for listing orders.

@@ -11,6 +11,7 @@
 //! strings (`X'…'`, with a `_utf8mb4` introducer for text). Nothing a
 //! client sent is ever spliced in as it was written.
 
+use super::DbError;
 use futures::TryStreamExt;
 use sqlx::mysql::MySqlRow;
 use sqlx::pool::PoolConnection;
@@ -114,7 +115,7 @@ impl Script {
     /// statement, in order (none, without a round trip, for an empty
     /// script). The server stops at the first statement that
     /// fails, and that error is returned.
-    pub async fn run(self, conn: &mut MySqlConnection) -> Result<Vec<Answer>, sqlx::Error> {
+    pub async fn run(self, conn: &mut MySqlConnection) -> Result<Vec<Answer>, DbError> {
         let expected = self.statements;
         if expected == 0 {
             return Ok(Vec::new());
@@ -134,7 +135,7 @@ impl Script {
             }
         }
         if answers.len() != expected {
-            return Err(sqlx::Error::Protocol(format!(
+            return Err(DbError::Inconsistent(format!(
                 "a script of {expected} statements returned {} results",
                 answers.len()
             )));
