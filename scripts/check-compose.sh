@@ -29,7 +29,7 @@ fi
 
 # The secrets compose requires (.env would hold them): any values do here.
 secrets=(ADMIN_TOKEN=check-compose-admin-0123456789abcdef PAYMENT_TOKEN=check-compose-payment-0123456789abcdef
-  GRAFANA_ADMIN_PASSWORD=check-compose-grafana)
+  GRAFANA_ADMIN_PASSWORD=check-compose-grafana RABBITMQ_ERLANG_COOKIE=check-compose-cookie)
 echo "== docker-compose config -q (and with --profile cluster)"
 env "${secrets[@]}" docker-compose config -q
 env "${secrets[@]}" docker-compose --profile cluster config -q

@@ -5,7 +5,7 @@ use crate::admission::Admission;
 use crate::metrics::Metrics;
 use crate::sold_out::SoldOut;
 use crate::waiters::Waiters;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -45,8 +45,10 @@ impl Listeners {
 pub const NOTICE_QUEUE_MAX: u32 = 10_000;
 /// The same bound in bytes (a notice carries up to a batch of decisions).
 pub const NOTICE_QUEUE_MAX_BYTES: u32 = 64 * 1024 * 1024;
-/// Notices delivered to the api and not yet handled: all it buffers.
+/// Notices delivered to the api and not yet acknowledged: all it buffers.
 const PREFETCH: u16 = 64;
+/// Longest a handled notice waits for its acknowledgement.
+const ACK_DELAY: Duration = Duration::from_millis(20);
 /// How long the queue of an api that went away without deleting it stays.
 const UNUSED_FOR: Duration = Duration::from_secs(60);
 
@@ -64,8 +66,8 @@ pub async fn run_decision_listener(
     listen(link, topology, queue, |n| listeners.hear(n), shutdown).await
 }
 
-/// Listens on the decisions fanout through `queue` (a queue of this api's
-/// own, deleted when it goes) and calls `hear` with each notice, until
+/// Listens on the decisions fanout through `queue` (exclusive to this
+/// api's broker connection, deleted with it) and calls `hear` with each notice, until
 /// `shutdown`; re-subscribes after every reconnection.
 ///
 /// Bounded at both ends: the queue holds at most [`NOTICE_QUEUE_MAX`]
@@ -97,9 +99,12 @@ pub async fn listen(
                 "x-expires".into(),
                 AMQPValue::LongUInt(UNUSED_FOR.as_millis() as u32),
             );
+            // Exclusive: this connection's own, deleted with it (RabbitMQ 4
+            // refuses transient queues that are not).
             ch.queue_declare(
                 queue.as_str().into(),
                 QueueDeclareOptions {
+                    exclusive: true,
                     auto_delete: true,
                     ..Default::default()
                 },
@@ -133,33 +138,52 @@ pub async fn listen(
                 continue;
             }
         };
+        // Handled notices are acknowledged together (one multiple-ack),
+        // once half the prefetch is handled or ACK_DELAY has passed: an
+        // ack is work for the broker too.
+        let mut unacked: Option<(u64, tokio::time::Instant)> = None;
+        let mut handled = 0u16;
         loop {
-            let first = tokio::select! {
+            let due = async {
+                match unacked {
+                    Some((_, due)) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let delivery = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = due => None,
                 delivery = consumer.next() => match delivery {
-                    Some(Ok(d)) => d,
-                    _ => break,
+                    Some(Ok(d)) => Some(d),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "the decision listener's channel failed; subscribing again");
+                        break;
+                    }
+                    None => break,
                 },
             };
-            // Whatever else has arrived, then one ack for all of it.
-            let mut last = first.delivery_tag;
-            let mut delivery = Some(first);
-            while let Some(d) = delivery.take() {
-                last = d.delivery_tag;
+            if let Some(d) = delivery {
                 match serde_json::from_slice::<DecisionNotice>(&d.data) {
                     Ok(notice) => hear(&notice),
                     Err(e) => tracing::warn!(error = %e, "ignoring a malformed decision notice"),
                 }
-                if let Some(Some(Ok(next))) = consumer.next().now_or_never() {
-                    delivery = Some(next);
+                let due =
+                    unacked.map_or_else(|| tokio::time::Instant::now() + ACK_DELAY, |(_, due)| due);
+                unacked = Some((d.delivery_tag, due));
+                handled += 1;
+                if handled < PREFETCH / 2 {
+                    continue;
                 }
             }
-            if ch
-                .basic_ack(last, BasicAckOptions { multiple: true })
-                .await
-                .is_err()
-            {
-                break;
+            if let Some((tag, _)) = unacked.take() {
+                handled = 0;
+                if ch
+                    .basic_ack(tag, BasicAckOptions { multiple: true })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
         }
     }

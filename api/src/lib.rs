@@ -1,8 +1,8 @@
 //! The flashstock HTTP api.
 //!
 //! - [`startup`]: `Application::build(config)` wires everything; `run_until_stopped` serves.
-//! - [`serve`]: the accept loop: HTTP/1.1, deadlines on request heads and bodies;
-//!   [`connections`]: which connections are idle, so the longest idle makes room.
+//! - [`receive`]: a request's body read in full, within its deadline, before any handler
+//!   (the accept loop is `shared::http`).
 //! - [`routes`]: one module per resource (products, inventory, orders, health).
 //! - [`admission`]: shedding orders past capacity (503 `OVERLOADED`).
 //! - [`recorder`]: recording orders in batches, one commit for many.
@@ -21,7 +21,6 @@
 pub mod admission;
 pub mod auth;
 pub mod conditional;
-pub mod connections;
 pub mod decisions;
 pub mod envelope;
 pub mod error;
@@ -36,7 +35,6 @@ pub mod receive;
 pub mod recorder;
 pub mod relay;
 pub mod routes;
-pub mod serve;
 pub mod sold_out;
 pub mod startup;
 pub mod state;

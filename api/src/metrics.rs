@@ -42,6 +42,10 @@ pub struct Gauges {
     pub deferred: usize,
     /// Ids not yet confirmed on the broker.
     pub unconfirmed: usize,
+    /// Client connections open, and how many of them idle.
+    pub connections: (usize, usize),
+    /// Client connections closed to make room, ever.
+    pub evicted: u64,
 }
 
 impl Metrics {
@@ -125,6 +129,21 @@ impl Metrics {
             "flashstock_api_unconfirmed_orders",
             "Order ids handed out whose orders are not yet confirmed by the broker.",
             gauges.unconfirmed as u64,
+        );
+        w.gauge(
+            "flashstock_api_connections_open",
+            "Client connections open on the public listener (at most MAX_CONNECTIONS).",
+            gauges.connections.0 as u64,
+        );
+        w.gauge(
+            "flashstock_api_connections_idle",
+            "Open client connections with no request in hand (the ones that give way at MAX_CONNECTIONS).",
+            gauges.connections.1 as u64,
+        );
+        w.counter(
+            "flashstock_api_connections_evicted_total",
+            "Idle client connections closed to make room for new ones (MAX_CONNECTIONS reached, or out of file descriptors).",
+            &[("", &std::sync::atomic::AtomicU64::new(gauges.evicted))],
         );
         w.process_memory();
         w.finish()

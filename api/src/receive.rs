@@ -2,27 +2,34 @@
 //!
 //! A request's body is read in full (at most the body limit) within
 //! `HEADER_READ_TIMEOUT` of its head, before any handler runs; only then is
-//! its connection marked busy ([`crate::connections`]). So a client that
+//! its connection marked busy (`shared::http::connections`). So a client that
 //! trickles a body holds an *idle* connection, which gives way when slots
 //! run out, and an answer 408 after the deadline; it never holds a handler,
 //! a database connection or a busy slot.
 
-use crate::connections::{Activity, Busy};
 use crate::envelope::{ErrorBody, respond};
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use shared::error_code::ErrorCode;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use shared::http::Activity;
 use std::time::Duration;
 
 /// Reads `request`'s body (at most `limit` bytes, within `deadline`), marks
 /// its connection busy, and hands it on; the connection is idle again once
 /// the response has been written.
 pub async fn receive(deadline: Duration, limit: usize, request: Request, next: Next) -> Response {
+    // Announced too large: refused before a byte of it is read (and before
+    // a `100 Continue` invites it).
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
     let (parts, body) = request.into_parts();
     let received = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => bytes,
@@ -30,11 +37,7 @@ pub async fn receive(deadline: Duration, limit: usize, request: Request, next: N
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             return if too_large {
-                closing(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ErrorCode::PayloadTooLarge,
-                    "the request body is too large".into(),
-                )
+                self::too_large()
             } else {
                 // The client went away mid-body, or sent a broken chunk.
                 closing(
@@ -73,9 +76,18 @@ pub async fn receive(deadline: Duration, limit: usize, request: Request, next: N
         .run(Request::from_parts(parts, Body::from(received)))
         .await;
     match busy {
-        Some(busy) => response.map(|inner| Body::new(Tracked { inner, _busy: busy })),
+        Some(busy) => shared::http::track(response, busy),
         None => response,
     }
+}
+
+/// 413, and the connection closes (the rest of the body is never read).
+fn too_large() -> Response {
+    closing(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
+        "the request body is too large".into(),
+    )
 }
 
 /// An error answer after which the connection closes (its body may be
@@ -91,31 +103,4 @@ fn closing(status: StatusCode, error: ErrorCode, message: String) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
-}
-
-/// A response body that keeps its connection busy until it is written (and
-/// dropped).
-struct Tracked {
-    inner: Body,
-    _busy: Busy,
-}
-
-impl HttpBody for Tracked {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -19,6 +19,8 @@ use axum::routing::get;
 use shared::Config;
 use shared::broker::{BrokerLink, Topology};
 use shared::error_code::ErrorCode;
+use shared::http::connections::Registry;
+use shared::http::serve::{Limits, serve};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -33,8 +35,8 @@ pub struct Application {
     router: Router,
     /// `/metrics` on a listener of its own (`API_METRICS_ADDR`), if set.
     metrics: Option<(TcpListener, Router)>,
-    header_read_timeout: std::time::Duration,
-    max_connections: usize,
+    limits: Limits,
+    connections: Arc<Registry>,
     shutdown: CancellationToken,
     relay: tokio::task::JoinHandle<()>,
 }
@@ -129,8 +131,11 @@ impl Application {
                 None
             }
         };
-        let header_read_timeout = config.header_read_timeout;
-        let max_connections = config.max_connections as usize;
+        let limits = Limits {
+            header_read_timeout: config.header_read_timeout,
+            max_connections: connection_limit(&config),
+        };
+        let connections = Arc::new(Registry::default());
         tracing::info!(%api_id, "api started");
         let state = AppState::new(Shared {
             recorder: Recorder::start(
@@ -148,14 +153,15 @@ impl Application {
             known_products: Arc::default(),
             buyers,
             waiting_slots: Arc::new(tokio::sync::Semaphore::new(config.max_waiting as usize)),
+            connections: connections.clone(),
             config: Arc::new(config),
         });
         Ok(Self {
             listener,
             metrics: metrics_listener.map(|l| (l, metrics_router(state.clone()))),
             router: router(state),
-            header_read_timeout,
-            max_connections,
+            limits,
+            connections,
             shutdown,
             relay,
         })
@@ -178,19 +184,23 @@ impl Application {
         // Prometheus, and whoever else may reach the private address: a few
         // connections are plenty.
         let metrics = self.metrics.map(|(listener, router)| {
-            tokio::spawn(crate::serve::serve(
+            let limits = Limits {
+                max_connections: METRICS_CONNECTIONS,
+                ..self.limits
+            };
+            tokio::spawn(serve(
                 listener,
                 router,
-                self.header_read_timeout,
-                METRICS_CONNECTIONS,
+                limits,
+                Arc::default(),
                 stop.clone(),
             ))
         });
-        crate::serve::serve(
+        serve(
             self.listener,
             self.router,
-            self.header_read_timeout,
-            self.max_connections,
+            self.limits,
+            self.connections,
             stop,
         )
         .await;
@@ -218,15 +228,35 @@ async fn get_metrics(axum::extract::State(state): axum::extract::State<AppState>
 
 /// The router of the `API_METRICS_ADDR` listener: `/metrics` alone.
 fn metrics_router(state: AppState) -> Router {
-    let header_read_timeout = state.config.header_read_timeout;
     Router::new()
         .route("/metrics", get(get_metrics))
-        .layer(axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| {
-                crate::receive::receive(header_read_timeout, BODY_LIMIT, request, next)
-            },
-        ))
+        .layer(axum::middleware::from_fn(shared::http::busy_while_handled))
         .with_state(state)
+}
+
+/// File descriptors kept back from client connections: the database pool,
+/// the broker, the metrics listener, logs.
+const RESERVED_FILES: u64 = 128;
+
+/// `MAX_CONNECTIONS`, or fewer when the open-file limit (raised to its hard
+/// limit first) cannot hold that many beside what the api needs itself.
+fn connection_limit(config: &Config) -> usize {
+    let wanted = config.max_connections as usize;
+    let Some(files) = shared::limits::raise_open_files() else {
+        return wanted;
+    };
+    let room = files.saturating_sub(RESERVED_FILES + u64::from(config.database_max_connections));
+    if (wanted as u64) <= room {
+        return wanted;
+    }
+    let limit = room.max(1) as usize;
+    tracing::warn!(
+        max_connections = wanted,
+        open_file_limit = files,
+        using = limit,
+        "the open-file limit cannot hold MAX_CONNECTIONS connections; raise the limit (ulimit -n) or lower MAX_CONNECTIONS"
+    );
+    limit
 }
 
 /// The whole router: every route, the spec, the envelope for 404 and 405;
@@ -288,9 +318,10 @@ pub fn router(state: AppState) -> Router {
                     )
                     .into_response(),
                 };
-                // Answered before the body was read: hyper closes the
-                // connection after this response, so say so, or a client may
-                // send its next request down a connection about to close.
+                // A body cut short by the limit, or a timed-out request:
+                // hyper closes the connection after this response, so say
+                // so, or a client may send its next request down a
+                // connection about to close.
                 if matches!(
                     response.status(),
                     StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
@@ -305,7 +336,7 @@ pub fn router(state: AppState) -> Router {
         ))
         // The whole request is read before any handler (or the timeout
         // above) runs, within HEADER_READ_TIMEOUT; only then is its
-        // connection busy (api/src/serve.rs).
+        // connection busy (shared/src/http).
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 crate::receive::receive(header_read_timeout, BODY_LIMIT, request, next)

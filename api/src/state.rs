@@ -61,6 +61,8 @@ pub struct Shared {
     /// Slots for requests waiting with `Prefer: wait` (`MAX_WAITING`), so a
     /// flood of slow clients cannot pile up without bound.
     pub waiting_slots: Arc<tokio::sync::Semaphore>,
+    /// The client connections of the public listener (for `/metrics`).
+    pub connections: Arc<shared::http::connections::Registry>,
     /// Configuration.
     pub config: Arc<Config>,
 }
@@ -85,6 +87,8 @@ impl AppState {
             waiters: self.waiters.len(),
             deferred: self.outbox.deferred_len(),
             unconfirmed: self.outbox.unconfirmed_len(),
+            connections: self.connections.counts(),
+            evicted: self.connections.evictions(),
         }
     }
 }

@@ -74,8 +74,8 @@ pub struct Config {
     /// `MAX_WAITING`: most requests waiting with `Prefer: wait` at once;
     /// beyond it a request is answered at once (202) instead of waiting.
     pub max_waiting: u32,
-    /// `REQUEST_TIMEOUT`: longest an api request may take, body and
-    /// handling together (408 after it); must exceed `MAX_WAIT`.
+    /// `REQUEST_TIMEOUT`: longest an api request's handling may take once
+    /// the whole request has arrived (408 after it); must exceed `MAX_WAIT`.
     pub request_timeout: Duration,
     /// `HEADER_READ_TIMEOUT`: longest a connection may take to send a
     /// request's head (from its opening, or from the end of its previous

@@ -8,6 +8,8 @@
 //! - [`partition`]: which partition a product's orders go to.
 //! - [`message`]: what travels over the broker.
 //! - [`telemetry`]: logging setup.
+//! - [`http`]: serving HTTP/1.1 so that no idle, slow or silent client can take a listener down.
+//! - [`limits`]: the process's open-file limit.
 //! - [`fault`]: fault points for the fault-injection tests (debug builds only).
 
 pub mod broker;
@@ -16,6 +18,8 @@ pub mod db;
 pub mod domain;
 pub mod error_code;
 pub mod fault;
+pub mod http;
+pub mod limits;
 pub mod message;
 pub mod partition;
 pub mod prometheus;

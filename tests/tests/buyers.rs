@@ -837,7 +837,11 @@ async fn sales_opening_under_load_reject_no_order_recorded_after_they_opened() {
                 while Instant::now() < until {
                     let (status, body) =
                         app.post_order(products[n % products.len()], 1, None).await;
-                    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+                    // Shed past capacity (a slow machine) is fine: nothing recorded.
+                    assert!(
+                        status == StatusCode::ACCEPTED || body["data"]["error"] == "OVERLOADED",
+                        "{status}: {body}"
+                    );
                     n += 1;
                 }
             })

@@ -9,6 +9,8 @@
 //! they run alone, with the fault suite (`cargo nextest run --profile
 //! faults`). The hostile sockets come from 127.0.0.2 to 127.0.0.9, so that
 //! their closed connections never use up the ephemeral ports of 127.0.0.1.
+//! The test raises its open-file limit to the hard limit (the api does so
+//! itself), which must allow about 20,000.
 
 use flashstock_tests::checker::{self, Load, Plan, Sampler, Target};
 use flashstock_tests::process::ApiProcess;
@@ -195,6 +197,7 @@ async fn open(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_idle_http2_connections_never_lock_a_client_out() {
+    shared::limits::raise_open_files();
     let world = world().await;
     world
         .under("no attack", Duration::from_secs(2), async {})
@@ -229,31 +232,58 @@ async fn silent_and_idle_http2_connections_never_lock_a_client_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickled_requests_and_ten_thousand_held_connections_never_lock_a_client_out() {
+    shared::limits::raise_open_files();
     let world = world().await;
 
-    // Slowloris: request heads a byte a second, on 2,000 connections; and
-    // bodies a byte a second, on 500 more.
+    // Slowloris: request heads a byte a second (a header value that never
+    // ends) on the full MAX_CONNECTIONS; and on 1,000 more, whole orders
+    // whose bodies come a byte a second, which must never be acted on.
     let product = *world.stock.keys().next().unwrap();
+    let order = format!(r#"{{"product_id": {product}, "total": 1}}"#);
     let body_head: &'static [u8] = format!(
-        "POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"product_id\": {product}, "
+        "POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        order.len(),
+        &order[..1]
     )
     .leak()
     .as_bytes();
     let trickling = tokio_util::sync::CancellationToken::new();
     let (trickle,) = world
         .under(
-            "2,000 trickled heads and 500 trickled bodies",
+            "4,096 trickled heads and 1,000 trickled orders",
             Duration::from_secs(15),
             async {
-                let mut streams = open(world.addr, 2000, 4, b"POST /api/orders HTTP/1.1\r\n").await;
-                streams.extend(open(world.addr, 500, 5, body_head).await);
+                let heads = open(
+                    world.addr,
+                    4096,
+                    4,
+                    b"POST /api/orders HTTP/1.1\r\nHost: x\r\nX-Pad: ",
+                )
+                .await;
+                let bodies = open(world.addr, 1000, 5, body_head).await;
                 let trickling = trickling.clone();
+                let rest = order.as_bytes()[1..].to_vec();
                 let trickle = tokio::spawn(async move {
+                    let mut streams: Vec<(TcpStream, Option<usize>)> = heads
+                        .into_iter()
+                        .map(|s| (s, None))
+                        .chain(bodies.into_iter().map(|s| (s, Some(0))))
+                        .collect();
                     while !trickling.is_cancelled() {
-                        for s in &mut streams {
-                            let _ =
-                                tokio::time::timeout(Duration::from_millis(5), s.write_all(b" "))
-                                    .await;
+                        for (stream, sent) in &mut streams {
+                            let byte = match sent {
+                                None => b'a',
+                                Some(n) if *n < rest.len() => {
+                                    *n += 1;
+                                    rest[*n - 1]
+                                }
+                                Some(_) => continue,
+                            };
+                            let _ = tokio::time::timeout(
+                                Duration::from_millis(5),
+                                stream.write_all(&[byte]),
+                            )
+                            .await;
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }

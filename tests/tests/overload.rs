@@ -343,7 +343,7 @@ async fn an_api_that_falls_behind_on_notices_keeps_them_on_the_broker_and_bounde
     let queue = format!("{}.slow-listener", topology.decisions_exchange());
     let heard = Arc::new(AtomicUsize::new(0));
     let listener = tokio::spawn(listen(
-        link,
+        link.clone(),
         topology.clone(),
         queue.clone(),
         {
@@ -374,8 +374,21 @@ async fn an_api_that_falls_behind_on_notices_keeps_them_on_the_broker_and_bounde
     app.publish_raw_many(&topology.decisions_exchange(), &notices)
         .await;
     // The backlog waits on the broker, not in the api's memory, and the
-    // queue kept only the newest.
-    let (ready, consumers) = app.queue_counts(&queue).await;
+    // queue kept only the newest. (The queue is exclusive to the listener's
+    // connection: counted through it.)
+    let ch = link.connection().unwrap().create_channel().await.unwrap();
+    let counted = ch
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (ready, consumers) = (counted.message_count(), counted.consumer_count());
     let handled = heard.load(Ordering::Relaxed);
     assert_eq!(consumers, 1);
     assert!(

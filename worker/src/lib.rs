@@ -21,9 +21,11 @@ pub mod sweep;
 use consume::Context;
 use shared::Config;
 use shared::broker::{BrokerLink, Topology};
-use std::future::IntoFuture;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+
+/// Most connections the `/metrics` listener holds.
+const METRICS_CONNECTIONS: usize = 64;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -120,20 +122,30 @@ impl Worker {
             stop.clone(),
         ));
         let metrics = self.ctx.metrics.clone();
-        let router = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    metrics.render(),
-                )
-            }),
-        );
-        let metrics_server = tokio::spawn(
-            axum::serve(self.metrics_listener, router)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let router = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                }),
+            )
+            .layer(axum::middleware::from_fn(shared::http::busy_while_handled));
+        // The api's accept loop: no idle or silent client can hold it (or
+        // the worker's file descriptors); Prometheus needs one connection.
+        let limits = shared::http::serve::Limits {
+            header_read_timeout: self.ctx.config.header_read_timeout,
+            max_connections: METRICS_CONNECTIONS,
+        };
+        let metrics_server = tokio::spawn(shared::http::serve(
+            self.metrics_listener,
+            router,
+            limits,
+            Arc::default(),
+            stop.clone(),
+        ));
         while tasks.join_next().await.is_some() {}
         let _ = metrics_server.await;
         self.shutdown.cancel();

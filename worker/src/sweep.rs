@@ -2,31 +2,50 @@
 
 use crate::metrics::Metrics;
 use shared::db;
+use shared::domain::OrderId;
 use sqlx::MySqlPool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Most orders one sweeping transaction expires.
 const SWEEP_BATCH: u32 = 500;
 
+/// Most orders the sweeper sets aside (they fail every expiry on their own).
+const MAX_SET_ASIDE: usize = 256;
+/// How long a set-aside order is left before it is tried again.
+const SET_ASIDE_FOR: Duration = Duration::from_secs(600);
+
 /// Every `interval`, expires ACCEPTED orders past `expires_at` (database
 /// clock) and releases their units; keeps going while a round fills a whole
 /// batch. Safe with any number of workers: rows are claimed with
 /// `FOR UPDATE SKIP LOCKED` and every transition is conditional.
+///
+/// A batch that fails one of our checks (not an outage: some order's rows
+/// disagree with each other) is expired one by one; an order that fails on
+/// its own is logged once and set aside (left out of the batches for
+/// [`SET_ASIDE_FOR`]), so it never holds back the others.
 pub async fn run_sweeper(
     db: MySqlPool,
     interval: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let mut set_aside: Vec<OrderId> = Vec::new();
+    let mut set_aside_since = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+        if set_aside_since.elapsed() >= SET_ASIDE_FOR {
+            set_aside.clear();
+            set_aside_since = Instant::now();
+        }
         loop {
-            match db::retry_lock_conflicts(|| db::orders::expire_due(&db, SWEEP_BATCH)).await {
+            match db::retry_lock_conflicts(|| db::orders::expire_due(&db, SWEEP_BATCH, &set_aside))
+                .await
+            {
                 Ok(expired) if expired.is_empty() => break,
                 Ok(expired) => {
                     metrics
@@ -41,39 +60,51 @@ pub async fn run_sweeper(
                     tracing::warn!(error = %e, "sweeping expired reservations failed; retrying next round");
                     break;
                 }
-                // Not an outage: one order's rows break a check. Expire the
-                // batch one by one, so that one order never holds back the rest.
                 Err(e) => {
                     tracing::error!(error = %e, "sweeping a batch failed a check; expiring its orders one by one");
-                    let expired = sweep_one_by_one(&db).await;
+                    let (expired, failed) = sweep_one_by_one(&db, &set_aside).await;
                     metrics
                         .expired
                         .fetch_add(expired, std::sync::atomic::Ordering::Relaxed);
-                    break;
+                    let room = MAX_SET_ASIDE.saturating_sub(set_aside.len());
+                    let progress = !failed.is_empty() && room > 0;
+                    set_aside.extend(failed.into_iter().take(room));
+                    // With the culprits left out the batches work again;
+                    // without any, the failure is not one order's: next round.
+                    if !progress {
+                        break;
+                    }
                 }
             }
         }
     }
 }
 
-/// Expires the due orders of one batch, each in a transaction of its own;
-/// an order that fails is logged and left (the next round tries it again,
-/// one by one if it still fails the batch). Returns how many expired.
-async fn sweep_one_by_one(db: &MySqlPool) -> u64 {
-    let due = match db::orders::due(db, SWEEP_BATCH).await {
+/// Expires the due orders of one batch (but `set_aside`), each in a
+/// transaction of its own. Returns how many expired, and the orders that
+/// failed on their own (each logged).
+async fn sweep_one_by_one(db: &MySqlPool, set_aside: &[OrderId]) -> (u64, Vec<OrderId>) {
+    let due = match db::orders::due(db, SWEEP_BATCH, set_aside).await {
         Ok(due) => due,
         Err(e) => {
             tracing::warn!(error = %e, "reading the due reservations failed; retrying next round");
-            return 0;
+            return (0, Vec::new());
         }
     };
-    let mut expired = 0;
+    let (mut expired, mut failed) = (0, Vec::new());
     for id in due {
         match db::retry_lock_conflicts(|| db::orders::expire_order(db, id)).await {
             Ok(true) => expired += 1,
             Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, order_id = %id, "an order could not be expired"),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "expiring one by one failed; retrying next round");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, order_id = %id, "an order could not be expired; set aside for 10 minutes");
+                failed.push(id);
+            }
         }
     }
-    expired
+    (expired, failed)
 }

@@ -181,20 +181,25 @@ pub async fn create_order(
     // clock, with room for skew); the database clock decides.
     let opening = sale_start.is_some_and(|start| start > Utc::now() - CLOCK_SKEW);
 
-    // A retry with a key finds its order before admission control: shed
-    // means "nothing was recorded", which must not be said of an order
-    // that exists.
-    let earlier = match &key {
-        Some(key) => db::orders::find_keyed(&state.db, key).await?,
-        None => None,
-    };
     let new_id = state.outbox.new_id();
     let order_id = new_id.get();
     let mut waiting = None;
-    let (recorded, ticket) = match earlier {
-        Some(earlier) => (Ok(Recorded::from(earlier)), None),
-        None => {
-            let ticket = admit(&state, product, order_id)?;
+    let (recorded, ticket) = match admit(&state, product, order_id) {
+        // Shed means "nothing was recorded", which must not be said of an
+        // order that exists: a retry with a key is answered with its order.
+        Err(shed) => {
+            drop(new_id);
+            let earlier = match &key {
+                Some(key) => db::orders::find_keyed(&state.db, key).await?,
+                None => None,
+            };
+            let Some(earlier) = earlier else {
+                Metrics::inc(&state.publisher.metrics.orders_shed);
+                return Err(shed);
+            };
+            (Ok(Recorded::from(earlier)), None)
+        }
+        Ok(ticket) => {
             // Register before publishing so a fast decision cannot slip past.
             waiting = wait.map(|_| state.waiters.register(order_id));
             let recorded = state
@@ -309,25 +314,31 @@ pub async fn create_order(
     Ok(response)
 }
 
-/// Admits order `id` for `product`, or sheds it: its partition is past
-/// capacity, or the broker blocked this api (a memory or disk alarm).
+/// Admits order `id` for `product`, or says why it must be shed: its
+/// partition is past capacity, or the broker blocked this api (a memory or
+/// disk alarm). The caller counts what it sheds.
 fn admit(state: &AppState, product: ProductId, id: OrderId) -> Result<Ticket, ApiError> {
     if state.publisher.is_blocked() {
-        return Err(overloaded(state));
+        return Err(queue_full(state));
     }
     let partition = partition_of(product, state.config.order_partitions);
-    state.admission.admit(partition, id).map_err(|o| {
-        Metrics::inc(&state.publisher.metrics.orders_shed);
-        ApiError::Overloaded {
+    state
+        .admission
+        .admit(partition, id)
+        .map_err(|o| ApiError::Overloaded {
             retry_after: o.retry_after,
             message: "more orders than can be decided in time are waiting; nothing was recorded, retry after Retry-After".into(),
-        }
-    })
+        })
 }
 
-/// 503 `OVERLOADED` for an order that was not recorded.
+/// 503 `OVERLOADED` for an order that was not recorded, counted.
 fn overloaded(state: &AppState) -> ApiError {
     Metrics::inc(&state.publisher.metrics.orders_shed);
+    queue_full(state)
+}
+
+/// 503 `OVERLOADED`: the queue took no more.
+fn queue_full(state: &AppState) -> ApiError {
     ApiError::Overloaded {
         retry_after: (state.config.admission_max_delay / 2).max(Duration::from_secs(1)),
         message: "the order queue is full; nothing was recorded, retry after Retry-After".into(),

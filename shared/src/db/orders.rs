@@ -378,7 +378,7 @@ pub async fn find_keyed(
     if hash != key.request_hash {
         return Ok(Some(Recorded::KeyReused));
     }
-    // An order is never deleted once it was answered for.
+    // Gone since (deleted as unqueued, answered 503): no earlier order.
     Ok(fetch(pool, OrderId::from(id))
         .await?
         .map(Recorded::Existing))
@@ -714,31 +714,55 @@ async fn recount_holding(
 /// clock), releasing their units. Rows another sweeper (or a payment) holds
 /// are skipped, so any number of workers can sweep at once. Returns the
 /// orders expired.
-pub async fn expire_due(pool: &MySqlPool, limit: u32) -> Result<Vec<OrderId>, DbError> {
+pub async fn expire_due(
+    pool: &MySqlPool,
+    limit: u32,
+    set_aside: &[OrderId],
+) -> Result<Vec<OrderId>, DbError> {
     let mut tx = pool.begin().await?;
-    let due: Vec<Held> = sqlx::query_as(
+    let sql = format!(
         "SELECT id, product_id, total, buyer_id FROM orders \
-         WHERE status = 'ACCEPTED' AND expires_at <= NOW(6) \
+         WHERE status = 'ACCEPTED' AND expires_at <= NOW(6){} \
          ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED",
-    )
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await?;
+        not_among(set_aside)
+    );
+    let mut q = sqlx::query_as::<_, Held>(AssertSqlSafe(sql));
+    for id in set_aside {
+        q = q.bind(id.uuid());
+    }
+    let due: Vec<Held> = q.bind(limit).fetch_all(&mut *tx).await?;
     release(&mut tx, &due, "EXPIRED").await?;
     tx.commit().await?;
     Ok(due.into_iter().map(|(id, ..)| OrderId::from(id)).collect())
 }
 
-/// The first `limit` ACCEPTED orders past their `expires_at`, unlocked:
-/// for expiring them one by one with [`expire_order`] when a batch fails.
-pub async fn due(pool: &MySqlPool, limit: u32) -> Result<Vec<OrderId>, sqlx::Error> {
-    let due: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT id FROM orders WHERE status = 'ACCEPTED' AND expires_at <= NOW(6) \
+/// ` AND id NOT IN (?, …)` for `ids`, or nothing when there are none.
+fn not_among(ids: &[OrderId]) -> String {
+    if ids.is_empty() {
+        String::new()
+    } else {
+        format!(" AND id NOT IN ({})", placeholders(ids.len()))
+    }
+}
+
+/// The first `limit` ACCEPTED orders past their `expires_at` (but
+/// `set_aside`), unlocked: for expiring them one by one with
+/// [`expire_order`] when a batch fails.
+pub async fn due(
+    pool: &MySqlPool,
+    limit: u32,
+    set_aside: &[OrderId],
+) -> Result<Vec<OrderId>, sqlx::Error> {
+    let sql = format!(
+        "SELECT id FROM orders WHERE status = 'ACCEPTED' AND expires_at <= NOW(6){} \
          ORDER BY expires_at LIMIT ?",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+        not_among(set_aside)
+    );
+    let mut q = sqlx::query_as::<_, (Uuid,)>(AssertSqlSafe(sql));
+    for id in set_aside {
+        q = q.bind(id.uuid());
+    }
+    let due = q.bind(limit).fetch_all(pool).await?;
     Ok(due.into_iter().map(|(id,)| OrderId::from(id)).collect())
 }
 

@@ -10,13 +10,15 @@
 //! it has been acted on. So `MAX_CONNECTIONS` silent, trickling or kept-alive
 //! connections can never lock a new client out: when every slot is taken,
 //! the accept loop closes the one idle the longest ([`Registry::evict_oldest`])
-//! and the newcomer takes its place. Only busy connections, each bounded by
-//! `REQUEST_TIMEOUT`, make new ones wait.
+//! and the newcomer takes its place. (Closing lets hyper finish writing an
+//! answer still in the socket's buffer first.) Only busy connections, each
+//! bounded by `REQUEST_TIMEOUT`, make new ones wait.
 //!
 //! Bounded: one entry per open connection, at most `MAX_CONNECTIONS` (and
 //! the one the accept loop holds while it makes room).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -24,6 +26,8 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// Connections closed to make room, ever.
+    evicted: AtomicU64,
 }
 
 #[derive(Default)]
@@ -43,6 +47,9 @@ struct Entry {
     idle_rank: Option<u64>,
     /// Set once it was chosen to make room; it never becomes busy again.
     evicted: bool,
+    /// It has answered a request: the answer may still be in the socket's
+    /// buffer when it is chosen to make room.
+    answered: bool,
     /// Wakes the connection's task to close it.
     close: Arc<Notify>,
 }
@@ -69,6 +76,7 @@ impl Registry {
                 busy: 0,
                 idle_rank: Some(rank),
                 evicted: false,
+                answered: false,
                 close: close.clone(),
             },
         );
@@ -93,6 +101,7 @@ impl Registry {
         entry.idle_rank = None;
         entry.evicted = true;
         entry.close.notify_one();
+        self.evicted.fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -100,6 +109,11 @@ impl Registry {
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.lock();
         (inner.open.len(), inner.idle.len())
+    }
+
+    /// Connections closed to make room so far.
+    pub fn evictions(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -122,6 +136,16 @@ impl Registration {
     /// Resolves once the connection was chosen to make room.
     pub async fn evicted(&self) {
         self.close.notified().await
+    }
+
+    /// Whether it has answered a request (whose answer may not be written
+    /// out yet); a connection that never did has nothing to finish.
+    pub fn answered(&self) -> bool {
+        let inner = self.activity.registry.lock();
+        inner
+            .open
+            .get(&self.activity.id)
+            .is_some_and(|entry| entry.answered)
     }
 }
 
@@ -178,6 +202,7 @@ impl Drop for Busy {
             return;
         };
         entry.busy -= 1;
+        entry.answered = true;
         if entry.busy == 0 && !entry.evicted {
             entry.idle_rank = Some(rank);
             inner.idle.insert(rank, self.activity.id);
@@ -210,6 +235,7 @@ mod tests {
         // Only the busy one is left: nothing to evict.
         assert!(!registry.evict_oldest());
         assert_eq!(registry.counts(), (3, 0));
+        assert_eq!(registry.evictions(), 2);
         drop(busy);
         assert_eq!(registry.counts(), (3, 1));
         drop((first, second, third));
