@@ -49,8 +49,6 @@ pub const NOTICE_QUEUE_MAX_BYTES: u32 = 64 * 1024 * 1024;
 const PREFETCH: u16 = 64;
 /// Longest a handled notice waits for its acknowledgement.
 const ACK_DELAY: Duration = Duration::from_millis(20);
-/// How long the queue of an api that went away without deleting it stays.
-const UNUSED_FOR: Duration = Duration::from_secs(60);
 
 /// Listens on the decisions fanout through `{namespace}.decisions.{api_id}`
 /// and hands each notice to `listeners`; re-subscribes after every
@@ -66,8 +64,9 @@ pub async fn run_decision_listener(
     listen(link, topology, queue, |n| listeners.hear(n), shutdown).await
 }
 
-/// Listens on the decisions fanout through `queue` (exclusive to this
-/// api's broker connection, deleted with it) and calls `hear` with each notice, until
+/// Listens on the decisions fanout through `{queue}.{n}`, the `n`-th
+/// subscription's queue (exclusive to this api's broker connection, deleted
+/// with it) and calls `hear` with each notice, until
 /// `shutdown`; re-subscribes after every reconnection.
 ///
 /// Bounded at both ends: the queue holds at most [`NOTICE_QUEUE_MAX`]
@@ -82,7 +81,14 @@ pub async fn listen(
     mut hear: impl FnMut(&DecisionNotice),
     shutdown: CancellationToken,
 ) {
+    let mut subscriptions = 0u64;
     while let Some(conn) = link.connected(&shutdown).await {
+        // Exclusive: this connection's own, deleted with it (RabbitMQ 4
+        // refuses transient queues that are not), and named for it: a
+        // half-open earlier connection the broker has not dropped yet still
+        // holds the earlier name.
+        subscriptions += 1;
+        let name = format!("{queue}.{subscriptions}");
         let subscribed = async {
             let ch = conn.create_channel().await?;
             let mut arguments = FieldTable::default();
@@ -95,14 +101,8 @@ pub async fn listen(
                 "x-overflow".into(),
                 AMQPValue::LongString("drop-head".into()),
             );
-            arguments.insert(
-                "x-expires".into(),
-                AMQPValue::LongUInt(UNUSED_FOR.as_millis() as u32),
-            );
-            // Exclusive: this connection's own, deleted with it (RabbitMQ 4
-            // refuses transient queues that are not).
             ch.queue_declare(
-                queue.as_str().into(),
+                name.as_str().into(),
                 QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,
@@ -112,7 +112,7 @@ pub async fn listen(
             )
             .await?;
             ch.queue_bind(
-                queue.as_str().into(),
+                name.as_str().into(),
                 topology.decisions_exchange().into(),
                 "".into(),
                 QueueBindOptions::default(),
@@ -122,7 +122,7 @@ pub async fn listen(
             ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
             let consumer = ch
                 .basic_consume(
-                    queue.as_str().into(),
+                    name.as_str().into(),
                     "".into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),

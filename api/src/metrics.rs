@@ -132,7 +132,7 @@ impl Metrics {
         );
         w.gauge(
             "flashstock_api_connections_open",
-            "Client connections open on the public listener (at most MAX_CONNECTIONS).",
+            "Client connections open on the public listener (at most MAX_CONNECTIONS; up to 256 more may be closing).",
             gauges.connections.0 as u64,
         );
         w.gauge(

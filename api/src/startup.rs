@@ -234,9 +234,11 @@ fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// File descriptors kept back from client connections: the database pool,
-/// the broker, the metrics listener, logs.
-const RESERVED_FILES: u64 = 128;
+/// File descriptors kept back from client connections: the database pool
+/// (added below), the broker, logs, and the connections that linger while
+/// they close, here and on the metrics listener.
+const RESERVED_FILES: u64 =
+    128 + 2 * shared::http::serve::MAX_CLOSING as u64 + METRICS_CONNECTIONS as u64;
 
 /// `MAX_CONNECTIONS`, or fewer when the open-file limit (raised to its hard
 /// limit first) cannot hold that many beside what the api needs itself.

@@ -237,7 +237,8 @@ async fn trickled_requests_and_ten_thousand_held_connections_never_lock_a_client
 
     // Slowloris: request heads a byte a second (a header value that never
     // ends) on the full MAX_CONNECTIONS; and on 1,000 more, whole orders
-    // whose bodies come a byte a second, which must never be acted on.
+    // whose bodies come two bytes a second and are whole only after the
+    // deadline: they must never be acted on (the checker finds any).
     let product = *world.stock.keys().next().unwrap();
     let order = format!(r#"{{"product_id": {product}, "total": 1}}"#);
     let body_head: &'static [u8] = format!(
@@ -271,17 +272,21 @@ async fn trickled_requests_and_ten_thousand_held_connections_never_lock_a_client
                         .collect();
                     while !trickling.is_cancelled() {
                         for (stream, sent) in &mut streams {
-                            let byte = match sent {
-                                None => b'a',
+                            // A head a byte a second; an order's body two,
+                            // so it is whole after ~14 s: past the deadline,
+                            // within the phase.
+                            let bytes: &[u8] = match sent {
+                                None => b"a",
                                 Some(n) if *n < rest.len() => {
-                                    *n += 1;
-                                    rest[*n - 1]
+                                    let from = *n;
+                                    *n = (from + 2).min(rest.len());
+                                    &rest[from..*n]
                                 }
                                 Some(_) => continue,
                             };
                             let _ = tokio::time::timeout(
                                 Duration::from_millis(5),
-                                stream.write_all(&[byte]),
+                                stream.write_all(bytes),
                             )
                             .await;
                         }

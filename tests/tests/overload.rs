@@ -379,7 +379,7 @@ async fn an_api_that_falls_behind_on_notices_keeps_them_on_the_broker_and_bounde
     let ch = link.connection().unwrap().create_channel().await.unwrap();
     let counted = ch
         .queue_declare(
-            queue.as_str().into(),
+            format!("{queue}.1").into(),
             lapin::options::QueueDeclareOptions {
                 passive: true,
                 ..Default::default()

@@ -1,7 +1,7 @@
 //! The expiry sweeper: releases accepted orders nobody paid in time.
 
 use crate::metrics::Metrics;
-use shared::db;
+use shared::db::{self, DbError};
 use shared::domain::OrderId;
 use sqlx::MySqlPool;
 use std::sync::Arc;
@@ -23,28 +23,26 @@ const SET_ASIDE_FOR: Duration = Duration::from_secs(600);
 ///
 /// A batch that fails one of our checks (not an outage: some order's rows
 /// disagree with each other) is expired one by one; an order that fails on
-/// its own is logged once and set aside (left out of the batches for
-/// [`SET_ASIDE_FOR`]), so it never holds back the others.
+/// its own is logged and set aside (left out of the batches for
+/// [`SET_ASIDE_FOR`]), so it never holds back the others. Any other error
+/// waits for the next round.
 pub async fn run_sweeper(
     db: MySqlPool,
     interval: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut set_aside: Vec<OrderId> = Vec::new();
-    let mut set_aside_since = Instant::now();
+    // Orders set aside, with when; at most MAX_SET_ASIDE.
+    let mut set_aside: Vec<(OrderId, Instant)> = Vec::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        if set_aside_since.elapsed() >= SET_ASIDE_FOR {
-            set_aside.clear();
-            set_aside_since = Instant::now();
-        }
+        set_aside.retain(|(_, since)| since.elapsed() < SET_ASIDE_FOR);
         loop {
-            match db::retry_lock_conflicts(|| db::orders::expire_due(&db, SWEEP_BATCH, &set_aside))
-                .await
+            let skip: Vec<OrderId> = set_aside.iter().map(|(id, _)| *id).collect();
+            match db::retry_lock_conflicts(|| db::orders::expire_due(&db, SWEEP_BATCH, &skip)).await
             {
                 Ok(expired) if expired.is_empty() => break,
                 Ok(expired) => {
@@ -56,24 +54,29 @@ pub async fn run_sweeper(
                         break;
                     }
                 }
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, "sweeping expired reservations failed; retrying next round");
-                    break;
-                }
-                Err(e) => {
+                Err(e @ DbError::Inconsistent(_)) => {
                     tracing::error!(error = %e, "sweeping a batch failed a check; expiring its orders one by one");
-                    let (expired, failed) = sweep_one_by_one(&db, &set_aside).await;
+                    let (expired, failed) = sweep_one_by_one(&db, &skip).await;
                     metrics
                         .expired
                         .fetch_add(expired, std::sync::atomic::Ordering::Relaxed);
                     let room = MAX_SET_ASIDE.saturating_sub(set_aside.len());
                     let progress = !failed.is_empty() && room > 0;
-                    set_aside.extend(failed.into_iter().take(room));
+                    for id in failed.into_iter().take(room) {
+                        tracing::error!(order_id = %id, "an order fails every expiry; set aside for 10 minutes");
+                        set_aside.push((id, Instant::now()));
+                    }
                     // With the culprits left out the batches work again;
                     // without any, the failure is not one order's: next round.
                     if !progress {
                         break;
                     }
+                }
+                // An outage, or the database refusing (read only during a
+                // failover, a permission): the next round tries again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweeping expired reservations failed; retrying next round");
+                    break;
                 }
             }
         }
@@ -82,7 +85,8 @@ pub async fn run_sweeper(
 
 /// Expires the due orders of one batch (but `set_aside`), each in a
 /// transaction of its own. Returns how many expired, and the orders that
-/// failed on their own (each logged).
+/// failed one of our checks on their own (each logged); stops at any other
+/// error.
 async fn sweep_one_by_one(db: &MySqlPool, set_aside: &[OrderId]) -> (u64, Vec<OrderId>) {
     let due = match db::orders::due(db, SWEEP_BATCH, set_aside).await {
         Ok(due) => due,
@@ -96,13 +100,13 @@ async fn sweep_one_by_one(db: &MySqlPool, set_aside: &[OrderId]) -> (u64, Vec<Or
         match db::retry_lock_conflicts(|| db::orders::expire_order(db, id)).await {
             Ok(true) => expired += 1,
             Ok(false) => {}
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "expiring one by one failed; retrying next round");
-                break;
+            Err(e @ DbError::Inconsistent(_)) => {
+                tracing::error!(error = %e, order_id = %id, "an order could not be expired");
+                failed.push(id);
             }
             Err(e) => {
-                tracing::error!(error = %e, order_id = %id, "an order could not be expired; set aside for 10 minutes");
-                failed.push(id);
+                tracing::warn!(error = %e, "expiring one by one failed; retrying next round");
+                break;
             }
         }
     }

@@ -184,19 +184,12 @@ pub async fn create_order(
     let new_id = state.outbox.new_id();
     let order_id = new_id.get();
     let mut waiting = None;
+    // Kept for a shed below: the key goes with the submission.
+    let retried = key.clone();
     let (recorded, ticket) = match admit(&state, product, order_id) {
-        // Shed means "nothing was recorded", which must not be said of an
-        // order that exists: a retry with a key is answered with its order.
         Err(shed) => {
             drop(new_id);
-            let earlier = match &key {
-                Some(key) => db::orders::find_keyed(&state.db, key).await?,
-                None => None,
-            };
-            let Some(earlier) = earlier else {
-                Metrics::inc(&state.publisher.metrics.orders_shed);
-                return Err(shed);
-            };
+            let earlier = unless_recorded(&state, retried.as_ref(), shed).await?;
             (Ok(Recorded::from(earlier)), None)
         }
         Ok(ticket) => {
@@ -231,7 +224,13 @@ pub async fn create_order(
         Recorded::New(row) => (row, false),
         Recorded::Existing(row) => (row, true),
         Recorded::KeyReused => return Err(crate::idempotency::reused()),
-        Recorded::Shed => return Err(overloaded(&state)),
+        Recorded::Shed => {
+            let shed = queue_full(&state);
+            match unless_recorded(&state, retried.as_ref(), shed).await? {
+                db::orders::Recorded::Existing(row) => (row, true),
+                _ => return Err(crate::idempotency::reused()),
+            }
+        }
     };
     let id = OrderId::from(row.id);
     let waiting = match waiting {
@@ -314,9 +313,36 @@ pub async fn create_order(
     Ok(response)
 }
 
+/// Shed means "nothing was recorded", which must not be said of an order
+/// that exists: a submission about to be shed whose `key` recorded an
+/// order earlier is answered with that order (or told the key was used for
+/// another request); otherwise `shed` is counted and returned.
+async fn unless_recorded(
+    state: &AppState,
+    key: Option<&db::orders::IdempotencyKey>,
+    shed: ApiError,
+) -> Result<db::orders::Recorded, ApiError> {
+    let earlier = match key {
+        Some(key) => db::orders::find_keyed(&state.db, key).await,
+        None => Ok(None),
+    };
+    match earlier {
+        Ok(Some(earlier)) => Ok(earlier),
+        Ok(None) => {
+            Metrics::inc(&state.publisher.metrics.orders_shed);
+            Err(shed)
+        }
+        // Not recorded now either: shed, and the database's trouble said.
+        Err(e) => {
+            Metrics::inc(&state.publisher.metrics.orders_shed);
+            Err(e.into())
+        }
+    }
+}
+
 /// Admits order `id` for `product`, or says why it must be shed: its
 /// partition is past capacity, or the broker blocked this api (a memory or
-/// disk alarm). The caller counts what it sheds.
+/// disk alarm). The caller counts what it sheds ([`unless_recorded`]).
 fn admit(state: &AppState, product: ProductId, id: OrderId) -> Result<Ticket, ApiError> {
     if state.publisher.is_blocked() {
         return Err(queue_full(state));
@@ -329,12 +355,6 @@ fn admit(state: &AppState, product: ProductId, id: OrderId) -> Result<Ticket, Ap
             retry_after: o.retry_after,
             message: "more orders than can be decided in time are waiting; nothing was recorded, retry after Retry-After".into(),
         })
-}
-
-/// 503 `OVERLOADED` for an order that was not recorded, counted.
-fn overloaded(state: &AppState) -> ApiError {
-    Metrics::inc(&state.publisher.metrics.orders_shed);
-    queue_full(state)
 }
 
 /// 503 `OVERLOADED`: the queue took no more.

@@ -360,9 +360,9 @@ pub enum Recorded {
 
 /// The order an earlier submission with `key` recorded: `Existing` (the
 /// same request), `KeyReused` (another request), or `None` when the key is
-/// new. A retry is answered from this before admission control, so a
-/// client whose answer was lost never hears "nothing was recorded" for an
-/// order that exists.
+/// new. A submission about to be shed asks this first, so a client whose
+/// answer was lost never hears "nothing was recorded" for an order that
+/// exists.
 pub async fn find_keyed(
     pool: &MySqlPool,
     key: &IdempotencyKey,

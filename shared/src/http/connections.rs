@@ -14,8 +14,10 @@
 //! answer still in the socket's buffer first.) Only busy connections, each
 //! bounded by `REQUEST_TIMEOUT`, make new ones wait.
 //!
-//! Bounded: one entry per open connection, at most `MAX_CONNECTIONS` (and
-//! the one the accept loop holds while it makes room).
+//! Bounded: one entry per open connection, at most `MAX_CONNECTIONS`
+//! (a connection gets its entry with its slot; one closed to make room
+//! leaves the registry at once, and may linger up to a second, at most 256
+//! of them, finishing an answer: see `serve`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -33,8 +33,9 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// answer already produced (hyper flushes it, then closes).
 const EVICTION_GRACE: Duration = Duration::from_secs(1);
 /// Most connections given that grace at once; past it they are dropped at
-/// once. Closing ones hold no slot, so they never slow a newcomer.
-const MAX_CLOSING: usize = 256;
+/// once. Closing ones hold no slot, so they never slow a newcomer (but they
+/// hold file descriptors: count them when sizing against the open-file limit).
+pub const MAX_CLOSING: usize = 256;
 /// How often the accept loop, waiting for a slot, closes more idle
 /// connections.
 const EVICTION_PACE: Duration = Duration::from_millis(10);
@@ -80,17 +81,29 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) if crate::limits::is_out_of_files(&e) => {
-                // Out of file descriptors: the connection idle the longest
-                // gives its own back, as at MAX_CONNECTIONS.
-                if !registry.evict_oldest() {
+                // Out of file descriptors: the connections idle the longest
+                // give theirs back, as at MAX_CONNECTIONS.
+                let mut evicted = 0;
+                while evicted < EVICT_AT_ONCE && registry.evict_oldest() {
+                    evicted += 1;
+                }
+                if evicted == 0 {
                     tracing::warn!(error = %e, "out of file descriptors with every connection busy");
                 }
                 tokio::time::sleep(EVICTION_PACE).await;
                 continue;
             }
             Err(e) => {
-                // A connection reset before it was accepted: pause rather than spin.
-                tracing::debug!(error = %e, "accepting a connection failed");
+                // A connection reset before it was accepted is routine;
+                // anything else (out of memory or buffers) is worth a line.
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) {
+                    tracing::debug!(error = %e, "a connection went away before it was accepted");
+                } else {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
