@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 /// `response`, whose connection stays busy until its body has been written
 /// (and dropped).
 pub fn track(response: Response, busy: Busy) -> Response {
+    busy.writing();
     response.map(|inner| Body::new(Tracked { inner, _busy: busy }))
 }
 

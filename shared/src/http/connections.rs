@@ -11,8 +11,12 @@
 //! connections can never lock a new client out: when every slot is taken,
 //! the accept loop closes the one idle the longest ([`Registry::evict_oldest`])
 //! and the newcomer takes its place. (Closing lets hyper finish writing an
-//! answer still in the socket's buffer first.) Only busy connections, each
-//! bounded by `REQUEST_TIMEOUT`, make new ones wait.
+//! answer still in the socket's buffer first.) When none is idle, a
+//! connection whose answer its client has not taken within the write
+//! timeout (`HEADER_READ_TIMEOUT`) gives way instead: a client that never
+//! reads cannot hold a slot. Only busy connections that are handling a
+//! request (bounded by `REQUEST_TIMEOUT`) or whose clients are reading make
+//! new ones wait.
 //!
 //! Bounded: one entry per open connection, at most `MAX_CONNECTIONS`
 //! (a connection gets its entry with its slot; one closed to make room
@@ -22,6 +26,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// The open connections, idle and busy. Cheap to share.
@@ -52,6 +57,9 @@ struct Entry {
     /// It has answered a request: the answer may still be in the socket's
     /// buffer when it is chosen to make room.
     answered: bool,
+    /// Since when its answer has been ready to write, while it is busy
+    /// writing it (a client that does not read keeps it there).
+    writing_since: Option<Instant>,
     /// Wakes the connection's task to close it.
     close: Arc<Notify>,
 }
@@ -79,6 +87,7 @@ impl Registry {
                 idle_rank: Some(rank),
                 evicted: false,
                 answered: false,
+                writing_since: None,
                 close: close.clone(),
             },
         );
@@ -91,15 +100,34 @@ impl Registry {
         }
     }
 
-    /// Closes the connection idle the longest, if there is one: it is told
-    /// to close and never starts another request. False when every open
-    /// connection is busy.
-    pub fn evict_oldest(&self) -> bool {
+    /// Closes the connection idle the longest, if there is one, or else the
+    /// one whose answer has waited longest (more than `write_timeout`) for
+    /// its client to read it: it is told to close and never starts another
+    /// request. False when every open connection is busy handling a request
+    /// or writing an answer its client is taking.
+    pub fn evict_oldest(&self, write_timeout: Duration) -> bool {
         let mut inner = self.lock();
-        let Some((_, id)) = inner.idle.pop_first() else {
-            return false;
+        let id = match inner.idle.pop_first() {
+            Some((_, id)) => id,
+            // Only when every connection is busy: a scan of them all.
+            None => {
+                let stuck = inner
+                    .open
+                    .iter()
+                    .filter(|(_, e)| !e.evicted)
+                    .filter_map(|(id, e)| Some((e.writing_since?, *id)))
+                    .filter(|(since, _)| since.elapsed() > write_timeout)
+                    .min();
+                let Some((_, id)) = stuck else {
+                    return false;
+                };
+                id
+            }
         };
-        let entry = inner.open.get_mut(&id).expect("an idle connection is open");
+        let entry = inner
+            .open
+            .get_mut(&id)
+            .expect("an evicted connection is open");
         entry.idle_rank = None;
         entry.evicted = true;
         entry.close.notify_one();
@@ -196,6 +224,17 @@ pub struct Busy {
     activity: Activity,
 }
 
+impl Busy {
+    /// The answer is ready: from now on the client must take it within the
+    /// write timeout, or its connection may be closed for a newcomer.
+    pub fn writing(&self) {
+        let mut inner = self.activity.registry.lock();
+        if let Some(entry) = inner.open.get_mut(&self.activity.id) {
+            entry.writing_since.get_or_insert_with(Instant::now);
+        }
+    }
+}
+
 impl Drop for Busy {
     fn drop(&mut self) {
         let mut inner = self.activity.registry.lock();
@@ -205,6 +244,7 @@ impl Drop for Busy {
         };
         entry.busy -= 1;
         entry.answered = true;
+        entry.writing_since = None;
         if entry.busy == 0 && !entry.evicted {
             entry.idle_rank = Some(rank);
             inner.idle.insert(rank, self.activity.id);
@@ -226,16 +266,16 @@ mod tests {
         drop(first.activity().begin().expect("not evicted"));
         // The third is busy.
         let busy = third.activity().begin().expect("not evicted");
-        assert!(registry.evict_oldest());
+        assert!(registry.evict_oldest(Duration::MAX));
         // The second was idle the longest.
         assert!(second.activity().begin().is_none());
         assert!(first.activity().begin().is_some());
         // The first is busy again (its guard dropped above made it idle,
         // the one just taken made it busy and was dropped: idle again).
-        assert!(registry.evict_oldest());
+        assert!(registry.evict_oldest(Duration::MAX));
         assert!(first.activity().begin().is_none());
         // Only the busy one is left: nothing to evict.
-        assert!(!registry.evict_oldest());
+        assert!(!registry.evict_oldest(Duration::MAX));
         assert_eq!(registry.counts(), (3, 0));
         assert_eq!(registry.evictions(), 2);
         drop(busy);
@@ -244,11 +284,31 @@ mod tests {
         assert_eq!(registry.counts(), (0, 0));
     }
 
+    #[test]
+    fn a_connection_whose_answer_is_not_taken_gives_way_once_every_other_is_busy() {
+        let registry = Arc::new(Registry::default());
+        let handling = registry.open();
+        let writing = registry.open();
+        let _handled = handling.activity().begin().unwrap();
+        let written = writing.activity().begin().unwrap();
+        written.writing();
+        // Within the write timeout: nothing to evict.
+        assert!(!registry.evict_oldest(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(registry.evict_oldest(Duration::from_millis(10)));
+        assert!(
+            writing.activity().begin().is_none(),
+            "the stuck writer went"
+        );
+        // The one still handling its request is never chosen.
+        assert!(!registry.evict_oldest(Duration::ZERO));
+    }
+
     #[tokio::test]
     async fn an_evicted_connection_hears_it() {
         let registry = Arc::new(Registry::default());
         let connection = registry.open();
-        assert!(registry.evict_oldest());
+        assert!(registry.evict_oldest(Duration::MAX));
         tokio::time::timeout(std::time::Duration::from_secs(1), connection.evicted())
             .await
             .expect("told to close");

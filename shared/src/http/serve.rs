@@ -9,8 +9,9 @@
 //! alike (`HEADER_READ_TIMEOUT`). The router bounds the rest: the api's
 //! `receive` layer the body, its `REQUEST_TIMEOUT` layer the handling.
 //!
-//! At most `max_connections` are open; when all are, the connection idle
-//! the longest are closed to make room, a few at once (see
+//! At most `max_connections` are open; when all are, the connections idle
+//! the longest (or, when none is idle, whose answers their clients have
+//! not taken for `HEADER_READ_TIMEOUT`) are closed to make room, a few at once (see
 //! [`super::connections`]), and more every 10 ms until a slot frees, so a flood of silent sockets delays
 //! a real client by a few accepts, not by a timeout. Running out of file
 //! descriptors is met the same way.
@@ -46,7 +47,8 @@ const EVICT_AT_ONCE: usize = 8;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// `HEADER_READ_TIMEOUT`: from the connection's opening, or its previous
-    /// answer, to a whole request head.
+    /// answer, to a whole request head; and how long a client may take to
+    /// read an answer before its connection may be closed for a newcomer.
     pub header_read_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
@@ -84,7 +86,7 @@ pub async fn serve(
                 // Out of file descriptors: the connections idle the longest
                 // give theirs back, as at MAX_CONNECTIONS.
                 let mut evicted = 0;
-                while evicted < EVICT_AT_ONCE && registry.evict_oldest() {
+                while evicted < EVICT_AT_ONCE && registry.evict_oldest(limits.header_read_timeout) {
                     evicted += 1;
                 }
                 if evicted == 0 {
@@ -108,7 +110,8 @@ pub async fn serve(
                 continue;
             }
         };
-        // A free slot, or the slot of the connection idle the longest.
+        // A free slot, or the slot of the connection idle the longest (or
+        // whose answer waits longest for its client).
         let slot = loop {
             if let Ok(slot) = slots.clone().try_acquire_owned() {
                 break Some(slot);
@@ -116,7 +119,7 @@ pub async fn serve(
             // A few at once: a flood's next accepts then find their slots
             // free instead of each waiting for one connection to close.
             for _ in 0..EVICT_AT_ONCE {
-                if !registry.evict_oldest() {
+                if !registry.evict_oldest(limits.header_read_timeout) {
                     break;
                 }
             }
