@@ -29,6 +29,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// How long a connection is idle before it may be closed to make room: a
+/// client's request may already be in its socket while a flood of accepts
+/// keeps its task from reading it.
+pub const MIN_IDLE: Duration = Duration::from_millis(250);
+
 /// The open connections, idle and busy. Cheap to share.
 #[derive(Default)]
 pub struct Registry {
@@ -41,8 +46,9 @@ pub struct Registry {
 struct Inner {
     /// Hands out connection ids and idle ranks, both increasing.
     next: u64,
-    /// Idle connections by rank: the first went idle the longest ago.
-    idle: BTreeMap<u64, u64>,
+    /// Idle connections by rank, with when they went idle: the first went
+    /// idle the longest ago.
+    idle: BTreeMap<u64, (u64, Instant)>,
     /// Every open connection, by id.
     open: HashMap<u64, Entry>,
 }
@@ -79,7 +85,7 @@ impl Registry {
         let mut inner = self.lock();
         let id = inner.rank();
         let rank = inner.rank();
-        inner.idle.insert(rank, id);
+        inner.idle.insert(rank, (id, Instant::now()));
         inner.open.insert(
             id,
             Entry {
@@ -107,8 +113,21 @@ impl Registry {
     /// or writing an answer its client is taking.
     pub fn evict_oldest(&self, write_timeout: Duration) -> bool {
         let mut inner = self.lock();
-        let id = match inner.idle.pop_first() {
-            Some((_, id)) => id,
+        let oldest = inner
+            .idle
+            .first_key_value()
+            .map(|(rank, (_, since))| (*rank, *since));
+        let id = match oldest {
+            // Idle long enough to have sent a request it meant to send.
+            Some((rank, since)) if since.elapsed() >= MIN_IDLE => {
+                inner
+                    .idle
+                    .remove(&rank)
+                    .expect("the first idle connection")
+                    .0
+            }
+            // A burst of newcomers: none has had the time to speak yet.
+            Some(_) => return false,
             // Only when every connection is busy: a scan of them all.
             None => {
                 let stuck = inner
@@ -247,7 +266,7 @@ impl Drop for Busy {
         entry.writing_since = None;
         if entry.busy == 0 && !entry.evicted {
             entry.idle_rank = Some(rank);
-            inner.idle.insert(rank, self.activity.id);
+            inner.idle.insert(rank, (self.activity.id, Instant::now()));
         }
     }
 }
@@ -266,12 +285,16 @@ mod tests {
         drop(first.activity().begin().expect("not evicted"));
         // The third is busy.
         let busy = third.activity().begin().expect("not evicted");
+        // Nobody has been idle long enough to be closed yet.
+        assert!(!registry.evict_oldest(Duration::MAX));
+        std::thread::sleep(MIN_IDLE);
         assert!(registry.evict_oldest(Duration::MAX));
         // The second was idle the longest.
         assert!(second.activity().begin().is_none());
         assert!(first.activity().begin().is_some());
         // The first is busy again (its guard dropped above made it idle,
         // the one just taken made it busy and was dropped: idle again).
+        std::thread::sleep(MIN_IDLE);
         assert!(registry.evict_oldest(Duration::MAX));
         assert!(first.activity().begin().is_none());
         // Only the busy one is left: nothing to evict.
@@ -308,6 +331,7 @@ mod tests {
     async fn an_evicted_connection_hears_it() {
         let registry = Arc::new(Registry::default());
         let connection = registry.open();
+        tokio::time::sleep(MIN_IDLE).await;
         assert!(registry.evict_oldest(Duration::MAX));
         tokio::time::timeout(std::time::Duration::from_secs(1), connection.evicted())
             .await

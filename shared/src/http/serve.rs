@@ -10,8 +10,9 @@
 //! `receive` layer the body, its `REQUEST_TIMEOUT` layer the handling.
 //!
 //! At most `max_connections` are open; when all are, the connections idle
-//! the longest (or, when none is idle, whose answers their clients have
-//! not taken for `HEADER_READ_TIMEOUT`) are closed to make room, a few at once (see
+//! the longest (for at least [`super::connections::MIN_IDLE`]; or, when
+//! none is idle, whose answers their clients have not taken for
+//! `HEADER_READ_TIMEOUT`) are closed to make room, a few at once (see
 //! [`super::connections`]), and more every 10 ms until a slot frees, so a flood of silent sockets delays
 //! a real client by a few accepts, not by a timeout. Running out of file
 //! descriptors is met the same way.
