@@ -324,10 +324,10 @@ pub struct IdempotencyKey {
 }
 
 impl IdempotencyKey {
-    /// After an insert with this key hit the unique index of `table` (whose
-    /// rows carry `idempotency_key` and `request_hash`): the id of the row an
-    /// earlier request with this key wrote, `None` when that request was
-    /// another one (the key is reused).
+    /// The id of the row of `table` (whose rows carry `idempotency_key` and
+    /// `request_hash`) an earlier request with this key wrote, `None` when
+    /// that request was another one (the key is reused), `RowNotFound` when
+    /// there is none.
     pub async fn earlier<Id>(
         &self,
         pool: &MySqlPool,
@@ -367,17 +367,13 @@ pub async fn find_keyed(
     pool: &MySqlPool,
     key: &IdempotencyKey,
 ) -> Result<Option<Recorded>, sqlx::Error> {
-    let found: Option<(Uuid, Vec<u8>)> =
-        sqlx::query_as("SELECT id, request_hash FROM orders WHERE idempotency_key = ?")
-            .bind(&key.key)
-            .fetch_optional(pool)
-            .await?;
-    let Some((id, hash)) = found else {
-        return Ok(None);
+    let earlier = match key.earlier::<Uuid>(pool, "orders").await {
+        Err(sqlx::Error::RowNotFound) => return Ok(None),
+        found => found?,
     };
-    if hash != key.request_hash {
+    let Some(id) = earlier else {
         return Ok(Some(Recorded::KeyReused));
-    }
+    };
     // Gone since (deleted as unqueued, answered 503): no earlier order.
     Ok(fetch(pool, OrderId::from(id))
         .await?
@@ -419,13 +415,7 @@ pub async fn record(
         }
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             drop(tx);
-            let Some(existing) = key.earlier::<Uuid>(pool, "orders").await? else {
-                return Ok(Recorded::KeyReused);
-            };
-            let row = fetch(pool, OrderId::from(existing))
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            Ok(Recorded::Existing(row))
+            find_keyed(pool, key).await?.ok_or(sqlx::Error::RowNotFound)
         }
         Err(e) => Err(e),
     }

@@ -148,12 +148,12 @@ pub async fn serve(
         connections.spawn(async move {
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
-            let grace = tokio::select! {
+            let draining = tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
-                    None
+                    false
                 }
                 // Idle: nothing of it is being acted on. An answer it was
                 // given may still be in the socket's buffer: hyper finishes
@@ -170,12 +170,12 @@ pub async fn serve(
                     }
                     return;
                 }
-                _ = stop.cancelled() => Some(Duration::MAX),
+                _ = stop.cancelled() => true,
             };
-            if let Some(grace) = grace {
+            if draining {
                 conn.as_mut().graceful_shutdown();
-                if let Ok(Err(e)) = tokio::time::timeout(grace, conn).await {
-                    tracing::debug!(error = %e, "connection ended with an error while closing");
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error while draining");
                 }
             }
             // Out of the registry before the slot frees, so the registry
