@@ -142,6 +142,8 @@ struct Loop {
     outbox: Outbox,
     sold_out: SoldOut,
     api_id: Arc<str>,
+    /// Whether orders rejected on the spot get their events (`ORDER_EVENTS`).
+    events: bool,
 }
 
 impl Recorder {
@@ -152,6 +154,7 @@ impl Recorder {
         outbox: Outbox,
         sold_out: SoldOut,
         api_id: &str,
+        events: bool,
     ) -> Self {
         // Four batches' worth may wait (a few tens of milliseconds of
         // recording): past that, recording is the bottleneck, and a new
@@ -164,6 +167,7 @@ impl Recorder {
             outbox,
             sold_out,
             api_id: api_id.into(),
+            events,
         };
         tokio::spawn(recording.run(rx));
         Self { jobs: tx }
@@ -274,7 +278,16 @@ impl Loop {
             .collect();
         opening.sort_unstable();
         opening.dedup();
-        match db::orders::insert_many(&self.db, &orders, &check, &opening, &self.api_id).await {
+        match db::orders::insert_many(
+            &self.db,
+            &orders,
+            &check,
+            &opening,
+            &self.api_id,
+            self.events,
+        )
+        .await
+        {
             Ok(inserted) => {
                 self.sold_out.clear(&inserted.available);
                 for (job, row) in plain.into_iter().zip(inserted.rows) {

@@ -144,6 +144,7 @@ impl Application {
                 outbox.clone(),
                 sold_out,
                 &api_id,
+                config.order_events,
             ),
             db,
             publisher,

@@ -165,6 +165,25 @@ pub struct Topology {
     delivery_limit: u32,
     max_length: u32,
     quorum_group_size: Option<u16>,
+    events: EventsRetention,
+}
+
+/// How long and how large the events stream may grow.
+#[derive(Debug, Clone, Copy)]
+pub struct EventsRetention {
+    /// Events older than this are dropped (a segment at a time).
+    pub max_age: Duration,
+    /// Past this size the oldest segments are dropped.
+    pub max_bytes: u64,
+}
+
+impl Default for EventsRetention {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 2_000_000_000,
+        }
+    }
 }
 
 impl Topology {
@@ -178,7 +197,14 @@ impl Topology {
             delivery_limit,
             max_length,
             quorum_group_size: None,
+            events: EventsRetention::default(),
         }
+    }
+
+    /// Declares a new events stream with `retention`.
+    pub fn with_events_retention(mut self, retention: EventsRetention) -> Self {
+        self.events = retention;
+        self
     }
 
     /// Declares new partition and dead-letter queues with `size` replicas
@@ -199,6 +225,10 @@ impl Topology {
             config.queue_max_length,
         )
         .with_quorum_group_size(config.quorum_initial_group_size)
+        .with_events_retention(EventsRetention {
+            max_age: config.events_max_age,
+            max_bytes: config.events_max_bytes,
+        })
     }
 
     /// Number of partition queues.
@@ -234,6 +264,16 @@ impl Topology {
     /// The fanout exchange for decision announcements.
     pub fn decisions_exchange(&self) -> String {
         format!("{}.decisions", self.namespace)
+    }
+
+    /// The stream of order events.
+    pub fn events_stream(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    /// The deployment's name, which every name above starts with.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     /// Declares everything, idempotently. Refuses when the broker already has
@@ -303,6 +343,10 @@ impl Topology {
             )
             .await?;
         }
+        let other;
+        (ch, other) =
+            declare_queue(conn, ch, &self.events_stream(), self.events_arguments()).await?;
+        older |= other;
         if older {
             tracing::warn!(
                 namespace = %self.namespace,
@@ -322,6 +366,39 @@ impl Topology {
             AMQPValue::LongInt(self.max_length.min(i32::MAX as u32) as i32),
         );
         self.add_group_size(&mut args);
+        args
+    }
+
+    /// A stream, its retention bounded by age and size; replicated on as
+    /// many nodes as the quorum queues.
+    fn events_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+        args.insert(
+            "x-max-age".into(),
+            AMQPValue::LongString(format!("{}s", self.events.max_age.as_secs().max(1)).into()),
+        );
+        let bytes = self.events.max_bytes.min(i64::MAX as u64);
+        args.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(bytes as i64),
+        );
+        // Retention drops whole segments: several per stream, so it keeps
+        // close to the limit.
+        let segment = (bytes / 8).clamp(100_000, 500_000_000);
+        args.insert(
+            "x-stream-max-segment-size-bytes".into(),
+            AMQPValue::LongLongInt(segment as i64),
+        );
+        if let Some(size) = self.quorum_group_size {
+            args.insert(
+                "x-initial-cluster-size".into(),
+                AMQPValue::LongInt(size.into()),
+            );
+        }
         args
     }
 
@@ -685,6 +762,7 @@ mod tests {
         assert_eq!(t.partition_queue(3), "fs.orders.3");
         assert_eq!(t.dead_letter_queue(), "fs.orders.dead");
         assert_eq!(t.decisions_exchange(), "fs.decisions");
+        assert_eq!(t.events_stream(), "fs.events");
     }
 
     #[test]

@@ -97,6 +97,14 @@ pub struct Config {
     /// `CORS_ALLOWED_ORIGINS`: origins (`https://shop.example`) whose pages
     /// may call the api from a browser, or `*` for any; empty: no CORS.
     pub cors_allowed_origins: Vec<String>,
+    /// `ORDER_EVENTS`: `on` records every transition's event and publishes
+    /// it to the events stream; `off` records and publishes none.
+    pub order_events: bool,
+    /// `EVENTS_MAX_AGE`: how long the events stream keeps an event.
+    pub events_max_age: Duration,
+    /// `EVENTS_MAX_BYTES`: how large the events stream may grow before its
+    /// oldest events are dropped.
+    pub events_max_bytes: u64,
 }
 
 /// `BUYER_JWT_*`: buyers' bearer tokens are JWTs from the shop's identity
@@ -172,6 +180,9 @@ impl std::fmt::Debug for Config {
             api_metrics_addr,
             buyer_jwt,
             cors_allowed_origins,
+            order_events,
+            events_max_age,
+            events_max_bytes,
         } = self;
         f.debug_struct("Config")
             .field("database_url", &without_password(database_url))
@@ -203,6 +214,9 @@ impl std::fmt::Debug for Config {
             .field("api_metrics_addr", api_metrics_addr)
             .field("buyer_jwt", buyer_jwt)
             .field("cors_allowed_origins", cors_allowed_origins)
+            .field("order_events", order_events)
+            .field("events_max_age", events_max_age)
+            .field("events_max_bytes", events_max_bytes)
             .finish()
     }
 }
@@ -288,6 +302,13 @@ impl Config {
                 given => Some(parse(given)?),
             },
             cors_allowed_origins: origins(get("CORS_ALLOWED_ORIGINS", ""))?,
+            order_events: switch(get("ORDER_EVENTS", "on"))?,
+            events_max_age: duration(get("EVENTS_MAX_AGE", "7days"))?,
+            events_max_bytes: number(
+                get("EVENTS_MAX_BYTES", "2000000000"),
+                1_000_000,
+                1_000_000_000_000_000,
+            )?,
             buyer_jwt: buyer_jwt(
                 get("BUYER_JWT_SECRET", ""),
                 get("BUYER_JWT_PUBLIC_KEY_FILE", ""),
@@ -501,6 +522,18 @@ fn duration_or_zero((variable, value): (&'static str, String)) -> Result<Duratio
         return Ok(Duration::ZERO);
     }
     duration((variable, value))
+}
+
+/// `on` or `off`.
+fn switch((variable, value): (&'static str, String)) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(ConfigError {
+            variable,
+            message: format!("{value:?}: use on or off"),
+        }),
+    }
 }
 
 fn namespace((variable, value): (&'static str, String)) -> Result<String, ConfigError> {

@@ -14,6 +14,9 @@ pub const API_AFTER_RECORD: &str = "api-after-record";
 pub const WORKER_BEFORE_COMMIT: &str = "worker-before-commit";
 /// A worker committed its decisions and has not acknowledged the messages.
 pub const WORKER_AFTER_COMMIT: &str = "worker-after-commit";
+/// The events publisher had a round of events confirmed by the stream and
+/// has not deleted them from the outbox.
+pub const EVENTS_AFTER_CONFIRM: &str = "events-after-confirm";
 
 /// Kills this process with SIGKILL if the fault point `name` is armed and
 /// this is the arrival it is armed for.

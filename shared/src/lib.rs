@@ -7,6 +7,7 @@
 //! - [`broker`]: RabbitMQ names, topology and a self-healing connection.
 //! - [`partition`]: which partition a product's orders go to.
 //! - [`message`]: what travels over the broker.
+//! - [`events`]: order events (CloudEvents) on the events stream.
 //! - [`telemetry`]: logging setup.
 //! - [`http`]: serving HTTP/1.1 so that no idle, slow or silent client can take a listener down.
 //! - [`limits`]: the process's open-file limit.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error_code;
+pub mod events;
 pub mod fault;
 pub mod http;
 pub mod limits;

@@ -381,11 +381,30 @@ pub struct Report {
     pub oversold: usize,
     /// From the end of the load to nothing PENDING, in milliseconds.
     pub drain_ms: u128,
+    /// Events read from the events stream (duplicates included), when
+    /// it was checked.
+    pub events: usize,
+    /// Of those, events published again.
+    pub event_duplicates: usize,
     /// What broke, one line each (empty when everything held).
     pub findings: Vec<String>,
 }
 
 impl Report {
+    /// Adds the events check ([`crate::events::check`]): the stream of
+    /// `topology` on `amqp_url` against the database.
+    pub async fn check_events(
+        &mut self,
+        db: &MySqlPool,
+        amqp_url: &str,
+        topology: &shared::broker::Topology,
+    ) {
+        let events = crate::events::check(db, amqp_url, topology, Duration::from_secs(60)).await;
+        self.events = events.read;
+        self.event_duplicates = events.duplicates;
+        self.findings.extend(events.findings);
+    }
+
     /// Panics with the findings unless every property held.
     pub fn assert_holds(&self) {
         eprintln!(

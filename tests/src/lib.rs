@@ -12,6 +12,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod events;
 pub mod process;
 pub mod proxy;
 pub mod services;
@@ -551,6 +552,7 @@ pub async fn delete_broker_objects(topology: &Topology) {
             .map(|p| topology.partition_queue(p))
             .collect();
         queues.push(topology.dead_letter_queue());
+        queues.push(topology.events_stream());
         for q in queues {
             let _ = ch
                 .queue_delete(q.into(), QueueDeleteOptions::default())

@@ -105,7 +105,7 @@ impl World {
     /// Stops the sale and checks it lost nothing.
     async fn finish(self, fault: &str) {
         let submissions = self.load.stop().await;
-        checker::check(
+        let mut report = checker::check(
             fault,
             &self.app.db,
             &submissions,
@@ -113,8 +113,15 @@ impl World {
             self.sampler,
             Duration::from_secs(120),
         )
-        .await
-        .assert_holds();
+        .await;
+        report
+            .check_events(
+                &self.app.db,
+                &self.app.config.amqp_url,
+                &self.app.topology(),
+            )
+            .await;
+        report.assert_holds();
         self.app.assert_invariants().await;
     }
 }

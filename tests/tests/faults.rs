@@ -89,7 +89,10 @@ async fn finish(
     stock: &HashMap<u64, i64>,
 ) -> Report {
     let submissions = load.stop().await;
-    let report = checker::check(fault, &app.db, &submissions, stock, sampler, DRAIN).await;
+    let mut report = checker::check(fault, &app.db, &submissions, stock, sampler, DRAIN).await;
+    report
+        .check_events(&app.db, &app.config.amqp_url, &app.topology())
+        .await;
     report.assert_holds();
     report
 }
@@ -156,6 +159,43 @@ async fn a_worker_killed_after_commit_before_ack_decides_nothing_twice() {
             .await
             > 0.0,
         "the redelivered orders reached the survivor"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_publisher_killed_after_the_stream_confirmed_loses_and_invents_nothing() {
+    // It publishes its 20th round of events, has it confirmed, and dies
+    // before deleting those rows from the outbox.
+    let (app, stock) = world().await;
+    let mut doomed = app.spawn_worker_process_with(&[(
+        "FLASHSTOCK_FAULT",
+        format!("{}@20", fault::EVENTS_AFTER_CONFIRM),
+    )]);
+    let deadline = Instant::now() + PROGRESS;
+    while doomed.metric("flashstock_events_publisher").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first worker never published events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let steady = app.spawn_worker_process();
+    let (load, sampler) = start_load(&app, &stock, &Target::new(&app.address));
+    killed_at_fault_point(&mut doomed).await;
+    load.wait_for_more(1000, PROGRESS).await;
+    let report = finish(
+        "SIGKILL events publisher after confirm, before delete",
+        &app,
+        load,
+        sampler,
+        &stock,
+    )
+    .await;
+    // The survivor took the lock over and published that round again.
+    assert_eq!(steady.metric("flashstock_events_publisher").await, 1.0);
+    assert!(
+        report.event_duplicates > 0,
+        "the confirmed round was never published again"
     );
 }
 

@@ -84,9 +84,14 @@ async fn a_worker_whose_lease_was_taken_cannot_commit() {
         product_id: ProductId::new(product as i64).unwrap(),
         total: Quantity::new(1, 10).unwrap(),
     };
-    let fenced = worker::decide::decide_fenced(&app.db, &[order], Duration::from_secs(60), &old)
-        .await
-        .unwrap();
+    let fenced = worker::decide::decide_fenced(
+        &app.db,
+        &[order],
+        worker::decide::Terms::new(Duration::from_secs(60)),
+        &old,
+    )
+    .await
+    .unwrap();
     assert!(fenced.is_none(), "the old owner was fenced off");
     let status: (String,) = sqlx::query_as("SELECT status FROM orders WHERE id = ?")
         .bind(id)
@@ -95,9 +100,14 @@ async fn a_worker_whose_lease_was_taken_cannot_commit() {
         .unwrap();
     assert_eq!(status.0, "PENDING", "nothing was written");
 
-    let decided = worker::decide::decide_fenced(&app.db, &[order], Duration::from_secs(60), &new)
-        .await
-        .unwrap();
+    let decided = worker::decide::decide_fenced(
+        &app.db,
+        &[order],
+        worker::decide::Terms::new(Duration::from_secs(60)),
+        &new,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         decided.unwrap().decisions[0].outcome,
         worker::decide::Outcome::Accepted
@@ -323,7 +333,9 @@ async fn one_transaction_decides_each_partition_under_its_own_epoch() {
             lease: &lost,
         },
     ];
-    let decided = decide_fenced_groups(&app.db, &groups, long).await.unwrap();
+    let decided = decide_fenced_groups(&app.db, &groups, worker::decide::Terms::new(long))
+        .await
+        .unwrap();
     let outcomes = |i: usize| -> Vec<Outcome> {
         decided[i]
             .as_ref()

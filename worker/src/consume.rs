@@ -316,7 +316,7 @@ async fn reject_failed(
     lease: &Lease,
 ) -> Result<Decided, SessionError> {
     tracing::error!(order_id = %order.order_id, product_id = %order.product_id, "an order cannot be decided; rejecting it DECISION_FAILED");
-    match reject_undecidable(&ctx.db, order.order_id, lease).await {
+    match reject_undecidable(&ctx.db, order.order_id, lease, ctx.config.order_events).await {
         Ok(Some(decision)) => {
             Metrics::inc(&ctx.metrics.decision_failed);
             Ok(Decided {
@@ -459,7 +459,14 @@ async fn handle_dead_letter(
     for order in orders {
         let mut delays = retry_policy().build();
         loop {
-            match reject_dead_lettered(&ctx.db, order.order_id, &ctx.worker_id).await {
+            match reject_dead_lettered(
+                &ctx.db,
+                order.order_id,
+                &ctx.worker_id,
+                ctx.config.order_events,
+            )
+            .await
+            {
                 Ok(rejected) => {
                     tracing::warn!(order_id = %order.order_id, product_id = %order.product_id, rejected, "order dead-lettered");
                     if rejected {

@@ -3,10 +3,12 @@
 //! Plain database code, callable from tests without RabbitMQ.
 
 use chrono::{DateTime, Utc};
+use shared::db::events as db_events;
 use shared::db::leases::{self, Lease};
 use shared::db::script::{Answer, Script, Session};
 use shared::db::{DbError, padded, padded_len};
 use shared::domain::{OrderId, OrderStatus, ProductId, reason};
+use shared::events::Kind;
 use shared::message::{DecidedOrder, OrderMessage};
 use sqlx::mysql::MySqlRow;
 use sqlx::{AssertSqlSafe, MySqlConnection, Row as _};
@@ -72,6 +74,26 @@ pub struct Decided {
     pub sold_out: Vec<ProductId>,
 }
 
+/// What every deciding transaction is told.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms {
+    /// How long an accepted order holds its units (`RESERVATION_TTL`).
+    pub reservation_ttl: Duration,
+    /// Whether each decision (and each product it sells out) is recorded
+    /// in the events outbox (`ORDER_EVENTS`).
+    pub events: bool,
+}
+
+impl Terms {
+    /// Reservations held for `reservation_ttl`, events recorded.
+    pub fn new(reservation_ttl: Duration) -> Self {
+        Self {
+            reservation_ttl,
+            events: true,
+        }
+    }
+}
+
 /// One partition's orders, in arrival order, and the lease they are decided
 /// under.
 #[derive(Debug, Clone, Copy)]
@@ -93,14 +115,14 @@ pub struct Group<'a> {
 pub async fn decide_batch(
     tx: &mut MySqlConnection,
     orders: &[OrderMessage],
-    reservation_ttl: Duration,
+    terms: Terms,
     decider: &Lease,
 ) -> Result<Decided, DbError> {
     let group = Group {
         orders,
         lease: decider,
     };
-    Ok(decide_groups(tx, &[group], reservation_ttl)
+    Ok(decide_groups(tx, &[group], terms)
         .await?
         .pop()
         .unwrap_or_default())
@@ -118,7 +140,7 @@ pub async fn decide_batch(
 pub async fn decide_groups(
     tx: &mut MySqlConnection,
     groups: &[Group<'_>],
-    reservation_ttl: Duration,
+    terms: Terms,
 ) -> Result<Vec<Decided>, DbError> {
     let plan = Plan::new(groups);
     if plan.ids.is_empty() {
@@ -129,9 +151,9 @@ pub async fn decide_groups(
     let answers = reads.run(&mut *tx).await?;
     let mut locked = plan.locked(&mut *tx, &answers).await?;
     let live = vec![true; groups.len()];
-    let (mut decided, writes, expected) = plan.decide(groups, &live, &mut locked, reservation_ttl);
+    let (mut decided, writes, expected) = plan.decide(groups, &live, &mut locked, terms);
     let at = check_written(&writes.run(&mut *tx).await?, &expected)?;
-    stamp(&mut decided, at, reservation_ttl);
+    stamp(&mut decided, at, terms.reservation_ttl);
     Ok(decided.into_iter().flatten().collect())
 }
 
@@ -279,7 +301,7 @@ impl Plan {
         groups: &[Group<'_>],
         live: &[bool],
         locked: &mut Locked,
-        reservation_ttl: Duration,
+        terms: Terms,
     ) -> (Vec<Option<Decided>>, Script, Vec<Option<u64>>) {
         let before: BTreeMap<u64, i64> = locked.stock.iter().map(|(p, (_, r))| (*p, *r)).collect();
         let mut written = Written::default();
@@ -340,7 +362,7 @@ impl Plan {
         // One decision time for the whole transaction, read back with the
         // writes, so the notices can carry it.
         writes.sql("SET @decided_at = NOW(6)").end();
-        let expected = written.push(&mut writes, reservation_ttl);
+        let expected = written.push(&mut writes, terms.reservation_ttl);
         let reserved: Vec<(u64, i64)> = locked
             .stock
             .iter()
@@ -394,10 +416,49 @@ impl Plan {
             // One row inserted or two changed per holding: not checked.
             expected.push(None);
         }
+        if terms.events && push_events(&mut writes, &out, locked, &before) {
+            // One row per event, by construction: not checked.
+            expected.push(None);
+        }
         writes.sql("SELECT CAST(@decided_at AS DATETIME(6))").end();
         expected.push(None);
         (out, writes, expected)
     }
+}
+
+/// Appends the events outbox rows of this transaction's decisions, and of
+/// the products it sold out (available before it, none after); false
+/// when there are none.
+fn push_events(
+    writes: &mut Script,
+    decided: &[Option<Decided>],
+    locked: &Locked,
+    reserved_before: &BTreeMap<u64, i64>,
+) -> bool {
+    let orders: Vec<(Uuid, u64, Kind)> = decided
+        .iter()
+        .flatten()
+        .flat_map(|d| &d.decisions)
+        .filter_map(|d| {
+            let kind = match d.outcome {
+                Outcome::Accepted => Kind::Accepted,
+                Outcome::Rejected(_) => Kind::Rejected,
+                Outcome::AlreadyDecided | Outcome::Unknown => return None,
+            };
+            let row = locked.rows.get(&d.order_id.uuid())?;
+            Some((d.order_id.uuid(), row.product, kind))
+        })
+        .collect();
+    let sold_out: Vec<u64> = locked
+        .stock
+        .iter()
+        .filter(|(product, (stored, reserved))| {
+            let before = reserved_before.get(product).copied().unwrap_or(*reserved);
+            stored - before > 0 && stored - reserved <= 0
+        })
+        .map(|(product, _)| *product)
+        .collect();
+    db_events::push_decided(writes, &orders, &sold_out, "@decided_at")
 }
 
 /// An outcome (`None`: accepted; else the reason rejected) and its decider.
@@ -713,11 +774,11 @@ const HOLDINGS_PER_QUERY: usize = 4096;
 pub async fn decide_fenced(
     db: &sqlx::MySqlPool,
     orders: &[OrderMessage],
-    reservation_ttl: Duration,
+    terms: Terms,
     lease: &Lease,
 ) -> Result<Option<Decided>, DbError> {
     let group = Group { orders, lease };
-    Ok(decide_fenced_groups(db, &[group], reservation_ttl)
+    Ok(decide_fenced_groups(db, &[group], terms)
         .await?
         .pop()
         .flatten())
@@ -734,7 +795,7 @@ pub async fn decide_fenced(
 pub async fn decide_fenced_groups(
     db: &sqlx::MySqlPool,
     groups: &[Group<'_>],
-    reservation_ttl: Duration,
+    terms: Terms,
 ) -> Result<Vec<Option<Decided>>, DbError> {
     if groups.is_empty() {
         return Ok(Vec::new());
@@ -757,12 +818,11 @@ pub async fn decide_fenced_groups(
         .collect::<Result<_, _>>()?;
     let decided = if live.contains(&true) && !plan.ids.is_empty() {
         let mut locked = plan.locked(session.conn(), answers).await?;
-        let (mut decided, writes, expected) =
-            plan.decide(groups, &live, &mut locked, reservation_ttl);
+        let (mut decided, writes, expected) = plan.decide(groups, &live, &mut locked, terms);
         // Checked before the commit: a write that missed a locked row is a
         // bug, and its transaction must not commit.
         let at = check_written(&writes.run(session.conn()).await?, &expected)?;
-        stamp(&mut decided, at, reservation_ttl);
+        stamp(&mut decided, at, terms.reservation_ttl);
         shared::fault::point(shared::fault::WORKER_BEFORE_COMMIT);
         sqlx::raw_sql("COMMIT").execute(session.conn()).await?;
         decided
@@ -782,6 +842,7 @@ pub async fn reject_undecidable(
     db: &sqlx::MySqlPool,
     order: OrderId,
     lease: &Lease,
+    events: bool,
 ) -> Result<Option<Decision>, sqlx::Error> {
     let mut tx = db.begin().await?;
     if !leases::check_fence(&mut tx, lease).await? {
@@ -797,6 +858,9 @@ pub async fn reject_undecidable(
     .bind(order.uuid())
     .execute(&mut *tx)
     .await?;
+    if events && result.rows_affected() == 1 {
+        db_events::record_orders(&mut tx, Kind::Rejected, &[order.uuid()]).await?;
+    }
     tx.commit().await?;
     Ok(Some(Decision {
         order_id: order,
@@ -815,7 +879,9 @@ pub async fn reject_dead_lettered(
     db: &sqlx::MySqlPool,
     order: OrderId,
     decider: &str,
+    events: bool,
 ) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
     let result = sqlx::query(
         "UPDATE orders SET status = 'REJECTED', reason = ?, decided_at = NOW(6), decided_by = ? \
          WHERE id = ? AND status = 'PENDING'",
@@ -823,7 +889,12 @@ pub async fn reject_dead_lettered(
     .bind(reason::DEAD_LETTERED)
     .bind(decider)
     .bind(order.uuid())
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
-    Ok(result.rows_affected() == 1)
+    let rejected = result.rows_affected() == 1;
+    if events && rejected {
+        db_events::record_orders(&mut tx, Kind::Rejected, &[order.uuid()]).await?;
+    }
+    tx.commit().await?;
+    Ok(rejected)
 }

@@ -11,12 +11,11 @@
 //! Each consumer waits for its answer before it acks and takes its next
 //! batch, so a partition's orders are still decided in arrival order.
 
-use crate::decide::{Decided, Group, decide_fenced, decide_fenced_groups};
+use crate::decide::{Decided, Group, Terms, decide_fenced, decide_fenced_groups};
 use shared::db::DbError;
 use shared::db::leases::Lease;
 use shared::message::OrderMessage;
 use sqlx::MySqlPool;
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most partition batches one transaction takes.
@@ -41,10 +40,10 @@ pub struct Decider {
 
 impl Decider {
     /// Starts the loop on `db`; it ends when every `Decider` is dropped.
-    pub fn start(db: MySqlPool, reservation_ttl: Duration) -> Self {
+    pub fn start(db: MySqlPool, terms: Terms) -> Self {
         // One request in flight per partition consumer at most.
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run(db, reservation_ttl, rx));
+        tokio::spawn(run(db, terms, rx));
         Self { requests: tx }
     }
 
@@ -66,7 +65,7 @@ impl Decider {
     }
 }
 
-async fn run(db: MySqlPool, ttl: Duration, mut requests: mpsc::Receiver<Request>) {
+async fn run(db: MySqlPool, ttl: Terms, mut requests: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_GROUPS);
     while requests.recv_many(&mut batch, MAX_GROUPS).await > 0 {
         let taken: Vec<Request> = std::mem::take(&mut batch);

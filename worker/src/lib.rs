@@ -7,12 +7,14 @@
 //! - [`notify`]: decision notices, published over a connection of their own.
 //! - [`metrics`]: counters and histograms served at `/metrics`.
 //! - [`sweep`]: expiry of accepted orders nobody paid in time.
+//! - [`events`]: the events outbox published to the events stream (one worker at a time).
 //! - [`Worker`]: builds everything from the configuration and runs it.
 
 pub mod backlog;
 pub mod consume;
 pub mod decide;
 pub mod decider;
+pub mod events;
 pub mod metrics;
 pub mod notify;
 pub mod ownership;
@@ -32,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 /// A worker, connected and ready to consume.
 pub struct Worker {
     ctx: Arc<Context>,
+    /// Publishes the events outbox (when `ORDER_EVENTS` is on).
+    events: Option<events::Publisher>,
     metrics_listener: TcpListener,
     shutdown: CancellationToken,
 }
@@ -77,8 +81,21 @@ impl Worker {
             )
         })?;
         let topology_for_notices = topology.clone();
-        let decider = decider::Decider::start(db.clone(), config.reservation_ttl);
+        let events = config.order_events.then(|| events::Publisher {
+            db: db.clone(),
+            link: notify_link.clone(),
+            topology: topology.clone(),
+            metrics: metrics.clone(),
+        });
+        let decider = decider::Decider::start(
+            db.clone(),
+            decide::Terms {
+                reservation_ttl: config.reservation_ttl,
+                events: config.order_events,
+            },
+        );
         Ok(Self {
+            events,
             ctx: Arc::new(Context {
                 db,
                 link,
@@ -115,9 +132,13 @@ impl Worker {
         tasks.spawn(ownership::run_coordinator(self.ctx.clone(), stop.clone()));
         tasks.spawn(consume::run_dead_letters(self.ctx.clone(), stop.clone()));
         tasks.spawn(backlog::run_backlog(self.ctx.clone(), stop.clone()));
+        if let Some(events) = self.events {
+            tasks.spawn(events.run(stop.clone()));
+        }
         tasks.spawn(sweep::run_sweeper(
             self.ctx.db.clone(),
             self.ctx.config.sweep_interval,
+            self.ctx.config.order_events,
             self.ctx.metrics.clone(),
             stop.clone(),
         ));

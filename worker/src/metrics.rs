@@ -48,6 +48,18 @@ pub struct Metrics {
     pub decision_latency: Histogram,
     /// Orders per deciding transaction.
     pub batch_size: Histogram,
+    /// Events published to the events stream and confirmed.
+    pub events_published: AtomicU64,
+    /// Rounds of events the broker did not confirm (kept, published again).
+    pub events_failures: AtomicU64,
+    /// Whether this worker is the one publishing events (1) or not (0).
+    pub events_publisher: AtomicU64,
+    /// Events waiting in the outbox, as last read by the publisher.
+    pub events_outbox: AtomicU64,
+    /// Seconds since the oldest event waiting in the outbox happened.
+    pub events_outbox_oldest: AtomicU64,
+    /// Seconds from a transition's commit to its event's confirmation.
+    pub events_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -69,6 +81,12 @@ impl Default for Metrics {
             database_up: AtomicU64::new(1),
             decision_latency: Histogram::new(&LATENCY_BOUNDS),
             batch_size: Histogram::new(&BATCH_BOUNDS),
+            events_published: AtomicU64::new(0),
+            events_failures: AtomicU64::new(0),
+            events_publisher: AtomicU64::new(0),
+            events_outbox: AtomicU64::new(0),
+            events_outbox_oldest: AtomicU64::new(0),
+            events_lag: Histogram::new(&LATENCY_BOUNDS),
         }
     }
 }
@@ -173,6 +191,36 @@ impl Metrics {
             "flashstock_worker_batch_size",
             "Orders per deciding transaction.",
             &self.batch_size,
+        );
+        w.counter(
+            "flashstock_events_published_total",
+            "Order events published to the events stream and confirmed by the broker.",
+            &[("", &self.events_published)],
+        );
+        w.counter(
+            "flashstock_events_publish_failures_total",
+            "Rounds of events the broker did not confirm in time (kept in the outbox and published again).",
+            &[("", &self.events_failures)],
+        );
+        w.gauge(
+            "flashstock_events_publisher",
+            "Whether this worker is the one publishing order events (1) or not (0).",
+            self.events_publisher.load(Ordering::Relaxed),
+        );
+        w.gauge(
+            "flashstock_events_outbox",
+            "Order events waiting in the outbox, as last read by the publishing worker (every 5 s).",
+            self.events_outbox.load(Ordering::Relaxed),
+        );
+        w.gauge(
+            "flashstock_events_outbox_oldest_seconds",
+            "Seconds since the oldest event waiting in the outbox happened, as last read by the publishing worker.",
+            self.events_outbox_oldest.load(Ordering::Relaxed),
+        );
+        w.histogram(
+            "flashstock_events_lag_seconds",
+            "Seconds from a transition's commit (database clock) to its event's confirmation by the events stream.",
+            &self.events_lag,
         );
         w.finish()
     }

@@ -17,7 +17,8 @@ const MAX_SET_ASIDE: usize = 256;
 const SET_ASIDE_FOR: Duration = Duration::from_secs(600);
 
 /// Every `interval`, expires ACCEPTED orders past `expires_at` (database
-/// clock) and releases their units; keeps going while a round fills a whole
+/// clock) and releases their units (with `events`, recording each
+/// expiry's event); keeps going while a round fills a whole
 /// batch. Safe with any number of workers: rows are claimed with
 /// `FOR UPDATE SKIP LOCKED` and every transition is conditional.
 ///
@@ -29,6 +30,7 @@ const SET_ASIDE_FOR: Duration = Duration::from_secs(600);
 pub async fn run_sweeper(
     db: MySqlPool,
     interval: Duration,
+    events: bool,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -42,7 +44,10 @@ pub async fn run_sweeper(
         set_aside.retain(|(_, since)| since.elapsed() < SET_ASIDE_FOR);
         loop {
             let skip: Vec<OrderId> = set_aside.iter().map(|(id, _)| *id).collect();
-            match db::retry_lock_conflicts(|| db::orders::expire_due(&db, SWEEP_BATCH, &skip)).await
+            match db::retry_lock_conflicts(|| {
+                db::orders::expire_due(&db, SWEEP_BATCH, &skip, events)
+            })
+            .await
             {
                 Ok(expired) if expired.is_empty() => break,
                 Ok(expired) => {
@@ -56,7 +61,7 @@ pub async fn run_sweeper(
                 }
                 Err(e @ DbError::Inconsistent(_)) => {
                     tracing::error!(error = %e, "sweeping a batch failed a check; expiring its orders one by one");
-                    let (expired, failed) = sweep_one_by_one(&db, &skip).await;
+                    let (expired, failed) = sweep_one_by_one(&db, &skip, events).await;
                     metrics
                         .expired
                         .fetch_add(expired, std::sync::atomic::Ordering::Relaxed);
@@ -87,7 +92,11 @@ pub async fn run_sweeper(
 /// transaction of its own. Returns how many expired, and the orders that
 /// failed one of our checks on their own (each logged); stops at any other
 /// error.
-async fn sweep_one_by_one(db: &MySqlPool, set_aside: &[OrderId]) -> (u64, Vec<OrderId>) {
+async fn sweep_one_by_one(
+    db: &MySqlPool,
+    set_aside: &[OrderId],
+    events: bool,
+) -> (u64, Vec<OrderId>) {
     let due = match db::orders::due(db, SWEEP_BATCH, set_aside).await {
         Ok(due) => due,
         Err(e) => {
@@ -97,7 +106,7 @@ async fn sweep_one_by_one(db: &MySqlPool, set_aside: &[OrderId]) -> (u64, Vec<Or
     };
     let (mut expired, mut failed) = (0, Vec::new());
     for id in due {
-        match db::retry_lock_conflicts(|| db::orders::expire_order(db, id)).await {
+        match db::retry_lock_conflicts(|| db::orders::expire_order(db, id, events)).await {
             Ok(true) => expired += 1,
             Ok(false) => {}
             Err(e @ DbError::Inconsistent(_)) => {

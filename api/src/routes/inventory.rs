@@ -137,7 +137,7 @@ pub async fn put_inventory(
     )?)?;
     let fresh =
         |row: &InventoryRow| check_if_match(&headers, &Inventory::from(row.clone())).is_ok();
-    match inventory::set_stock(&state.db, id, stock, fresh).await? {
+    match inventory::set_stock(&state.db, id, stock, fresh, state.config.order_events).await? {
         SetStock::Done(row) => {
             let inventory = Inventory::from(row);
             Ok(with_etag(respond(StatusCode::OK, &inventory), &inventory))

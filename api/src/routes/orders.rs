@@ -495,7 +495,10 @@ pub async fn pay_order(
     let request = format!("pay {id}");
     let key = crate::idempotency::key(&headers, caller.key_scope().as_deref(), request.as_bytes())?;
     // Pay, cancel and the sweeper lock the same rows; a lost deadlock is retried.
-    let result = db::retry_lock_conflicts(|| db::orders::pay(&state.db, id, key.as_ref())).await?;
+    let result = db::retry_lock_conflicts(|| {
+        db::orders::pay(&state.db, id, key.as_ref(), state.config.order_events)
+    })
+    .await?;
     transition_response(id, "pay", result)
 }
 
@@ -537,8 +540,10 @@ pub async fn cancel_order(
     }
     let request = format!("cancel {id}");
     let key = crate::idempotency::key(&headers, caller.key_scope().as_deref(), request.as_bytes())?;
-    let result =
-        db::retry_lock_conflicts(|| db::orders::cancel(&state.db, id, key.as_ref())).await?;
+    let result = db::retry_lock_conflicts(|| {
+        db::orders::cancel(&state.db, id, key.as_ref(), state.config.order_events)
+    })
+    .await?;
     if matches!(result, Transition::Done(_)) {
         // Cancelled while PENDING, it will get no decision notice; it
         // leaves admission without counting as a decision.

@@ -54,6 +54,7 @@ pub async fn set_stock(
     id: ProductId,
     stock: Stock,
     precondition: impl FnOnce(&InventoryRow) -> bool,
+    events: bool,
 ) -> Result<SetStock, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let current: Option<InventoryRow> =
@@ -75,6 +76,10 @@ pub async fn set_stock(
         .bind(id.get())
         .execute(&mut *tx)
         .await?;
+    if events {
+        let delta = stock.get() - row.stored_stock;
+        super::events::record_crossing(&mut tx, id.get(), delta).await?;
+    }
     tx.commit().await?;
     row.stored_stock = stock.get();
     Ok(SetStock::Done(row))

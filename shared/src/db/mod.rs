@@ -2,6 +2,7 @@
 //! queries both binaries share, one module per table.
 
 pub mod apis;
+pub mod events;
 pub mod invariants;
 pub mod inventory;
 pub mod leases;

@@ -7,6 +7,7 @@ use super::DbError;
 use super::script::Script;
 use super::{padded, padded_len, placeholders};
 use crate::domain::{OrderId, OrderStatus, ProductId, Quantity};
+use crate::events::Kind;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, FromRow, MySqlExecutor, MySqlPool, Row as _};
 use uuid::Uuid;
@@ -113,6 +114,7 @@ pub async fn insert_many(
     check: &[ProductId],
     opening: &[ProductId],
     recorded_by: &str,
+    events: bool,
 ) -> Result<Inserted, DbError> {
     use crate::domain::reason;
     if orders.is_empty() {
@@ -191,11 +193,20 @@ pub async fn insert_many(
         s.text(recorded_by).sql(")");
     });
     insert.end();
+    // The orders rejected on the spot are decided: their events go with them.
+    let rejected: Vec<_> = orders
+        .iter()
+        .filter(|o| refused.contains_key(&o.product.get()))
+        .map(|o| (o.id.uuid(), o.product.get(), crate::events::Kind::Rejected))
+        .collect();
+    let told = events && super::events::push_decided(&mut insert, &rejected, &[], "@recorded_at");
     insert.sql("SELECT CAST(@recorded_at AS DATETIME(6))").end();
     let answers = insert.run(&mut conn).await?;
-    // The INSERT's answer, then the time's (after the SET, when it is here).
+    // The INSERT's answer, the events' when they are here, then the time's
+    // (after the SET, when it is here).
     let answers = &answers[usize::from(!reading).min(answers.len())..];
     let inserted = answers.first().map_or(0, |a| a.affected);
+    let answers = &answers[usize::from(told).min(answers.len())..];
     if inserted != orders.len() as u64 {
         return Err(DbError::Inconsistent(format!(
             "recorded {inserted} of {} orders",
@@ -476,6 +487,7 @@ pub async fn pay(
     pool: &MySqlPool,
     id: OrderId,
     key: Option<&IdempotencyKey>,
+    events: bool,
 ) -> Result<Transition, DbError> {
     let mut tx = pool.begin().await?;
     if let Some(key) = key
@@ -488,7 +500,7 @@ pub async fn pay(
     };
     let accepted = locked.status == "ACCEPTED";
     if accepted && locked.expired {
-        release(&mut tx, &[locked.held(id)], "EXPIRED").await?;
+        release(&mut tx, &[locked.held(id)], Kind::Expired, events).await?;
     } else if accepted {
         sqlx::query("UPDATE orders SET status = 'PAID', closed_at = NOW(6) WHERE id = ? AND status = 'ACCEPTED'")
             .bind(id.uuid())
@@ -503,6 +515,9 @@ pub async fn pay(
         .bind(locked.product)
         .execute(&mut *tx)
         .await?;
+        if events {
+            super::events::record_orders(&mut tx, Kind::Paid, &[id.uuid()]).await?;
+        }
     }
     let row = fetch(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
     // Paid, or expired on the spot: kept with its key. Anything else changed
@@ -525,6 +540,7 @@ pub async fn cancel(
     pool: &MySqlPool,
     id: OrderId,
     key: Option<&IdempotencyKey>,
+    events: bool,
 ) -> Result<Transition, DbError> {
     let mut tx = pool.begin().await?;
     if let Some(key) = key
@@ -537,7 +553,7 @@ pub async fn cancel(
     };
     let done = match locked.status.as_str() {
         "ACCEPTED" => {
-            release(&mut tx, &[locked.held(id)], "CANCELLED").await?;
+            release(&mut tx, &[locked.held(id)], Kind::Cancelled, events).await?;
             true
         }
         "PENDING" => {
@@ -545,6 +561,9 @@ pub async fn cancel(
                 .bind(id.uuid())
                 .execute(&mut *tx)
                 .await?;
+            if events {
+                super::events::record_orders(&mut tx, Kind::Cancelled, &[id.uuid()]).await?;
+            }
             true
         }
         _ => false,
@@ -602,18 +621,22 @@ async fn lock(tx: &mut sqlx::MySqlConnection, id: OrderId) -> Result<Option<Lock
     }))
 }
 
-/// Moves locked ACCEPTED orders to `status` (CANCELLED or EXPIRED) and
-/// gives their units back: to availability, and off their buyers'
-/// holdings. The inventory rows are locked (in product order) before any
-/// holding, as in the deciding transaction, so the two cannot deadlock.
+/// Moves locked ACCEPTED orders to `kind`'s status (CANCELLED or EXPIRED)
+/// and gives their units back: to availability, and off their buyers'
+/// holdings; with `events`, records the orders' events and each product
+/// that is available again. The inventory rows are locked (in product
+/// order) before any holding, as in the deciding transaction, so the two
+/// cannot deadlock.
 async fn release(
     tx: &mut sqlx::MySqlConnection,
     orders: &[Held],
-    status: &'static str,
+    kind: Kind,
+    events: bool,
 ) -> Result<(), DbError> {
     if orders.is_empty() {
         return Ok(());
     }
+    let status = kind.status().map_or("", OrderStatus::as_str);
     let sql = format!(
         "UPDATE orders SET status = ?, closed_at = NOW(6) WHERE status = 'ACCEPTED' AND id IN ({})",
         placeholders(padded_len(orders.len()))
@@ -645,6 +668,13 @@ async fn release(
         .bind(product)
         .execute(&mut *tx)
         .await?;
+        if events {
+            super::events::record_crossing(&mut *tx, product, units).await?;
+        }
+    }
+    if events {
+        let ids: Vec<Uuid> = orders.iter().map(|(id, ..)| *id).collect();
+        super::events::record_orders(&mut *tx, kind, &ids).await?;
     }
     for ((product, buyer), units) in per_buyer {
         let changed = sqlx::query(
@@ -708,6 +738,7 @@ pub async fn expire_due(
     pool: &MySqlPool,
     limit: u32,
     set_aside: &[OrderId],
+    events: bool,
 ) -> Result<Vec<OrderId>, DbError> {
     let mut tx = pool.begin().await?;
     let sql = format!(
@@ -721,7 +752,7 @@ pub async fn expire_due(
         q = q.bind(id.uuid());
     }
     let due: Vec<Held> = q.bind(limit).fetch_all(&mut *tx).await?;
-    release(&mut tx, &due, "EXPIRED").await?;
+    release(&mut tx, &due, Kind::Expired, events).await?;
     tx.commit().await?;
     Ok(due.into_iter().map(|(id, ..)| OrderId::from(id)).collect())
 }
@@ -758,7 +789,7 @@ pub async fn due(
 
 /// Expires order `id` alone, if it is still ACCEPTED and past its
 /// `expires_at` (and nobody else holds it): true when it was.
-pub async fn expire_order(pool: &MySqlPool, id: OrderId) -> Result<bool, DbError> {
+pub async fn expire_order(pool: &MySqlPool, id: OrderId, events: bool) -> Result<bool, DbError> {
     let mut tx = pool.begin().await?;
     let due: Vec<Held> = sqlx::query_as(
         "SELECT id, product_id, total, buyer_id FROM orders \
@@ -767,7 +798,7 @@ pub async fn expire_order(pool: &MySqlPool, id: OrderId) -> Result<bool, DbError
     .bind(id.uuid())
     .fetch_all(&mut *tx)
     .await?;
-    release(&mut tx, &due, "EXPIRED").await?;
+    release(&mut tx, &due, Kind::Expired, events).await?;
     tx.commit().await?;
     Ok(!due.is_empty())
 }

@@ -1,0 +1,283 @@
+//! Publishing the events outbox to the events stream.
+//!
+//! Every worker runs this loop; one at a time publishes, the one holding
+//! the database's named lock `flashstock.events.{database}` (`GET_LOCK`,
+//! held by a connection of its own, so it is released the moment that
+//! worker dies or its connection is cut). The publisher reads the oldest
+//! outbox rows, publishes them as CloudEvents batches on the stream with
+//! publisher confirms, in outbox order, and deletes them once confirmed:
+//! a crash in between publishes them again (the same ids), never loses
+//! one.
+//!
+//! Order is kept per order and per product even across a change of
+//! publisher: a later transition's row is only visible once the earlier
+//! one's is (see the `order_events` migration), and a row is deleted only
+//! after it was confirmed, so whichever publisher first publishes the later
+//! event has published the earlier one before it.
+
+use crate::metrics::Metrics;
+use backon::BackoffBuilder as _;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel, Confirmation};
+use shared::broker::{BrokerLink, Topology, confirm_channel, retry_policy};
+use shared::db::events::{self as outbox, Outboxed};
+use shared::events::{BATCH_CONTENT_TYPE, CloudEvent};
+use sqlx::{ConnectOptions as _, Connection as _, MySqlConnection, MySqlPool};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Most outbox rows one round reads.
+const ROUND: u32 = 2_000;
+/// Most events one stream entry carries.
+const EVENTS_PER_ENTRY: usize = 500;
+/// How long the publisher waits before reading again when the last round
+/// was not full: events are at most this late, and rounds gather.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How often a worker that does not publish tries to take over.
+const TAKE_OVER_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the publisher checks it still holds the lock.
+const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// The lock connection's `wait_timeout`: a publisher cut off (or stopped)
+/// this long loses the lock to another worker.
+const LOCK_IDLE_TIMEOUT_SECS: u32 = 10;
+/// How often the outbox's size is read for the metrics.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest a confirm may take before the round is published again.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The events publisher of one worker.
+pub struct Publisher {
+    /// The database.
+    pub db: MySqlPool,
+    /// A publishing broker connection (not the consuming one: an alarm
+    /// blocks publishers, and must not stop the acks).
+    pub link: BrokerLink,
+    /// Where the stream is.
+    pub topology: Topology,
+    /// Served at `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    /// Takes the publisher's lock when it is free and publishes while it
+    /// holds it, until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let source = shared::events::source(self.topology.namespace());
+        loop {
+            let Some(lock) = self.take_lock(&stop).await else {
+                return;
+            };
+            tracing::info!("publishing order events");
+            self.metrics.events_publisher.store(1, Ordering::Relaxed);
+            let lock = self.publish_while_holding(lock, &source, &stop).await;
+            self.metrics.events_publisher.store(0, Ordering::Relaxed);
+            if let Some(mut lock) = lock {
+                let _ = sqlx::query(
+                    "DO RELEASE_LOCK(LEFT(CONCAT('flashstock.events.', DATABASE()), 64))",
+                )
+                .execute(&mut lock)
+                .await;
+                let _ = lock.close().await;
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+            tracing::warn!("stopped publishing order events; another worker may take over");
+        }
+    }
+
+    /// A connection holding the publisher's lock, once this worker gets it;
+    /// `None` on `stop`.
+    async fn take_lock(&self, stop: &CancellationToken) -> Option<MySqlConnection> {
+        let mut conn: Option<MySqlConnection> = None;
+        loop {
+            if conn.is_none() {
+                conn = self.lock_connection().await.ok();
+            }
+            if let Some(c) = conn.as_mut() {
+                let name = "LEFT(CONCAT('flashstock.events.', DATABASE()), 64)";
+                let got: Result<(Option<i64>,), _> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT GET_LOCK({name}, 0)")))
+                        .fetch_one(&mut *c)
+                        .await;
+                match got {
+                    Ok((Some(1),)) => return conn,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not ask for the events lock");
+                        conn = None;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(TAKE_OVER_INTERVAL) => {}
+            }
+        }
+    }
+
+    async fn lock_connection(&self) -> Result<MySqlConnection, sqlx::Error> {
+        let mut conn = self.db.connect_options().connect().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET SESSION wait_timeout = {LOCK_IDLE_TIMEOUT_SECS}"
+        )))
+        .execute(&mut conn)
+        .await?;
+        Ok(conn)
+    }
+
+    /// Publishes until `stop` or until the lock is lost; returns the lock's
+    /// connection if it still works.
+    async fn publish_while_holding(
+        &self,
+        mut lock: MySqlConnection,
+        source: &str,
+        stop: &CancellationToken,
+    ) -> Option<MySqlConnection> {
+        let mut channel: Option<Channel> = None;
+        let mut checked = Instant::now();
+        let mut measured: Option<Instant> = None;
+        let mut delays = retry_policy().build();
+        while !stop.is_cancelled() {
+            if checked.elapsed() >= LOCK_CHECK_INTERVAL {
+                if !still_holds(&mut lock).await {
+                    return None;
+                }
+                checked = Instant::now();
+            }
+            if measured.is_none_or(|at| at.elapsed() >= BACKLOG_INTERVAL) {
+                if let Ok((count, oldest)) = outbox::backlog(&self.db).await {
+                    self.metrics.events_outbox.store(count, Ordering::Relaxed);
+                    self.metrics
+                        .events_outbox_oldest
+                        .store(oldest.as_secs(), Ordering::Relaxed);
+                }
+                measured = Some(Instant::now());
+            }
+            let pause = match self.round(&mut channel, source).await {
+                Ok(n) if n >= ROUND as usize => {
+                    delays = retry_policy().build();
+                    continue;
+                }
+                Ok(_) => {
+                    delays = retry_policy().build();
+                    POLL_INTERVAL
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.events_failures);
+                    channel = None;
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(error = %e, ?delay, "publishing order events failed; retrying");
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        Some(lock)
+    }
+
+    /// Publishes the oldest outbox rows and deletes them once confirmed.
+    /// Returns how many rows it read.
+    async fn round(&self, channel: &mut Option<Channel>, source: &str) -> anyhow::Result<usize> {
+        let rows = outbox::oldest(&self.db, source, ROUND).await?;
+        let read = rows.len();
+        if read == 0 {
+            return Ok(0);
+        }
+        let mut seqs = Vec::with_capacity(read);
+        let mut events: Vec<Outboxed> = Vec::with_capacity(read);
+        for row in rows {
+            match row {
+                Ok(e) => events.push(e),
+                Err(seq) => {
+                    // An order deleted by hand, or a kind a newer version
+                    // wrote: nothing this version can tell; dropped.
+                    tracing::warn!(
+                        seq,
+                        "an outbox row names no order or an unknown kind; dropped"
+                    );
+                    seqs.push(seq);
+                }
+            }
+        }
+        if !events.is_empty() {
+            let ch = match channel {
+                Some(ch) if ch.status().connected() => ch.clone(),
+                _ => {
+                    let conn = self
+                        .link
+                        .connection()
+                        .ok_or_else(|| anyhow::anyhow!("broker not connected"))?;
+                    let ch = confirm_channel(&conn).await?;
+                    *channel = Some(ch.clone());
+                    ch
+                }
+            };
+            self.publish(&ch, &events).await?;
+            shared::fault::point(shared::fault::EVENTS_AFTER_CONFIRM);
+        }
+        seqs.extend(events.iter().map(|e| e.seq));
+        outbox::forget(&self.db, &seqs).await?;
+        self.metrics
+            .events_published
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(read)
+    }
+
+    /// Publishes `events` in order, `EVENTS_PER_ENTRY` to a stream entry,
+    /// and waits until the broker confirmed every entry.
+    async fn publish(&self, channel: &Channel, events: &[Outboxed]) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let stream = self.topology.events_stream();
+        let mut confirms = Vec::new();
+        for chunk in events.chunks(EVENTS_PER_ENTRY) {
+            let batch: Vec<&CloudEvent> = chunk.iter().map(|e| &e.event).collect();
+            let payload = serde_json::to_vec(&batch)?;
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    stream.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type(BATCH_CONTENT_TYPE.into())
+                        .with_app_id("flashstock".into()),
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                Ok(Ok(Confirmation::Ack(_))) => {}
+                Ok(Ok(_)) => anyhow::bail!("the events stream refused a batch"),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    anyhow::bail!("the events stream did not confirm within {CONFIRM_TIMEOUT:?}")
+                }
+            }
+        }
+        let publishing = started.elapsed();
+        for e in events {
+            self.metrics
+                .events_lag
+                .observe((e.age + publishing).as_secs_f64());
+        }
+        Ok(())
+    }
+}
+
+/// Whether `lock`'s connection still holds the publisher's lock.
+async fn still_holds(lock: &mut MySqlConnection) -> bool {
+    let held: Result<(Option<i64>,), _> = sqlx::query_as(
+        "SELECT IS_USED_LOCK(LEFT(CONCAT('flashstock.events.', DATABASE()), 64)) = CONNECTION_ID()",
+    )
+    .fetch_one(lock)
+    .await;
+    matches!(held, Ok((Some(1),)))
+}
