@@ -4,10 +4,12 @@
 # every build (the builds' order rotating from round to round), so that the
 # builds see the same machine; then prints the medians over the rounds, the
 # ratios issue 12 asks for, and the CPU per decided order by process.
-#   bash scripts/campaign.sh [--rounds N] [--out DIR] LABEL=BIN_DIR [LABEL=BIN_DIR ...]
+#   bash scripts/campaign.sh [--rounds N] [--out DIR] LABEL=BIN_DIR[,VAR=value...] ...
 #   bash scripts/campaign.sh --summary DIR      (the summary of an earlier campaign)
 # BIN_DIR holds a release build's api, worker and bench (see bench.sh
-# --bin-dir); LABEL=current builds this tree once and runs that build.
+# --bin-dir); LABEL=current builds this tree once and runs that build;
+# ,VAR=value after it runs that label's api and workers with those variables
+# (off=current,ORDER_EVENTS=off).
 # Scenarios (64 clients, every order accepted): one product; 16 products;
 # one product with Prefer: wait=10; one product with 1,024 clients.
 set -euo pipefail
@@ -63,6 +65,10 @@ for name in ["one", "many", "wait", "clients1024"]:
         print(f"  {label:12} {median[name, label]:8.0f} decided/s {rate}  submit p99 {p99:.1f} ms"
               f"  shed {[r['shed'] for r in rs]}  {ok}")
         print(f"  {'':12} CPU us per decided order: {cpu_text}")
+        lags = [r["event_lag_ms"]["p99"] for r in rs if r.get("event_lag_ms")]
+        if lags:
+            heard = [r.get("events_heard") for r in rs]
+            print(f"  {'':12} event lag p99 {statistics.median(lags):.1f} ms {lags}  events heard {heard}")
 print("\nratios (medians)")
 for label in labels:
     one = median.get(("one", label))
@@ -75,6 +81,15 @@ for label in labels:
     if ("clients1024", label) in median:
         parts.append(f"1,024 clients {median['clients1024', label]:.0f}/s")
     print(f"  {label:12} " + "  ".join(parts))
+if len(labels) > 1:
+    print(f"\nthroughput against {labels[0]} (medians)")
+    for label in labels[1:]:
+        parts = [
+            f"{name} {median[name, label] / median[name, labels[0]]:.2f}"
+            for name in ["one", "many", "wait", "clients1024"]
+            if median.get((name, label)) and median.get((name, labels[0]))
+        ]
+        print(f"  {label:12} " + "  ".join(parts))
 print(f"\nevery run's output: {out}")
 PY
 }
@@ -98,10 +113,18 @@ else
   # Removed again if the arguments stop the campaign before any run.
   trap '[[ -n $(ls -A "$out") ]] || rmdir "$out"' EXIT
 fi
-labels=() dirs=()
+labels=() dirs=() envs=()
 for spec in "$@"; do
   label=${spec%%=*} dir=${spec#*=}
+  # LABEL=BIN_DIR,VAR=value,...: that build run with those variables.
+  settings=
+  if [[ $dir == *,* ]]; then
+    settings=${dir#*,} dir=${dir%%,*}
+  fi
   [[ $spec == *=* && $label =~ ^[A-Za-z0-9_]+$ && -n $dir ]] || { echo "not LABEL=BIN_DIR: $spec"; exit 2; }
+  for setting in ${settings//,/ }; do
+    [[ $setting =~ ^[A-Z][A-Z0-9_]*=[^[:space:]]*$ ]] || { echo "$label: not VAR=value: $setting"; exit 2; }
+  done
   if [[ $dir == current ]]; then
     # Built once, and copied: edits to the tree during the campaign do not
     # change what runs.
@@ -116,7 +139,7 @@ for spec in "$@"; do
   for b in api worker bench; do
     [[ -x $dir/$b ]] || { echo "$label: no $b binary in $dir"; exit 2; }
   done
-  labels+=("$label") dirs+=("$dir")
+  labels+=("$label") dirs+=("$dir") envs+=("${settings//,/ }")
 done
 echo "${labels[*]}" >"$out/labels"
 scenarios=(
@@ -136,9 +159,9 @@ for round in $(seq "$rounds"); do
     for i in "${!labels[@]}"; do
       # Each round starts one build further on, so none always runs first.
       j=$(( (i + round - 1) % ${#labels[@]} ))
-      label=${labels[$j]} dir=${dirs[$j]}
-      # shellcheck disable=SC2086 # the scenario's arguments, split on purpose
-      if bash scripts/bench.sh --bin-dir "$dir" -- --json $args >"$out/$round-$name-$label.txt" 2>&1; then
+      label=${labels[$j]} dir=${dirs[$j]} settings=${envs[$j]}
+      # shellcheck disable=SC2086 # the scenario's arguments and the label's settings, split on purpose
+      if env $settings bash scripts/bench.sh --bin-dir "$dir" -- --json $args >"$out/$round-$name-$label.txt" 2>&1; then
         echo "round $round $name $label: done"
       else
         echo "round $round $name $label: FAILED (see $out/$round-$name-$label.txt)"

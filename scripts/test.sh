@@ -42,6 +42,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== docker-compose.yml"
 bash scripts/check-compose.sh
+echo "== asyncapi.json"
+bash scripts/check-asyncapi.sh
 echo "== building the binaries (the multi-process tests start them)"
 cargo build --bins
 echo "== tests"

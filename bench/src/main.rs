@@ -13,6 +13,7 @@
 #![allow(clippy::print_stdout)]
 
 mod api;
+mod events;
 mod load;
 mod procstat;
 mod report;
@@ -334,6 +335,16 @@ async fn main() -> anyhow::Result<()> {
         watched.push(Watched::start(pid, pid.to_string(), "watched"));
     }
 
+    // The events stream, heard from now on (when bench.sh says where).
+    let listener = match std::env::var("BROKER_NAMESPACE") {
+        Ok(namespace) => {
+            let amqp = std::env::var("AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+            events::Listener::start(&amqp, &namespace).await
+        }
+        Err(_) => None,
+    };
+
     // Submit.
     let progress = ProgressBar::new(total as u64);
     progress.set_style(
@@ -404,6 +415,16 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|w| w.cpu_seconds(ticks_per_second))
         .collect();
+
+    // Every decision's event, when events are on (none come when off).
+    let heard = match listener {
+        Some(listener) => Some(
+            listener
+                .finish(accepted + rejected, Duration::from_secs(30))
+                .await,
+        ),
+        None => None,
+    };
 
     // Submit-to-decision latency, on the database clock, from a sample.
     let sample_limit = cli.latency_sample.unwrap_or(match mode {
@@ -533,6 +554,15 @@ async fn main() -> anyhow::Result<()> {
         ),
         reading.failed == 0 && reading.undecided == 0,
     );
+    if let Some(heard) = heard.as_ref().filter(|h| h.order_events > 0) {
+        check(
+            format!(
+                "an event heard for every decision ({} order events, {decided} decided)",
+                heard.order_events
+            ),
+            heard.order_events >= decided,
+        );
+    }
     let invariants = api.get("/api/admin/invariants").await?;
     check("invariant check ok".into(), invariants["ok"] == true);
 
@@ -631,6 +661,11 @@ async fn main() -> anyhow::Result<()> {
         decision_latency_ms: reading.overall.percentiles(),
         decision_latency_read: reading.overall.len(),
         decision_read_seconds: read_seconds,
+        events_heard: heard.as_ref().map(|h| h.order_events + h.product_events),
+        event_lag_ms: heard
+            .as_ref()
+            .filter(|h| h.lag.len() > 0)
+            .map(|h| h.lag.percentiles()),
         series_lines: report::series_lines(&per_second, &reading.per_second),
         per_second,
         clock_ticks_per_second: ticks_per_second,

@@ -69,6 +69,12 @@ pub struct Summary {
     pub decision_latency_read: usize,
     /// Time spent reading them, after the run.
     pub decision_read_seconds: f64,
+    /// Events heard on the events stream during the run (none when
+    /// `ORDER_EVENTS=off`; `None` when the stream could not be read).
+    pub events_heard: Option<u64>,
+    /// From a transition's commit (database clock) to its event reaching
+    /// the bench's stream consumer.
+    pub event_lag_ms: Option<Percentiles>,
     pub per_second: Vec<PerSecond>,
     /// The per-second series as the table shows it.
     #[serde(skip)]
@@ -212,6 +218,13 @@ pub fn print_table(s: &Summary) {
         s.admitted,
         s.decision_read_seconds
     );
+    if let Some(lag) = &s.event_lag_ms {
+        println!(
+            "event lag ms        {} (commit to the bench's stream consumer, {} events heard)",
+            p(lag),
+            s.events_heard.unwrap_or_default()
+        );
+    }
     print_series(s);
     println!(
         "cpu                 pid      name             cpu s  us/decided  peak RSS MiB  ({} ticks/s, {})",

@@ -19,6 +19,35 @@ pub struct Read {
     pub offset: u64,
     /// The event.
     pub event: CloudEvent,
+    /// Why the event, as it was on the stream, does not match the `Event`
+    /// schema of `asyncapi.json` (`None`: it does).
+    pub nonconforming: Option<String>,
+}
+
+/// The `Event` schema of the repository's `asyncapi.json`.
+fn event_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../asyncapi.json");
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("asyncapi.json"))
+                .expect("asyncapi.json is JSON");
+        // The schemas refer to each other as #/components/schemas/<Name>.
+        let root = serde_json::json!({
+            "$ref": "#/components/schemas/Event",
+            "components": {"schemas": doc["components"]["schemas"]},
+        });
+        jsonschema::draft7::new(&root).expect("the Event schema compiles")
+    });
+    &SCHEMA
+}
+
+/// Why `event` does not match the `Event` schema, if it does not.
+pub fn nonconformity(event: &serde_json::Value) -> Option<String> {
+    let errors: Vec<String> = event_schema()
+        .iter_errors(event)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    (!errors.is_empty()).then(|| errors.join("; "))
 }
 
 /// The first entry of `amqp_url` (a list's first node).
@@ -54,8 +83,16 @@ pub async fn read(
         };
         let delivery = delivery.expect("a stream delivery");
         let offset = shared::events::offset_of(&delivery.properties).expect("an entry's offset");
-        for event in shared::events::parse_entry(&delivery.data).expect("an entry of CloudEvents") {
-            out.push(Read { offset, event });
+        let raw: Vec<serde_json::Value> =
+            serde_json::from_slice(&delivery.data).expect("an entry is a JSON array");
+        for raw in raw {
+            let nonconforming = nonconformity(&raw);
+            let event: CloudEvent = serde_json::from_value(raw).expect("a CloudEvent");
+            out.push(Read {
+                offset,
+                event,
+                nonconforming,
+            });
         }
         let _ = delivery.ack(BasicAckOptions::default()).await;
     }
@@ -174,7 +211,18 @@ fn compare(
     let mut per_order: HashMap<Uuid, Vec<Kind>> = HashMap::new();
     let mut per_product: HashMap<u64, Vec<Kind>> = HashMap::new();
     let by_id: HashMap<Uuid, &Stored> = orders.iter().map(|o| (o.id, o)).collect();
-    for Read { offset, event } in events {
+    for Read {
+        offset,
+        event,
+        nonconforming,
+    } in events
+    {
+        if let Some(why) = nonconforming {
+            report.findings.push(format!(
+                "events: {} does not match asyncapi.json: {why}",
+                event.id
+            ));
+        }
         if let Some(earlier) = first_seen.get(event.id.as_str()) {
             report.duplicates += 1;
             if *earlier != event {
@@ -273,6 +321,7 @@ mod tests {
     fn event(id: Uuid, kind: Kind) -> Read {
         Read {
             offset: 0,
+            nonconforming: None,
             event: CloudEvent {
                 specversion: "1.0".into(),
                 id: format!("{id}.{}", kind.name()),
@@ -293,6 +342,24 @@ mod tests {
                     expires_at: None,
                 }),
             },
+        }
+    }
+
+    #[test]
+    fn the_schema_refuses_an_event_that_breaks_the_contract() {
+        let mut good = serde_json::to_value(&event(Uuid::now_v7(), Kind::Rejected).event).unwrap();
+        good["time"] = "2026-12-04T10:00:00.123456Z".into();
+        good["data"]["decided_at"] = "2026-12-04T10:00:00.123456Z".into();
+        good["data"]["reason"] = "OUT_OF_STOCK".into();
+        assert_eq!(nonconformity(&good), None);
+        for (field, value) in [
+            ("time", serde_json::json!("2026-12-04T10:00:00Z")),
+            ("type", serde_json::json!("flashstock.order.shipped")),
+            ("extra", serde_json::json!(1)),
+        ] {
+            let mut bad = good.clone();
+            bad[field] = value;
+            assert!(nonconformity(&bad).is_some(), "{field}");
         }
     }
 

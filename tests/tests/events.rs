@@ -184,6 +184,11 @@ async fn a_late_consumer_catches_up_from_the_first_event_and_a_new_one_sees_only
     app.drain(product, Duration::from_secs(60)).await;
     let history = stream(&app).await;
     assert_eq!(history.len(), 3_000, "one accepted event per order");
+    let nonconforming: Vec<_> = history
+        .iter()
+        .filter_map(|r| r.nonconforming.as_ref())
+        .collect();
+    assert!(nonconforming.is_empty(), "{nonconforming:?}");
     // Batched: far fewer stream entries than events.
     let mut entries: Vec<u64> = history.iter().map(|r| r.offset).collect();
     entries.dedup();

@@ -435,20 +435,14 @@ fn push_events(
     locked: &Locked,
     reserved_before: &BTreeMap<u64, i64>,
 ) -> bool {
-    let orders: Vec<(Uuid, u64, Kind)> = decided
-        .iter()
-        .flatten()
-        .flat_map(|d| &d.decisions)
-        .filter_map(|d| {
-            let kind = match d.outcome {
-                Outcome::Accepted => Kind::Accepted,
-                Outcome::Rejected(_) => Kind::Rejected,
-                Outcome::AlreadyDecided | Outcome::Unknown => return None,
-            };
-            let row = locked.rows.get(&d.order_id.uuid())?;
-            Some((d.order_id.uuid(), row.product, kind))
-        })
-        .collect();
+    let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
+    for d in decided.iter().flatten().flat_map(|d| &d.decisions) {
+        match d.outcome {
+            Outcome::Accepted => accepted.push(d.order_id.uuid()),
+            Outcome::Rejected(_) => rejected.push(d.order_id.uuid()),
+            Outcome::AlreadyDecided | Outcome::Unknown => {}
+        }
+    }
     let sold_out: Vec<u64> = locked
         .stock
         .iter()
@@ -458,7 +452,7 @@ fn push_events(
         })
         .map(|(product, _)| *product)
         .collect();
-    db_events::push_decided(writes, &orders, &sold_out, "@decided_at")
+    db_events::push_decided(writes, &accepted, &rejected, &sold_out, "@decided_at")
 }
 
 /// An outcome (`None`: accepted; else the reason rejected) and its decider.

@@ -20,7 +20,7 @@ use backon::BackoffBuilder as _;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
 use shared::broker::{BrokerLink, Topology, confirm_channel, retry_policy};
-use shared::db::events::{self as outbox, Outboxed};
+use shared::db::events as outbox;
 use shared::events::{BATCH_CONTENT_TYPE, CloudEvent};
 use sqlx::{ConnectOptions as _, Connection as _, MySqlConnection, MySqlPool};
 use std::sync::Arc;
@@ -28,8 +28,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Most outbox rows one round reads.
-const ROUND: u32 = 2_000;
+/// Most outbox rows one round reads (a deciding transaction's outcome is
+/// one row)...
+const ROUND_ROWS: u32 = 1_000;
+/// ...and about how many events it publishes.
+const ROUND_EVENTS: usize = 5_000;
 /// Most events one stream entry carries.
 const EVENTS_PER_ENTRY: usize = 500;
 /// How long the publisher waits before reading again when the last round
@@ -157,11 +160,11 @@ impl Publisher {
                 measured = Some(Instant::now());
             }
             let pause = match self.round(&mut channel, source).await {
-                Ok(n) if n >= ROUND as usize => {
+                Ok(true) => {
                     delays = retry_policy().build();
                     continue;
                 }
-                Ok(_) => {
+                Ok(false) => {
                     delays = retry_policy().build();
                     POLL_INTERVAL
                 }
@@ -182,30 +185,21 @@ impl Publisher {
     }
 
     /// Publishes the oldest outbox rows and deletes them once confirmed.
-    /// Returns how many rows it read.
-    async fn round(&self, channel: &mut Option<Channel>, source: &str) -> anyhow::Result<usize> {
-        let rows = outbox::oldest(&self.db, source, ROUND).await?;
-        let read = rows.len();
-        if read == 0 {
-            return Ok(0);
+    /// Returns whether the round was full (more may be waiting).
+    async fn round(&self, channel: &mut Option<Channel>, source: &str) -> anyhow::Result<bool> {
+        let round = outbox::oldest(&self.db, source, ROUND_ROWS, ROUND_EVENTS).await?;
+        if round.seqs.is_empty() {
+            return Ok(false);
         }
-        let mut seqs = Vec::with_capacity(read);
-        let mut events: Vec<Outboxed> = Vec::with_capacity(read);
-        for row in rows {
-            match row {
-                Ok(e) => events.push(e),
-                Err(seq) => {
-                    // An order deleted by hand, or a kind a newer version
-                    // wrote: nothing this version can tell; dropped.
-                    tracing::warn!(
-                        seq,
-                        "an outbox row names no order or an unknown kind; dropped"
-                    );
-                    seqs.push(seq);
-                }
-            }
+        if round.missing > 0 {
+            // Deleted by hand: nothing can be told of them.
+            tracing::warn!(
+                orders = round.missing,
+                "outbox rows name orders that no longer exist; their events are dropped"
+            );
         }
-        if !events.is_empty() {
+        let full = round.seqs.len() >= ROUND_ROWS as usize || round.events.len() >= ROUND_EVENTS;
+        if !round.events.is_empty() {
             let ch = match channel {
                 Some(ch) if ch.status().connected() => ch.clone(),
                 _ => {
@@ -218,26 +212,29 @@ impl Publisher {
                     ch
                 }
             };
-            self.publish(&ch, &events).await?;
+            self.publish(&ch, &round.events, &round.ages).await?;
             shared::fault::point(shared::fault::EVENTS_AFTER_CONFIRM);
         }
-        seqs.extend(events.iter().map(|e| e.seq));
-        outbox::forget(&self.db, &seqs).await?;
+        outbox::forget(&self.db, &round.seqs).await?;
         self.metrics
             .events_published
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
-        Ok(read)
+            .fetch_add(round.events.len() as u64, Ordering::Relaxed);
+        Ok(full)
     }
 
     /// Publishes `events` in order, `EVENTS_PER_ENTRY` to a stream entry,
     /// and waits until the broker confirmed every entry.
-    async fn publish(&self, channel: &Channel, events: &[Outboxed]) -> anyhow::Result<()> {
+    async fn publish(
+        &self,
+        channel: &Channel,
+        events: &[CloudEvent],
+        ages: &[Duration],
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         let stream = self.topology.events_stream();
         let mut confirms = Vec::new();
         for chunk in events.chunks(EVENTS_PER_ENTRY) {
-            let batch: Vec<&CloudEvent> = chunk.iter().map(|e| &e.event).collect();
-            let payload = serde_json::to_vec(&batch)?;
+            let payload = serde_json::to_vec(chunk)?;
             let confirm = channel
                 .basic_publish(
                     "".into(),
@@ -263,10 +260,10 @@ impl Publisher {
             }
         }
         let publishing = started.elapsed();
-        for e in events {
+        for age in ages {
             self.metrics
                 .events_lag
-                .observe((e.age + publishing).as_secs_f64());
+                .observe((*age + publishing).as_secs_f64());
         }
         Ok(())
     }

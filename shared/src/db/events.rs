@@ -1,56 +1,65 @@
 //! The events outbox (`order_events`): written by every transaction that
 //! makes a transition, read and emptied by the events publisher.
 //!
-//! An order's event row names the order; what the event tells of it
-//! (total, buyer, reason, `expires_at`) is read from `orders` when it is
-//! published, since none of it changes once set. A product's event row
-//! carries the units available after the change.
+//! A deciding transaction writes one row per outcome (accepted, rejected)
+//! naming all its orders with that outcome, packed: one row for hundreds of
+//! decisions, so the events cost the hot path a few rows per transaction,
+//! not one per order. The other transitions write a row per order. What
+//! an order's event tells of it (total, buyer, reason, `expires_at`) is
+//! read from `orders` when it is published, since none of it changes once
+//! set. A product's event row carries the units available after the change.
 
 use super::script::Script;
-use super::{padded, padded_len, placeholders};
+use super::{DbError, padded, padded_len, placeholders};
 use crate::domain::OrderStatus;
 use crate::events::{CloudEvent, EventData, Kind, OrderData, ProductData, timestamp};
 use chrono::{DateTime, Utc};
+use sqlx::mysql::MySqlRow;
 use sqlx::{AssertSqlSafe, MySqlConnection, MySqlPool, Row as _};
+use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Most orders whose details one statement reads.
+const DETAILS_PER_QUERY: usize = 4096;
+
 /// Appends to `script` one INSERT of the events of a deciding transaction:
-/// each order's decision and each product it sold out, all at the SQL
-/// variable `at` (such as `@decided_at`). Returns false (and appends
-/// nothing) when there is nothing to write.
+/// a row per outcome naming its orders, and a row per product it sold
+/// out, all at the SQL variable `at` (such as `@decided_at`). Returns
+/// false (and appends nothing) when there is nothing to write.
 pub fn push_decided(
     script: &mut Script,
-    orders: &[(Uuid, u64, Kind)],
+    accepted: &[Uuid],
+    rejected: &[Uuid],
     sold_out: &[u64],
     at: &str,
 ) -> bool {
-    if orders.is_empty() && sold_out.is_empty() {
+    let outcomes = [(Kind::Accepted, accepted), (Kind::Rejected, rejected)];
+    let outcomes: Vec<_> = outcomes.iter().filter(|(_, ids)| !ids.is_empty()).collect();
+    if outcomes.is_empty() && sold_out.is_empty() {
         return false;
     }
-    script.sql("INSERT INTO order_events (kind, order_id, product_id, at, available) VALUES ");
+    script.sql("INSERT INTO order_events (kind, order_ids, product_id, at, available) VALUES ");
     let mut first = true;
-    for (id, product, kind) in orders {
+    let mut comma = |script: &mut Script| {
         if !first {
             script.sql(", ");
         }
         first = false;
+    };
+    for (kind, ids) in outcomes {
+        comma(script);
         script
             .sql("('")
             .sql(kind.name())
             .sql("', ")
-            .uuid(*id)
-            .sql(", ")
-            .uint(*product)
-            .sql(", ")
+            .packed_uuids(ids)
+            .sql(", NULL, ")
             .sql(at)
             .sql(", NULL)");
     }
     for product in sold_out {
-        if !first {
-            script.sql(", ");
-        }
-        first = false;
+        comma(script);
         script
             .sql("('sold_out', NULL, ")
             .uint(*product)
@@ -63,8 +72,8 @@ pub fn push_decided(
 }
 
 /// Records `kind` for the orders `ids` (already moved to its status in
-/// this transaction), at the time the transition stamped on them:
-/// `decided_at` for a decision, `closed_at` for the others.
+/// this transaction), a row each, at the time the transition stamped on
+/// them: `decided_at` for a decision, `closed_at` for the others.
 pub async fn record_orders(
     tx: &mut MySqlConnection,
     kind: Kind,
@@ -78,8 +87,8 @@ pub async fn record_orders(
         _ => "closed_at",
     };
     let sql = format!(
-        "INSERT INTO order_events (kind, order_id, product_id, at) \
-         SELECT ?, id, product_id, {at} FROM orders WHERE id IN ({})",
+        "INSERT INTO order_events (kind, order_id, at) \
+         SELECT ?, id, {at} FROM orders WHERE id IN ({}) ORDER BY seq",
         placeholders(padded_len(ids.len()))
     );
     let mut q = sqlx::query(AssertSqlSafe(sql)).bind(kind.name());
@@ -104,7 +113,7 @@ pub async fn record_crossing(
     sqlx::query(
         "INSERT INTO order_events (kind, product_id, at, available) \
          SELECT IF(stored_stock - reserved_stock > 0, 'available', 'sold_out'), product_id, NOW(6), \
-                CAST(stored_stock - reserved_stock AS SIGNED) \
+                stored_stock - reserved_stock \
          FROM inventories \
          WHERE product_id = ? AND (stored_stock - reserved_stock > 0) <> (stored_stock - reserved_stock - ? > 0)",
     )
@@ -115,111 +124,241 @@ pub async fn record_crossing(
     Ok(())
 }
 
-/// An outbox row, with what its event needs.
-#[derive(Debug, Clone)]
-pub struct Outboxed {
-    /// Its place in the outbox.
-    pub seq: u64,
-    /// The event.
-    pub event: CloudEvent,
-    /// From the transition to this read (database clock).
-    pub age: Duration,
+/// Outbox rows read for publishing, as events in outbox order.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// The rows read (to delete once their events are confirmed).
+    pub seqs: Vec<u64>,
+    /// Their events, in order.
+    pub events: Vec<CloudEvent>,
+    /// Per event, from its transition to this read (database clock).
+    pub ages: Vec<Duration>,
+    /// Orders named by a row that are not in `orders` (deleted by hand):
+    /// no event can tell of them.
+    pub missing: usize,
 }
 
-/// The oldest `limit` rows of the outbox, as events of `source`, oldest
-/// first. Rows whose order is gone, or of a kind this version does not
-/// know, are returned as `Err(seq)` to be dropped with a warning.
+/// One outbox row.
+struct OutboxRow {
+    seq: u64,
+    kind: Kind,
+    orders: Vec<Uuid>,
+    product: Option<u64>,
+    at: DateTime<Utc>,
+    available: Option<i64>,
+    age: Duration,
+}
+
+/// An order as its events tell of it.
+struct Details {
+    product: u64,
+    total: u32,
+    buyer: Option<String>,
+    reason: Option<String>,
+    created_at: DateTime<Utc>,
+    decided_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// The oldest rows of the outbox, up to `max_rows` rows and about
+/// `max_events` events, as events of `source`, oldest first.
 pub async fn oldest(
     pool: &MySqlPool,
     source: &str,
-    limit: u32,
-) -> Result<Vec<Result<Outboxed, u64>>, sqlx::Error> {
+    max_rows: u32,
+    max_events: usize,
+) -> Result<Round, DbError> {
+    let mut conn = pool.acquire().await?;
     let rows = sqlx::query(
-        "SELECT e.seq, e.kind, e.order_id, e.product_id, e.at, e.available, \
-                CAST(TIMESTAMPDIFF(MICROSECOND, e.at, NOW(6)) AS SIGNED), \
-                o.total, o.buyer_id, o.reason, o.created_at, o.decided_at, o.expires_at \
-         FROM order_events e LEFT JOIN orders o ON o.id = e.order_id \
-         ORDER BY e.seq LIMIT ?",
+        "SELECT seq, kind, order_id, order_ids, product_id, at, available, \
+                CAST(TIMESTAMPDIFF(MICROSECOND, at, NOW(6)) AS SIGNED) \
+         FROM order_events ORDER BY seq LIMIT ?",
     )
-    .bind(limit)
-    .fetch_all(pool)
+    .bind(max_rows)
+    .fetch_all(&mut *conn)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let seq: u64 = row.try_get(0)?;
-        let kind: String = row.try_get(1)?;
-        let order: Option<Uuid> = row.try_get(2)?;
-        let product: u64 = row.try_get(3)?;
-        let at: DateTime<Utc> = row.try_get(4)?;
-        let available: Option<i64> = row.try_get(5)?;
-        let micros: i64 = row.try_get(6)?;
-        let total: Option<u32> = row.try_get(7)?;
-        let Some(kind) = Kind::parse(&kind) else {
-            out.push(Err(seq));
+    let mut round = Round::default();
+    let mut outbox = Vec::with_capacity(rows.len());
+    let mut named = 0;
+    for row in &rows {
+        let parsed = parse_row(row)?;
+        round.seqs.push(parsed.seq);
+        // A kind a newer version wrote: nothing this version can tell.
+        let Some(parsed) = parsed.row else {
+            tracing::warn!(
+                seq = round.seqs.last(),
+                "an outbox row of an unknown kind; dropped"
+            );
             continue;
         };
-        let (id, subject, data) = match (kind.status(), order, total) {
-            (Some(status), Some(order), Some(total)) => (
-                format!("{order}.{}", kind.name()),
-                order.to_string(),
-                EventData::Order(order_data(&row, order, product, total, status)?),
-            ),
-            (None, _, _) => (
-                format!("product-{product}.{}.{seq}", kind.name()),
+        named += parsed.orders.len().max(1);
+        outbox.push(parsed);
+        if named >= max_events {
+            break;
+        }
+    }
+    let ids: Vec<Uuid> = outbox
+        .iter()
+        .flat_map(|r| r.orders.iter().copied())
+        .collect();
+    let details = details(&mut conn, &ids).await?;
+    for row in outbox {
+        if row.orders.is_empty() {
+            let product = row.product.unwrap_or_default();
+            round.events.push(event(
+                source,
+                format!("product-{product}.{}.{}", row.kind.name(), row.seq),
+                row.kind,
                 product.to_string(),
+                row.at,
                 EventData::Product(ProductData {
                     product_id: product,
-                    available_stock: available.unwrap_or(0),
+                    available_stock: row.available.unwrap_or(0),
                 }),
-            ),
-            _ => {
-                out.push(Err(seq));
+            ));
+            round.ages.push(row.age);
+            continue;
+        }
+        let status = row.kind.status().unwrap_or(OrderStatus::Pending);
+        for id in &row.orders {
+            let Some(d) = details.get(id) else {
+                round.missing += 1;
                 continue;
-            }
-        };
-        out.push(Ok(Outboxed {
+            };
+            round.events.push(event(
+                source,
+                format!("{id}.{}", row.kind.name()),
+                row.kind,
+                id.to_string(),
+                row.at,
+                EventData::Order(OrderData {
+                    order_id: *id,
+                    product_id: d.product,
+                    total: d.total,
+                    buyer_id: d.buyer.clone(),
+                    status,
+                    reason: d.reason.clone(),
+                    created_at: timestamp(d.created_at),
+                    decided_at: d.decided_at.map(timestamp),
+                    expires_at: d.expires_at.map(timestamp),
+                }),
+            ));
+            round.ages.push(row.age);
+        }
+    }
+    Ok(round)
+}
+
+/// A row's seq, and the row when its kind is known.
+struct Parsed {
+    seq: u64,
+    row: Option<OutboxRow>,
+}
+
+fn parse_row(row: &MySqlRow) -> Result<Parsed, DbError> {
+    let seq: u64 = row.try_get(0)?;
+    let kind: String = row.try_get(1)?;
+    let Some(kind) = Kind::parse(&kind) else {
+        return Ok(Parsed { seq, row: None });
+    };
+    let single: Option<Uuid> = row.try_get(2)?;
+    let packed: Option<Vec<u8>> = row.try_get(3)?;
+    let mut orders: Vec<Uuid> = single.into_iter().collect();
+    if let Some(packed) = packed {
+        if packed.len() % 16 != 0 {
+            return Err(DbError::Inconsistent(format!(
+                "outbox row {seq} packs {} bytes of order ids",
+                packed.len()
+            )));
+        }
+        orders.extend(
+            packed
+                .chunks_exact(16)
+                .map(|b| Uuid::from_slice(b).expect("16 bytes")),
+        );
+    }
+    if kind.is_order() == orders.is_empty() {
+        return Err(DbError::Inconsistent(format!(
+            "outbox row {seq} ({}) names {} orders",
+            kind.name(),
+            orders.len()
+        )));
+    }
+    let micros: i64 = row.try_get(7)?;
+    Ok(Parsed {
+        seq,
+        row: Some(OutboxRow {
             seq,
-            event: CloudEvent {
-                specversion: "1.0".into(),
-                id,
-                source: source.to_owned(),
-                event_type: kind.event_type(),
-                subject,
-                time: timestamp(at),
-                datacontenttype: "application/json".into(),
-                data,
-            },
+            kind,
+            orders,
+            product: row.try_get(4)?,
+            at: row.try_get(5)?,
+            available: row.try_get(6)?,
             age: Duration::from_micros(micros.max(0) as u64),
-        }));
+        }),
+    })
+}
+
+/// What the events of `ids` tell of each order.
+async fn details(
+    conn: &mut MySqlConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Details>, DbError> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(DETAILS_PER_QUERY) {
+        let mut script = Script::new();
+        script
+            .sql(
+                "SELECT id, product_id, total, buyer_id, reason, created_at, decided_at, expires_at \
+                 FROM orders FORCE INDEX (uq_orders_id) WHERE id IN (",
+            )
+            .list(chunk, |s, id| {
+                s.uuid(*id);
+            })
+            .sql(")")
+            .end();
+        for answer in script.run(&mut *conn).await? {
+            for r in answer.rows {
+                out.insert(
+                    r.try_get::<Uuid, _>(0)?,
+                    Details {
+                        product: r.try_get(1)?,
+                        total: r.try_get(2)?,
+                        buyer: r.try_get(3)?,
+                        reason: r.try_get(4)?,
+                        created_at: r.try_get(5)?,
+                        decided_at: r.try_get(6)?,
+                        expires_at: r.try_get(7)?,
+                    },
+                );
+            }
+        }
     }
     Ok(out)
 }
 
-fn order_data(
-    row: &sqlx::mysql::MySqlRow,
-    order: Uuid,
-    product: u64,
-    total: u32,
-    status: OrderStatus,
-) -> Result<OrderData, sqlx::Error> {
-    let created_at: DateTime<Utc> = row.try_get(10)?;
-    let decided_at: Option<DateTime<Utc>> = row.try_get(11)?;
-    let expires_at: Option<DateTime<Utc>> = row.try_get(12)?;
-    Ok(OrderData {
-        order_id: order,
-        product_id: product,
-        total,
-        buyer_id: row.try_get(8)?,
-        status,
-        reason: row.try_get(9)?,
-        created_at: timestamp(created_at),
-        decided_at: decided_at.map(timestamp),
-        expires_at: expires_at.map(timestamp),
-    })
+fn event(
+    source: &str,
+    id: String,
+    kind: Kind,
+    subject: String,
+    at: DateTime<Utc>,
+    data: EventData,
+) -> CloudEvent {
+    CloudEvent {
+        specversion: "1.0".into(),
+        id,
+        source: source.to_owned(),
+        event_type: kind.event_type(),
+        subject,
+        time: timestamp(at),
+        datacontenttype: "application/json".into(),
+        data,
+    }
 }
 
 /// Deletes the outbox rows `seqs` (published and confirmed).
-pub async fn forget(pool: &MySqlPool, seqs: &[u64]) -> Result<(), sqlx::Error> {
+pub async fn forget(pool: &MySqlPool, seqs: &[u64]) -> Result<(), DbError> {
     if seqs.is_empty() {
         return Ok(());
     }
@@ -232,14 +371,11 @@ pub async fn forget(pool: &MySqlPool, seqs: &[u64]) -> Result<(), sqlx::Error> {
         .sql(")")
         .end();
     let mut conn = pool.acquire().await?;
-    script.run(&mut conn).await.map_err(|e| match e {
-        super::DbError::Sql(e) => e,
-        super::DbError::Inconsistent(m) => sqlx::Error::Protocol(m),
-    })?;
+    script.run(&mut conn).await?;
     Ok(())
 }
 
-/// How many events wait in the outbox, and the oldest one's age (database
+/// How many rows wait in the outbox, and the oldest one's age (database
 /// clock).
 pub async fn backlog(pool: &MySqlPool) -> Result<(u64, Duration), sqlx::Error> {
     let (count, micros): (i64, Option<i64>) = sqlx::query_as(

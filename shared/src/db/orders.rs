@@ -194,12 +194,13 @@ pub async fn insert_many(
     });
     insert.end();
     // The orders rejected on the spot are decided: their events go with them.
-    let rejected: Vec<_> = orders
+    let rejected: Vec<Uuid> = orders
         .iter()
         .filter(|o| refused.contains_key(&o.product.get()))
-        .map(|o| (o.id.uuid(), o.product.get(), crate::events::Kind::Rejected))
+        .map(|o| o.id.uuid())
         .collect();
-    let told = events && super::events::push_decided(&mut insert, &rejected, &[], "@recorded_at");
+    let told =
+        events && super::events::push_decided(&mut insert, &[], &rejected, &[], "@recorded_at");
     insert.sql("SELECT CAST(@recorded_at AS DATETIME(6))").end();
     let answers = insert.run(&mut conn).await?;
     // The INSERT's answer, the events' when they are here, then the time's

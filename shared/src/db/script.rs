@@ -82,6 +82,16 @@ impl Script {
         self
     }
 
+    /// A binary literal of `ids`' 16 bytes each, one after the other.
+    pub fn packed_uuids(&mut self, ids: &[Uuid]) -> &mut Self {
+        self.sql.push_str("X'");
+        for id in ids {
+            let _ = write!(self.sql, "{}", id.simple());
+        }
+        self.sql.push('\'');
+        self
+    }
+
     /// A text literal, as utf8mb4 bytes in hex.
     pub fn text(&mut self, value: &str) -> &mut Self {
         self.sql.push_str("_utf8mb4 X'");
