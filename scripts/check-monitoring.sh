@@ -46,9 +46,14 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== a live system: scripts/run.sh --debug --workers 2"
-# /metrics on a listener of its own, as compose runs it (API_METRICS_ADDR).
+# /metrics on a listener of its own, as compose runs it (API_METRICS_ADDR);
+# a webhook endpoint nobody answers, so the per-endpoint metrics exist.
+cat >"$work/webhooks.json" <<'JSON'
+[{"name": "monitoring-check", "url": "http://127.0.0.1:9/hook",
+  "secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"], "from": "first", "retry_for": "1m"}]
+JSON
 DATABASE_URL="mysql://root@127.0.0.1:3306/$name" BROKER_NAMESPACE="$name" API_ADDR="127.0.0.1:$api_port" \
-  API_METRICS_ADDR="127.0.0.1:$api_metrics_port" \
+  API_METRICS_ADDR="127.0.0.1:$api_metrics_port" WEBHOOKS_FILE="$work/webhooks.json" \
   bash scripts/run.sh --debug --workers 2 >"$work/run.log" 2>&1 &
 runner=$!
 for _ in $(seq 120); do grep -q "is running" "$work/run.log" && break; sleep 1; done

@@ -105,6 +105,9 @@ pub struct Config {
     /// `EVENTS_MAX_BYTES`: how large the events stream may grow before its
     /// oldest events are dropped.
     pub events_max_bytes: u64,
+    /// `WEBHOOKS_FILE`: a JSON file of the endpoints the workers POST each
+    /// event to ([`crate::webhooks`]); unset: none.
+    pub webhooks: Vec<crate::webhooks::Endpoint>,
 }
 
 /// `BUYER_JWT_*`: buyers' bearer tokens are JWTs from the shop's identity
@@ -183,6 +186,7 @@ impl std::fmt::Debug for Config {
             order_events,
             events_max_age,
             events_max_bytes,
+            webhooks,
         } = self;
         f.debug_struct("Config")
             .field("database_url", &without_password(database_url))
@@ -217,6 +221,7 @@ impl std::fmt::Debug for Config {
             .field("order_events", order_events)
             .field("events_max_age", events_max_age)
             .field("events_max_bytes", events_max_bytes)
+            .field("webhooks", webhooks)
             .finish()
     }
 }
@@ -309,6 +314,7 @@ impl Config {
                 1_000_000,
                 1_000_000_000_000_000,
             )?,
+            webhooks: webhooks(get("WEBHOOKS_FILE", ""))?,
             buyer_jwt: buyer_jwt(
                 get("BUYER_JWT_SECRET", ""),
                 get("BUYER_JWT_PUBLIC_KEY_FILE", ""),
@@ -322,6 +328,14 @@ impl Config {
                 message: "buyers' tokens are verified (BUYER_JWT_*), so the sellers' endpoints \
                           must not be open to them: set ADMIN_TOKEN (and PAYMENT_TOKEN for the \
                           payment service)"
+                    .into(),
+            });
+        }
+        if !config.webhooks.is_empty() && !config.order_events {
+            return Err(ConfigError {
+                variable: "WEBHOOKS_FILE",
+                message: "webhooks deliver order events, and ORDER_EVENTS is off: turn it on, \
+                          or leave WEBHOOKS_FILE unset"
                     .into(),
             });
         }
@@ -522,6 +536,23 @@ fn duration_or_zero((variable, value): (&'static str, String)) -> Result<Duratio
         return Ok(Duration::ZERO);
     }
     duration((variable, value))
+}
+
+/// The endpoints of the file `path` names (none when unset).
+fn webhooks(
+    (variable, path): (&'static str, String),
+) -> Result<Vec<crate::webhooks::Endpoint>, ConfigError> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+        variable,
+        message: format!("cannot read {path:?}: {e}"),
+    })?;
+    crate::webhooks::parse(&text).map_err(|message| ConfigError {
+        variable,
+        message: format!("{path:?}: {message}"),
+    })
 }
 
 /// `on` or `off`.

@@ -8,6 +8,7 @@
 //! - [`partition`]: which partition a product's orders go to.
 //! - [`message`]: what travels over the broker.
 //! - [`events`]: order events (CloudEvents) on the events stream.
+//! - [`webhooks`]: the endpoints events are POSTed to, and their signatures.
 //! - [`telemetry`]: logging setup.
 //! - [`http`]: serving HTTP/1.1 so that no idle, slow or silent client can take a listener down.
 //! - [`limits`]: the process's open-file limit.
@@ -27,5 +28,6 @@ pub mod partition;
 pub mod prometheus;
 pub mod shutdown;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use config::Config;

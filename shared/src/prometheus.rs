@@ -63,6 +63,15 @@ impl Writer {
         }
     }
 
+    /// A counter family: one sample per `(labels, value)`, labels like
+    /// `endpoint="payments"`. Writes nothing but the header when empty.
+    pub fn counters_f64(&mut self, name: &str, help: &str, samples: &[(String, f64)]) {
+        self.header(name, help, "counter");
+        for (labels, value) in samples {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+
     /// A gauge with one value.
     pub fn gauge(&mut self, name: &str, help: &str, value: u64) {
         self.header(name, help, "gauge");

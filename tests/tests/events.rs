@@ -255,3 +255,65 @@ async fn with_events_off_nothing_is_recorded_or_published() {
     .await;
     assert!(read.is_empty(), "{read:?}");
 }
+
+#[tokio::test]
+async fn the_tail_prints_the_events_an_operator_asks_for() {
+    let app = TestApp::spawn(Options::default()).await;
+    let product = app.create_product("tailed", 2).await;
+    let other = app.create_product("not tailed", 5).await;
+    let mut placed = Vec::new();
+    for _ in 0..3 {
+        placed.push(
+            decided_order(&app, product, 1).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    decided_order(&app, other, 1).await;
+    assert!(events::wait_published(&app.db, PUBLISHED).await);
+
+    let tail = |args: Vec<String>| {
+        let env = app.env.clone();
+        async move {
+            let output = tokio::process::Command::new(flashstock_tests::process::binary("worker"))
+                .arg("events")
+                .args(args)
+                .env_clear()
+                .envs(env)
+                .output();
+            let output = tokio::time::timeout(Duration::from_secs(30), output)
+                .await
+                .expect("the tail ends after --count")
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    let args = |text: &str| {
+        text.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let lines = tail(args(&format!(
+        "--from first --product {product} --type accepted --count 2"
+    )))
+    .await;
+    let subjects: Vec<&str> = lines
+        .iter()
+        .map(|l| l["event"]["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, [placed[0].as_str(), placed[1].as_str()]);
+    assert!(lines.iter().all(|l| l["offset"].is_u64()));
+
+    let rejected = tail(args(
+        "--from first --type flashstock.order.rejected --count 1",
+    ))
+    .await;
+    assert_eq!(rejected[0]["event"]["subject"], placed[2].as_str());
+    assert_eq!(rejected[0]["event"]["data"]["reason"], "OUT_OF_STOCK");
+}

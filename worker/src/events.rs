@@ -1,9 +1,8 @@
 //! Publishing the events outbox to the events stream.
 //!
 //! Every worker runs this loop; one at a time publishes, the one holding
-//! the database's named lock `flashstock.events.{database}` (`GET_LOCK`,
-//! held by a connection of its own, so it is released the moment that
-//! worker dies or its connection is cut). The publisher reads the oldest
+//! the database's named lock for it ([`NamedLock`], released the moment
+//! that worker dies or its connection is cut). The publisher reads the oldest
 //! outbox rows, publishes them as CloudEvents batches on the stream with
 //! publisher confirms, in outbox order, and deletes them once confirmed:
 //! a crash in between publishes them again (the same ids), never loses
@@ -15,6 +14,7 @@
 //! after it was confirmed, so whichever publisher first publishes the later
 //! event has published the earlier one before it.
 
+use crate::lock::NamedLock;
 use crate::metrics::Metrics;
 use backon::BackoffBuilder as _;
 use lapin::options::BasicPublishOptions;
@@ -22,7 +22,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use shared::broker::{BrokerLink, Topology, confirm_channel, retry_policy};
 use shared::db::events as outbox;
 use shared::events::{BATCH_CONTENT_TYPE, CloudEvent};
-use sqlx::{ConnectOptions as _, Connection as _, MySqlConnection, MySqlPool};
+use sqlx::MySqlPool;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -38,13 +38,10 @@ const EVENTS_PER_ENTRY: usize = 500;
 /// How long the publisher waits before reading again when the last round
 /// was not full: events are at most this late, and rounds gather.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// How often a worker that does not publish tries to take over.
-const TAKE_OVER_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the publisher checks it still holds the lock.
 const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// The lock connection's `wait_timeout`: a publisher cut off (or stopped)
-/// this long loses the lock to another worker.
-const LOCK_IDLE_TIMEOUT_SECS: u32 = 10;
+/// The job's lock ([`NamedLock`]).
+const LOCK: &str = "events";
 /// How often the outbox's size is read for the metrics.
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest a confirm may take before the round is published again.
@@ -69,20 +66,15 @@ impl Publisher {
     pub async fn run(self, stop: CancellationToken) {
         let source = shared::events::source(self.topology.namespace());
         loop {
-            let Some(lock) = self.take_lock(&stop).await else {
+            let Some(lock) = NamedLock::take(&self.db, LOCK, &stop).await else {
                 return;
             };
             tracing::info!("publishing order events");
             self.metrics.events_publisher.store(1, Ordering::Relaxed);
             let lock = self.publish_while_holding(lock, &source, &stop).await;
             self.metrics.events_publisher.store(0, Ordering::Relaxed);
-            if let Some(mut lock) = lock {
-                let _ = sqlx::query(
-                    "DO RELEASE_LOCK(LEFT(CONCAT('flashstock.events.', DATABASE()), 64))",
-                )
-                .execute(&mut lock)
-                .await;
-                let _ = lock.close().await;
+            if let Some(lock) = lock {
+                lock.release().await;
             }
             if stop.is_cancelled() {
                 return;
@@ -91,61 +83,21 @@ impl Publisher {
         }
     }
 
-    /// A connection holding the publisher's lock, once this worker gets it;
-    /// `None` on `stop`.
-    async fn take_lock(&self, stop: &CancellationToken) -> Option<MySqlConnection> {
-        let mut conn: Option<MySqlConnection> = None;
-        loop {
-            if conn.is_none() {
-                conn = self.lock_connection().await.ok();
-            }
-            if let Some(c) = conn.as_mut() {
-                let name = "LEFT(CONCAT('flashstock.events.', DATABASE()), 64)";
-                let got: Result<(Option<i64>,), _> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT GET_LOCK({name}, 0)")))
-                        .fetch_one(&mut *c)
-                        .await;
-                match got {
-                    Ok((Some(1),)) => return conn,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "could not ask for the events lock");
-                        conn = None;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return None,
-                _ = tokio::time::sleep(TAKE_OVER_INTERVAL) => {}
-            }
-        }
-    }
-
-    async fn lock_connection(&self) -> Result<MySqlConnection, sqlx::Error> {
-        let mut conn = self.db.connect_options().connect().await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SET SESSION wait_timeout = {LOCK_IDLE_TIMEOUT_SECS}"
-        )))
-        .execute(&mut conn)
-        .await?;
-        Ok(conn)
-    }
-
     /// Publishes until `stop` or until the lock is lost; returns the lock's
     /// connection if it still works.
     async fn publish_while_holding(
         &self,
-        mut lock: MySqlConnection,
+        mut lock: NamedLock,
         source: &str,
         stop: &CancellationToken,
-    ) -> Option<MySqlConnection> {
+    ) -> Option<NamedLock> {
         let mut channel: Option<Channel> = None;
         let mut checked = Instant::now();
         let mut measured: Option<Instant> = None;
         let mut delays = retry_policy().build();
         while !stop.is_cancelled() {
             if checked.elapsed() >= LOCK_CHECK_INTERVAL {
-                if !still_holds(&mut lock).await {
+                if !lock.held().await {
                     return None;
                 }
                 checked = Instant::now();
@@ -156,6 +108,11 @@ impl Publisher {
                     self.metrics
                         .events_outbox_oldest
                         .store(oldest.as_secs(), Ordering::Relaxed);
+                }
+                if let Some(entries) = self.stream_entries().await {
+                    self.metrics
+                        .events_stream_entries
+                        .store(entries, Ordering::Relaxed);
                 }
                 measured = Some(Instant::now());
             }
@@ -182,6 +139,27 @@ impl Publisher {
             }
         }
         Some(lock)
+    }
+
+    /// The entries the stream holds now, as the broker counts them (a
+    /// passive declare on a channel of its own; `None` when it cannot say).
+    async fn stream_entries(&self) -> Option<u64> {
+        let conn = self.link.connection()?;
+        let channel = conn.create_channel().await.ok()?;
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = channel
+            .queue_declare(
+                self.topology.events_stream().as_str().into(),
+                passive,
+                Default::default(),
+            )
+            .await
+            .ok();
+        let _ = channel.close(200, "counted".into()).await;
+        declared.map(|q| u64::from(q.message_count()))
     }
 
     /// Publishes the oldest outbox rows and deletes them once confirmed.
@@ -267,14 +245,4 @@ impl Publisher {
         }
         Ok(())
     }
-}
-
-/// Whether `lock`'s connection still holds the publisher's lock.
-async fn still_holds(lock: &mut MySqlConnection) -> bool {
-    let held: Result<(Option<i64>,), _> = sqlx::query_as(
-        "SELECT IS_USED_LOCK(LEFT(CONCAT('flashstock.events.', DATABASE()), 64)) = CONNECTION_ID()",
-    )
-    .fetch_one(lock)
-    .await;
-    matches!(held, Ok((Some(1),)))
 }

@@ -8,6 +8,9 @@
 //! - [`metrics`]: counters and histograms served at `/metrics`.
 //! - [`sweep`]: expiry of accepted orders nobody paid in time.
 //! - [`events`]: the events outbox published to the events stream (one worker at a time).
+//! - [`webhooks`]: the events POSTed to the configured webhook endpoints.
+//! - [`lock`]: a job one worker at a time does (a named lock in the database).
+//! - [`tail`]: `worker events`, order events printed for operators.
 //! - [`Worker`]: builds everything from the configuration and runs it.
 
 pub mod backlog;
@@ -15,10 +18,13 @@ pub mod consume;
 pub mod decide;
 pub mod decider;
 pub mod events;
+pub mod lock;
 pub mod metrics;
 pub mod notify;
 pub mod ownership;
 pub mod sweep;
+pub mod tail;
+pub mod webhooks;
 
 use consume::Context;
 use shared::Config;
@@ -36,6 +42,8 @@ pub struct Worker {
     ctx: Arc<Context>,
     /// Publishes the events outbox (when `ORDER_EVENTS` is on).
     events: Option<events::Publisher>,
+    /// Delivers events to the webhook endpoints (when there are any).
+    webhooks: Option<webhooks::Deliveries>,
     metrics_listener: TcpListener,
     shutdown: CancellationToken,
 }
@@ -81,6 +89,13 @@ impl Worker {
             )
         })?;
         let topology_for_notices = topology.clone();
+        let webhooks = (!config.webhooks.is_empty()).then(|| webhooks::Deliveries {
+            db: db.clone(),
+            link: link.clone(),
+            topology: topology.clone(),
+            endpoints: config.webhooks.clone(),
+            metrics: metrics.clone(),
+        });
         let events = config.order_events.then(|| events::Publisher {
             db: db.clone(),
             link: notify_link.clone(),
@@ -96,6 +111,7 @@ impl Worker {
         );
         Ok(Self {
             events,
+            webhooks,
             ctx: Arc::new(Context {
                 db,
                 link,
@@ -134,6 +150,9 @@ impl Worker {
         tasks.spawn(backlog::run_backlog(self.ctx.clone(), stop.clone()));
         if let Some(events) = self.events {
             tasks.spawn(events.run(stop.clone()));
+        }
+        if let Some(webhooks) = self.webhooks {
+            tasks.spawn(webhooks.run(stop.clone()));
         }
         tasks.spawn(sweep::run_sweeper(
             self.ctx.db.clone(),

@@ -1,4 +1,5 @@
-//! The `worker` binary: reads the configuration and decides orders until SIGTERM or ctrl-c.
+//! The `worker` binary: reads the configuration and decides orders until
+//! SIGTERM or ctrl-c; `worker events …` prints order events instead ([`flashstock_worker::tail`]).
 
 use flashstock_worker::Worker;
 use shared::Config;
@@ -17,6 +18,21 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "events") {
+        let tail = flashstock_worker::tail::Tail::parse(&args[1..])
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", flashstock_worker::tail::USAGE))?;
+        let config = Config::from_env()?;
+        let stop = CancellationToken::new();
+        tokio::spawn(shared::shutdown::on_signal(stop.clone()));
+        return tail.run(config, stop).await;
+    }
+    if let Some(other) = args.first() {
+        anyhow::bail!(
+            "unknown argument {other:?}: run `worker` to decide orders, or\n{}",
+            flashstock_worker::tail::USAGE
+        );
+    }
     let config = Config::from_env()?;
     shared::telemetry::init(config.log_json);
     let worker = Worker::build(config).await?;

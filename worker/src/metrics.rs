@@ -3,6 +3,7 @@
 
 use crate::backlog::PartitionBacklog;
 use shared::prometheus::{self, Histogram, Writer};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,8 +59,29 @@ pub struct Metrics {
     pub events_outbox: AtomicU64,
     /// Seconds since the oldest event waiting in the outbox happened.
     pub events_outbox_oldest: AtomicU64,
+    /// Entries the events stream holds, as the broker last counted them.
+    pub events_stream_entries: AtomicU64,
     /// Seconds from a transition's commit to its event's confirmation.
     pub events_lag: Histogram,
+    /// Per webhook endpoint (one entry per configured endpoint).
+    pub webhooks: Mutex<BTreeMap<String, WebhookStats>>,
+}
+
+/// One webhook endpoint's deliveries by this worker.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookStats {
+    /// Whether this worker is the one delivering to it.
+    pub delivering: bool,
+    /// Events it acknowledged (2xx).
+    pub delivered: u64,
+    /// POSTs it did not acknowledge.
+    pub failures: u64,
+    /// POSTs sent again after a failure.
+    pub retries: u64,
+    /// Events given up on after the endpoint's retry period.
+    pub given_up: u64,
+    /// Seconds since the oldest event in hand happened (0 when caught up).
+    pub lag_seconds: f64,
 }
 
 impl Default for Metrics {
@@ -86,7 +108,9 @@ impl Default for Metrics {
             events_publisher: AtomicU64::new(0),
             events_outbox: AtomicU64::new(0),
             events_outbox_oldest: AtomicU64::new(0),
+            events_stream_entries: AtomicU64::new(0),
             events_lag: Histogram::new(&LATENCY_BOUNDS),
+            webhooks: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -95,6 +119,16 @@ impl Metrics {
     /// Adds one to `counter`.
     pub fn inc(counter: &AtomicU64) {
         prometheus::inc(counter);
+    }
+
+    /// Changes endpoint `name`'s stats with `change`.
+    pub fn webhook(&self, name: &str, change: impl FnOnce(&mut WebhookStats)) {
+        let mut webhooks = self.webhooks.lock().expect("webhook stats");
+        if let Some(stats) = webhooks.get_mut(name) {
+            change(stats);
+        } else {
+            change(webhooks.entry(name.to_owned()).or_default());
+        }
     }
 
     /// The Prometheus text exposition.
@@ -216,6 +250,52 @@ impl Metrics {
             "flashstock_events_outbox_oldest_seconds",
             "Seconds since the oldest event waiting in the outbox happened, as last read by the publishing worker.",
             self.events_outbox_oldest.load(Ordering::Relaxed),
+        );
+        let webhooks = self.webhooks.lock().expect("webhook stats").clone();
+        let per_endpoint = |value: &dyn Fn(&WebhookStats) -> f64| -> Vec<(String, f64)> {
+            webhooks
+                .iter()
+                .map(|(name, s)| (format!("endpoint=\"{name}\""), value(s)))
+                .collect()
+        };
+        for (name, help, value) in [
+            (
+                "flashstock_webhook_delivered_total",
+                "Events a webhook endpoint acknowledged (2xx), delivered by this worker.",
+                &(|s: &WebhookStats| s.delivered as f64) as &dyn Fn(&WebhookStats) -> f64,
+            ),
+            (
+                "flashstock_webhook_failures_total",
+                "POSTs a webhook endpoint did not acknowledge (error, timeout, not 2xx).",
+                &|s: &WebhookStats| s.failures as f64,
+            ),
+            (
+                "flashstock_webhook_retries_total",
+                "POSTs sent again to a webhook endpoint after a failure.",
+                &|s: &WebhookStats| s.retries as f64,
+            ),
+            (
+                "flashstock_webhook_given_up_total",
+                "Events given up on after the endpoint's retry period (recorded in webhook_failures).",
+                &|s: &WebhookStats| s.given_up as f64,
+            ),
+        ] {
+            w.counters_f64(name, help, &per_endpoint(value));
+        }
+        w.gauges(
+            "flashstock_webhook_lag_seconds",
+            "Seconds since the oldest event a webhook endpoint has not acknowledged happened (0 when caught up), as seen by the worker delivering to it.",
+            &per_endpoint(&|s| s.lag_seconds),
+        );
+        w.gauges(
+            "flashstock_webhook_delivering",
+            "Whether this worker is the one delivering to a webhook endpoint (1) or not (0).",
+            &per_endpoint(&|s| f64::from(u8::from(s.delivering))),
+        );
+        w.gauge(
+            "flashstock_events_stream_entries",
+            "Entries (of up to 500 events each) the events stream holds, as the broker counts them, read every 5 s by the publishing worker (0 elsewhere).",
+            self.events_stream_entries.load(Ordering::Relaxed),
         );
         w.histogram(
             "flashstock_events_lag_seconds",
