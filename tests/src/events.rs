@@ -55,6 +55,60 @@ fn first_url(amqp_url: &str) -> &str {
     amqp_url.split(',').next().unwrap_or(amqp_url)
 }
 
+/// A consumer of the events stream, attached (its start fixed) once
+/// [`Reader::open`] returns.
+pub struct Reader {
+    conn: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+impl Reader {
+    /// Subscribes to the events stream of `topology` from `from`.
+    pub async fn open(amqp_url: &str, topology: &Topology, from: From) -> Reader {
+        let conn = shared::broker::connect(first_url(amqp_url), "flashstock test events reader")
+            .await
+            .expect("connecting to read the events stream");
+        let consumer = shared::events::subscribe(
+            &conn,
+            &topology.events_stream(),
+            from,
+            200,
+            "flashstock-test-reader",
+        )
+        .await
+        .expect("consuming the events stream");
+        Reader { conn, consumer }
+    }
+
+    /// Reads until nothing has arrived for `idle` (or `limit` events were
+    /// read), in stream order.
+    pub async fn take(mut self, idle: Duration, limit: usize) -> Vec<Read> {
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Ok(Some(delivery)) = tokio::time::timeout(idle, self.consumer.next()).await else {
+                break;
+            };
+            let delivery = delivery.expect("a stream delivery");
+            let offset =
+                shared::events::offset_of(&delivery.properties).expect("an entry's offset");
+            let raw: Vec<serde_json::Value> =
+                serde_json::from_slice(&delivery.data).expect("an entry is a JSON array");
+            for raw in raw {
+                let nonconforming = nonconformity(&raw);
+                let event: CloudEvent = serde_json::from_value(raw).expect("a CloudEvent");
+                out.push(Read {
+                    offset,
+                    event,
+                    nonconforming,
+                });
+            }
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        let _ = self.conn.close(200, "read".into()).await;
+        out
+    }
+}
+
 /// Reads the events stream of `topology` from `from` until nothing has
 /// arrived for `idle` (or `limit` events were read), in stream order.
 pub async fn read(
@@ -64,40 +118,10 @@ pub async fn read(
     idle: Duration,
     limit: usize,
 ) -> Vec<Read> {
-    let conn = shared::broker::connect(first_url(amqp_url), "flashstock test events reader")
+    Reader::open(amqp_url, topology, from)
         .await
-        .expect("connecting to read the events stream");
-    let mut consumer = shared::events::subscribe(
-        &conn,
-        &topology.events_stream(),
-        from,
-        200,
-        "flashstock-test-reader",
-    )
-    .await
-    .expect("consuming the events stream");
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let Ok(Some(delivery)) = tokio::time::timeout(idle, consumer.next()).await else {
-            break;
-        };
-        let delivery = delivery.expect("a stream delivery");
-        let offset = shared::events::offset_of(&delivery.properties).expect("an entry's offset");
-        let raw: Vec<serde_json::Value> =
-            serde_json::from_slice(&delivery.data).expect("an entry is a JSON array");
-        for raw in raw {
-            let nonconforming = nonconformity(&raw);
-            let event: CloudEvent = serde_json::from_value(raw).expect("a CloudEvent");
-            out.push(Read {
-                offset,
-                event,
-                nonconforming,
-            });
-        }
-        let _ = delivery.ack(BasicAckOptions::default()).await;
-    }
-    let _ = conn.close(200, "read".into()).await;
-    out
+        .take(idle, limit)
+        .await
 }
 
 /// Waits (up to `timeout`) until the outbox is empty: every event

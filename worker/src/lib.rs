@@ -77,6 +77,10 @@ impl Worker {
         )
         .await?;
         let metrics: Arc<metrics::Metrics> = Arc::default();
+        metrics.events_enabled.store(
+            u64::from(config.order_events),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         metrics.partition_count.store(
             u64::from(topology.partitions()),
             std::sync::atomic::Ordering::Relaxed,

@@ -2,16 +2,24 @@
 //! webhook endpoint's): a named lock in the database (`GET_LOCK`), held by
 //! a connection of its own, so it is released the moment the worker
 //! holding it dies or its connection is cut.
+//!
+//! A keeper task asks the server every second whether the connection still
+//! holds the lock (which also keeps the connection from idling out), and
+//! fires [`NamedLock::lost`] the moment it does not, so the job stops at
+//! once rather than at its next pause: a job step may take longer than the
+//! server lets an idle connection live.
 
 use sqlx::{ConnectOptions as _, Connection as _, MySqlConnection, MySqlPool};
 use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// How often a worker that does not hold the lock asks for it again.
-const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a worker that does not hold the lock asks for it again, and
+/// how often the holder checks it still does.
+const INTERVAL: Duration = Duration::from_secs(1);
 /// The lock connection's `wait_timeout`: a holder cut off (or stopped)
-/// this long loses the lock to another worker. Holders check their lock
-/// every second, which keeps a live connection busy.
+/// this long loses the lock to another worker.
 const IDLE_TIMEOUT_SECS: u32 = 10;
 
 /// The lock's server-wide name: per database (tests and deployments share
@@ -20,8 +28,9 @@ const NAME: &str = "CONCAT('flashstock.', LEFT(SHA2(CONCAT(DATABASE(), '/', ?), 
 
 /// A held lock.
 pub struct NamedLock {
-    conn: MySqlConnection,
-    job: String,
+    lost: CancellationToken,
+    release: Option<oneshot::Sender<()>>,
+    keeper: JoinHandle<()>,
 }
 
 impl NamedLock {
@@ -41,10 +50,8 @@ impl NamedLock {
                         .await;
                 match got {
                     Ok((Some(1),)) => {
-                        return conn.map(|conn| NamedLock {
-                            conn,
-                            job: job.to_owned(),
-                        });
+                        let conn = conn.take().expect("connected");
+                        return Some(Self::keep(conn, job.to_owned()));
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -55,30 +62,75 @@ impl NamedLock {
             }
             tokio::select! {
                 _ = stop.cancelled() => return None,
-                _ = tokio::time::sleep(RETRY_INTERVAL) => {}
+                _ = tokio::time::sleep(INTERVAL) => {}
             }
         }
     }
 
-    /// Whether this connection still holds it.
-    pub async fn held(&mut self) -> bool {
-        let held: Result<(Option<i64>,), _> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT IS_USED_LOCK({NAME}) = CONNECTION_ID()"
-        )))
-        .bind(&self.job)
-        .fetch_one(&mut self.conn)
-        .await;
-        matches!(held, Ok((Some(1),)))
+    fn keep(mut conn: MySqlConnection, job: String) -> NamedLock {
+        let lost = CancellationToken::new();
+        let (release, mut released) = oneshot::channel::<()>();
+        let keeper = tokio::spawn({
+            let lost = lost.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        // Released, or the holder dropped.
+                        _ = &mut released => break,
+                        _ = tokio::time::sleep(INTERVAL) => {}
+                    }
+                    if !held(&mut conn, &job).await {
+                        tracing::warn!(job, "lost a job's lock");
+                        lost.cancel();
+                        let _ = conn.close().await;
+                        return;
+                    }
+                }
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DO RELEASE_LOCK({NAME})")))
+                    .bind(&job)
+                    .execute(&mut conn)
+                    .await;
+                let _ = conn.close().await;
+                lost.cancel();
+            }
+        });
+        NamedLock {
+            lost,
+            release: Some(release),
+            keeper,
+        }
     }
 
-    /// Gives it up.
-    pub async fn release(mut self) {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DO RELEASE_LOCK({NAME})")))
-            .bind(&self.job)
-            .execute(&mut self.conn)
-            .await;
-        let _ = self.conn.close().await;
+    /// Fires once the lock is no longer held (lost, or released).
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
     }
+
+    /// Gives it up, and waits until the server has it back.
+    pub async fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = release.send(());
+        }
+        let _ = (&mut self.keeper).await;
+    }
+}
+
+impl Drop for NamedLock {
+    fn drop(&mut self) {
+        // Dropping the sender releases the lock in the keeper.
+        self.release.take();
+    }
+}
+
+/// Whether `conn` still holds `job`'s lock.
+async fn held(conn: &mut MySqlConnection, job: &str) -> bool {
+    let held: Result<(Option<i64>,), _> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT IS_USED_LOCK({NAME}) = CONNECTION_ID()"
+    )))
+    .bind(job)
+    .fetch_one(conn)
+    .await;
+    matches!(held, Ok((Some(1),)))
 }
 
 async fn connect(db: &MySqlPool) -> Result<MySqlConnection, sqlx::Error> {

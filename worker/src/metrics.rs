@@ -55,6 +55,8 @@ pub struct Metrics {
     pub events_failures: AtomicU64,
     /// Whether this worker is the one publishing events (1) or not (0).
     pub events_publisher: AtomicU64,
+    /// Whether events are on (`ORDER_EVENTS`).
+    pub events_enabled: AtomicU64,
     /// Events waiting in the outbox, as last read by the publisher.
     pub events_outbox: AtomicU64,
     /// Seconds since the oldest event waiting in the outbox happened.
@@ -106,6 +108,7 @@ impl Default for Metrics {
             events_published: AtomicU64::new(0),
             events_failures: AtomicU64::new(0),
             events_publisher: AtomicU64::new(0),
+            events_enabled: AtomicU64::new(0),
             events_outbox: AtomicU64::new(0),
             events_outbox_oldest: AtomicU64::new(0),
             events_stream_entries: AtomicU64::new(0),
@@ -237,6 +240,11 @@ impl Metrics {
             &[("", &self.events_failures)],
         );
         w.gauge(
+            "flashstock_events_enabled",
+            "Whether order events are on (ORDER_EVENTS): 1, or 0.",
+            self.events_enabled.load(Ordering::Relaxed),
+        );
+        w.gauge(
             "flashstock_events_publisher",
             "Whether this worker is the one publishing order events (1) or not (0).",
             self.events_publisher.load(Ordering::Relaxed),
@@ -294,12 +302,12 @@ impl Metrics {
         );
         w.gauge(
             "flashstock_events_stream_entries",
-            "Entries (of up to 500 events each) the events stream holds, as the broker counts them, read every 5 s by the publishing worker (0 elsewhere).",
+            "Entries (of up to 500 events each) the events stream holds, as the broker counts them, read every 5 s by the worker publishing events (0 on the others).",
             self.events_stream_entries.load(Ordering::Relaxed),
         );
         w.histogram(
             "flashstock_events_lag_seconds",
-            "Seconds from a transition's commit (database clock) to its event's confirmation by the events stream.",
+            "Seconds from a transition (its event's time, database clock) to its event's confirmation by the events stream.",
             &self.events_lag,
         );
         w.finish()

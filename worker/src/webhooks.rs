@@ -42,8 +42,6 @@ const ANSWER_LIMIT: usize = 64 * 1024;
 const CONCURRENCY: usize = 16;
 /// Stream entries a courier holds unacknowledged (up to 500 events each).
 const PREFETCH: u16 = 4;
-/// How often a courier checks it still holds its endpoint's lock.
-const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// With no entry for this long, the endpoint is caught up (lag 0).
 const IDLE: Duration = Duration::from_secs(1);
 /// First and longest pause between retries of one event (with jitter).
@@ -115,12 +113,6 @@ struct Courier {
     metrics: Arc<Metrics>,
 }
 
-/// Why a session of deliveries ended without an error.
-enum Ended {
-    Stopped,
-    LostLock,
-}
-
 /// What became of one event.
 #[derive(PartialEq)]
 enum Fate {
@@ -148,14 +140,26 @@ impl Courier {
             tracing::info!(endpoint = %self.endpoint.name, "delivering webhooks");
             self.metrics
                 .webhook(&self.endpoint.name, |s| s.delivering = true);
-            let lock = self.deliver_while_holding(lock, &stop).await;
+            // Deliveries halt on `stop`, and the moment the lock is lost
+            // (another worker then delivers), even in the middle of an entry.
+            let halt = CancellationToken::new();
+            let watcher = tokio::spawn({
+                let (halt, stop, lost) = (halt.clone(), stop.clone(), lock.lost().clone());
+                async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = lost.cancelled() => {}
+                    }
+                    halt.cancel();
+                }
+            });
+            self.deliver_until(&halt).await;
             self.metrics.webhook(&self.endpoint.name, |s| {
                 s.delivering = false;
                 s.lag_seconds = 0.0;
             });
-            if let Some(lock) = lock {
-                lock.release().await;
-            }
+            lock.release().await;
+            let _ = watcher.await;
             if stop.is_cancelled() {
                 return;
             }
@@ -163,41 +167,30 @@ impl Courier {
         }
     }
 
-    async fn deliver_while_holding(
-        &self,
-        mut lock: NamedLock,
-        stop: &CancellationToken,
-    ) -> Option<NamedLock> {
+    /// Delivers until `halt`, resuming from the saved progress after an
+    /// error.
+    async fn deliver_until(&self, halt: &CancellationToken) {
         let mut delays = retry_policy().build();
-        while !stop.is_cancelled() {
-            match self.session(&mut lock, stop).await {
-                Ok(Ended::Stopped) => break,
-                Ok(Ended::LostLock) => return None,
-                Err(e) => {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(endpoint = %self.endpoint.name, error = %e, ?delay, "webhook deliveries interrupted; resuming from the saved progress");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    if !lock.held().await {
-                        return None;
-                    }
+        while !halt.is_cancelled() {
+            if let Err(e) = self.session(halt).await {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(endpoint = %self.endpoint.name, error = %e, ?delay, "webhook deliveries interrupted; resuming from the saved progress");
+                tokio::select! {
+                    _ = halt.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
-        Some(lock)
     }
 
     /// Reads the stream from the saved progress and delivers it entry by
-    /// entry, saving the progress after each.
-    async fn session(
-        &self,
-        lock: &mut NamedLock,
-        stop: &CancellationToken,
-    ) -> anyhow::Result<Ended> {
-        let saved = self.progress().await?;
-        let from = saved.map_or(self.endpoint.from, From::Offset);
+    /// entry, saving the progress after each, until `halt`.
+    async fn session(&self, halt: &CancellationToken) -> anyhow::Result<()> {
+        let from = self.start().await?;
+        let saved = match from {
+            From::Offset(next) => Some(next),
+            _ => None,
+        };
         let conn = self
             .link
             .connection()
@@ -205,18 +198,12 @@ impl Courier {
         let tag = format!("flashstock-webhook-{}", self.endpoint.name);
         let mut consumer =
             shared::events::subscribe(&conn, &self.stream, from, PREFETCH, &tag).await?;
-        let mut checked = Instant::now();
+        let mut first = true;
         loop {
             let next = tokio::select! {
-                _ = stop.cancelled() => return Ok(Ended::Stopped),
+                _ = halt.cancelled() => return Ok(()),
                 next = tokio::time::timeout(IDLE, consumer.next()) => next,
             };
-            if checked.elapsed() >= LOCK_CHECK_INTERVAL {
-                if !lock.held().await {
-                    return Ok(Ended::LostLock);
-                }
-                checked = Instant::now();
-            }
             let delivery = match next {
                 Err(_) => {
                     self.metrics
@@ -233,9 +220,18 @@ impl Courier {
                 delivery.ack(BasicAckOptions::default()).await?;
                 continue;
             }
+            if first && let Some(next) = saved.filter(|next| offset > *next) {
+                // Retention dropped entries this endpoint never got.
+                let missed = format!("stream entries {next} to {}", offset - 1);
+                tracing::error!(endpoint = %self.endpoint.name, %missed, "events expired from the stream before this endpoint got them");
+                self.record_gap(&missed).await;
+                self.metrics
+                    .webhook(&self.endpoint.name, |s| s.given_up += 1);
+            }
+            first = false;
             let events = outgoing(&delivery.data);
-            if self.deliver_entry(events, stop).await == Fate::Stopped {
-                return Ok(Ended::Stopped);
+            if self.deliver_entry(events, halt).await == Fate::Stopped {
+                return Ok(());
             }
             self.save_progress(offset + 1).await?;
             delivery.ack(BasicAckOptions::default()).await?;
@@ -284,7 +280,9 @@ impl Courier {
     /// period has passed.
     async fn deliver(&self, event: &Outgoing, stop: &CancellationToken) -> Fate {
         let name = &self.endpoint.name;
-        let started = Instant::now();
+        // The retry period runs from the transition, so neither a restart
+        // nor the events queued before this one extend it.
+        let deadline = event_deadline(&event.time, self.endpoint.retry_for);
         let mut delays = backon::ExponentialBuilder::default()
             .with_min_delay(RETRY_MIN)
             .with_max_delay(RETRY_MAX)
@@ -302,7 +300,7 @@ impl Courier {
                 Err(e) => e,
             };
             self.metrics.webhook(name, |s| s.failures += 1);
-            let left = self.endpoint.retry_for.saturating_sub(started.elapsed());
+            let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 tracing::error!(endpoint = %name, event_id = %event.id, attempts, %error, "webhook given up on");
                 self.record_failure(event, attempts, &error).await;
@@ -371,26 +369,66 @@ impl Courier {
         }
     }
 
-    /// The saved offset of the next entry to deliver, if any.
-    async fn progress(&self) -> Result<Option<u64>, sqlx::Error> {
-        let saved: Option<(u64,)> =
-            sqlx::query_as("SELECT next_offset FROM webhook_progress WHERE endpoint = ?")
+    /// Where to read from: the saved offset of the next entry; else the
+    /// saved start of a new endpoint; else its `from`, saved first when it
+    /// names "now" (`next`, `last`), so that a restart before the first
+    /// entry does not skip what came meanwhile.
+    async fn start(&self) -> Result<From, sqlx::Error> {
+        let saved: Option<(Option<u64>, Option<chrono::DateTime<chrono::Utc>>)> =
+            sqlx::query_as("SELECT next_offset, start_at FROM webhook_progress WHERE endpoint = ?")
                 .bind(&self.endpoint.name)
                 .fetch_optional(&self.db)
                 .await?;
-        Ok(saved.map(|(offset,)| offset))
+        match saved {
+            Some((Some(next), _)) => return Ok(From::Offset(next)),
+            Some((None, Some(at))) => return Ok(From::Time(at)),
+            _ => {}
+        }
+        if !matches!(self.endpoint.from, From::Next | From::Last) {
+            return Ok(self.endpoint.from);
+        }
+        let (at,): (chrono::DateTime<chrono::Utc>,) =
+            sqlx::query_as("SELECT NOW(6)").fetch_one(&self.db).await?;
+        sqlx::query(
+            "INSERT INTO webhook_progress (endpoint, start_at, updated_at) VALUES (?, ?, NOW(6)) \
+             ON DUPLICATE KEY UPDATE updated_at = updated_at",
+        )
+        .bind(&self.endpoint.name)
+        .bind(at)
+        .execute(&self.db)
+        .await?;
+        Ok(From::Time(at))
     }
 
+    /// Saves `next` as the endpoint's progress; never moves it back (a
+    /// courier that lost its lock finishing late).
     async fn save_progress(&self, next: u64) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO webhook_progress (endpoint, next_offset, updated_at) VALUES (?, ?, NOW(6)) \
-             ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at = NOW(6)",
+             ON DUPLICATE KEY UPDATE next_offset = GREATEST(COALESCE(next_offset, 0), VALUES(next_offset)), \
+             updated_at = NOW(6)",
         )
         .bind(&self.endpoint.name)
         .bind(next)
         .execute(&self.db)
         .await?;
         Ok(())
+    }
+
+    /// Records entries the endpoint will never get (expired from the
+    /// stream before it got them).
+    async fn record_gap(&self, missed: &str) {
+        let recorded = sqlx::query(
+            "INSERT INTO webhook_failures (endpoint, event_id, event_type, event, attempts, last_error) \
+             VALUES (?, ?, 'gap', '', 0, 'expired from the events stream before delivery')",
+        )
+        .bind(&self.endpoint.name)
+        .bind(missed)
+        .execute(&self.db)
+        .await;
+        if let Err(e) = recorded {
+            tracing::error!(endpoint = %self.endpoint.name, error = %e, "could not record a gap");
+        }
     }
 
     /// Records an event given up on; retried a few times (it is the only
@@ -417,6 +455,19 @@ impl Courier {
         }
         tracing::error!(endpoint = %self.endpoint.name, event_id = %event.id, "could not record a webhook given up on");
     }
+}
+
+/// When an event that happened at `time` is given up on.
+fn event_deadline(time: &str, retry_for: Duration) -> Instant {
+    let age = chrono::DateTime::parse_from_rfc3339(time)
+        .ok()
+        .and_then(|at| {
+            (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+                .to_std()
+                .ok()
+        })
+        .unwrap_or_default();
+    Instant::now() + retry_for.saturating_sub(age)
 }
 
 /// The events of a stream entry, each with the body it is POSTed with;

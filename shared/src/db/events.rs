@@ -136,6 +136,11 @@ pub struct Round {
     /// Orders named by a row that are not in `orders` (deleted by hand):
     /// no event can tell of them.
     pub missing: usize,
+    /// Rows dropped because they cannot be read (corrupt, edited by hand).
+    pub malformed: usize,
+    /// The round stopped before this row, of a kind this version does not
+    /// know (a newer version wrote it, and will publish it).
+    pub blocked: Option<u64>,
 }
 
 /// One outbox row.
@@ -181,16 +186,24 @@ pub async fn oldest(
     let mut outbox = Vec::with_capacity(rows.len());
     let mut named = 0;
     for row in &rows {
-        let parsed = parse_row(row)?;
-        round.seqs.push(parsed.seq);
-        // A kind a newer version wrote: nothing this version can tell.
-        let Some(parsed) = parsed.row else {
-            tracing::warn!(
-                seq = round.seqs.last(),
-                "an outbox row of an unknown kind; dropped"
-            );
-            continue;
+        let parsed = match parse_row(row)? {
+            Parsed::Row(parsed) => parsed,
+            // A kind a newer version wrote: left for it to publish (the
+            // round ends here, so nothing after it goes first).
+            Parsed::Unknown(seq) => {
+                round.blocked = Some(seq);
+                break;
+            }
+            // Edited by hand, or corrupt: nothing can be told of it; it
+            // must not hold back every event after it.
+            Parsed::Malformed(seq, why) => {
+                tracing::error!(seq, %why, "a malformed outbox row; dropped");
+                round.seqs.push(seq);
+                round.malformed += 1;
+                continue;
+            }
         };
+        round.seqs.push(parsed.seq);
         named += parsed.orders.len().max(1);
         outbox.push(parsed);
         if named >= max_events {
@@ -249,27 +262,30 @@ pub async fn oldest(
     Ok(round)
 }
 
-/// A row's seq, and the row when its kind is known.
-struct Parsed {
-    seq: u64,
-    row: Option<OutboxRow>,
+/// An outbox row as read.
+enum Parsed {
+    Row(OutboxRow),
+    /// Of a kind this version does not know.
+    Unknown(u64),
+    /// Its contents contradict each other.
+    Malformed(u64, String),
 }
 
 fn parse_row(row: &MySqlRow) -> Result<Parsed, DbError> {
     let seq: u64 = row.try_get(0)?;
     let kind: String = row.try_get(1)?;
     let Some(kind) = Kind::parse(&kind) else {
-        return Ok(Parsed { seq, row: None });
+        return Ok(Parsed::Unknown(seq));
     };
     let single: Option<Uuid> = row.try_get(2)?;
     let packed: Option<Vec<u8>> = row.try_get(3)?;
     let mut orders: Vec<Uuid> = single.into_iter().collect();
     if let Some(packed) = packed {
         if packed.len() % 16 != 0 {
-            return Err(DbError::Inconsistent(format!(
-                "outbox row {seq} packs {} bytes of order ids",
-                packed.len()
-            )));
+            return Ok(Parsed::Malformed(
+                seq,
+                format!("it packs {} bytes of order ids", packed.len()),
+            ));
         }
         orders.extend(
             packed
@@ -278,25 +294,21 @@ fn parse_row(row: &MySqlRow) -> Result<Parsed, DbError> {
         );
     }
     if kind.is_order() == orders.is_empty() {
-        return Err(DbError::Inconsistent(format!(
-            "outbox row {seq} ({}) names {} orders",
-            kind.name(),
-            orders.len()
-        )));
+        return Ok(Parsed::Malformed(
+            seq,
+            format!("a {} row names {} orders", kind.name(), orders.len()),
+        ));
     }
     let micros: i64 = row.try_get(7)?;
-    Ok(Parsed {
+    Ok(Parsed::Row(OutboxRow {
         seq,
-        row: Some(OutboxRow {
-            seq,
-            kind,
-            orders,
-            product: row.try_get(4)?,
-            at: row.try_get(5)?,
-            available: row.try_get(6)?,
-            age: Duration::from_micros(micros.max(0) as u64),
-        }),
-    })
+        kind,
+        orders,
+        product: row.try_get(4)?,
+        at: row.try_get(5)?,
+        available: row.try_get(6)?,
+        age: Duration::from_micros(micros.max(0) as u64),
+    }))
 }
 
 /// What the events of `ids` tell of each order.

@@ -4,7 +4,7 @@
 //! another api's relay claimed and republished it.
 
 use super::DbError;
-use super::script::Script;
+use super::script::{Script, Session};
 use super::{padded, padded_len, placeholders};
 use crate::domain::{OrderId, OrderStatus, ProductId, Quantity};
 use crate::events::Kind;
@@ -120,7 +120,9 @@ pub async fn insert_many(
     if orders.is_empty() {
         return Ok(Inserted::default());
     }
-    let mut conn = pool.acquire().await?;
+    // Closed rather than pooled if a script fails midway (an open
+    // transaction must not reach the next user).
+    let mut session = Session::open(pool).await?;
     let mut refused: std::collections::HashMap<u64, &'static str> = Default::default();
     let ids = |s: &mut Script, p: &ProductId| {
         s.uint(p.get());
@@ -150,7 +152,7 @@ pub async fn insert_many(
             .end();
     }
     let mut answers = reads
-        .run(&mut conn)
+        .run(session.conn())
         .await?
         .into_iter()
         .skip(usize::from(reading));
@@ -166,9 +168,20 @@ pub async fn insert_many(
         }
     }
 
+    // The orders rejected on the spot are decided: their events are written
+    // with them, in one transaction.
+    let rejected: Vec<Uuid> = orders
+        .iter()
+        .filter(|o| refused.contains_key(&o.product.get()))
+        .map(|o| o.id.uuid())
+        .collect();
+    let atomic = events && !rejected.is_empty();
     let mut insert = Script::new();
     if !reading {
         insert.sql("SET @recorded_at = NOW(6)").end();
+    }
+    if atomic {
+        insert.sql("START TRANSACTION").end();
     }
     insert.sql(
         "INSERT INTO orders (id, product_id, total, buyer_id, status, reason, created_at, decided_at, decided_by, recorded_by) VALUES ",
@@ -193,21 +206,18 @@ pub async fn insert_many(
         s.text(recorded_by).sql(")");
     });
     insert.end();
-    // The orders rejected on the spot are decided: their events go with them.
-    let rejected: Vec<Uuid> = orders
-        .iter()
-        .filter(|o| refused.contains_key(&o.product.get()))
-        .map(|o| o.id.uuid())
-        .collect();
-    let told =
-        events && super::events::push_decided(&mut insert, &[], &rejected, &[], "@recorded_at");
+    if atomic {
+        super::events::push_decided(&mut insert, &[], &rejected, &[], "@recorded_at");
+        insert.sql("COMMIT").end();
+    }
     insert.sql("SELECT CAST(@recorded_at AS DATETIME(6))").end();
-    let answers = insert.run(&mut conn).await?;
-    // The INSERT's answer, the events' when they are here, then the time's
-    // (after the SET, when it is here).
-    let answers = &answers[usize::from(!reading).min(answers.len())..];
+    let answers = insert.run(session.conn()).await?;
+    session.finish();
+    // After the SET and START TRANSACTION when they are here: the INSERT's
+    // answer first, the time's last.
+    let skip = usize::from(!reading) + usize::from(atomic);
+    let answers = &answers[skip.min(answers.len())..];
     let inserted = answers.first().map_or(0, |a| a.affected);
-    let answers = &answers[usize::from(told).min(answers.len())..];
     if inserted != orders.len() as u64 {
         return Err(DbError::Inconsistent(format!(
             "recorded {inserted} of {} orders",
@@ -215,7 +225,7 @@ pub async fn insert_many(
         )));
     }
     let recorded_at: DateTime<Utc> = answers
-        .get(1)
+        .last()
         .and_then(|a| a.rows.first())
         .ok_or(sqlx::Error::RowNotFound)?
         .try_get(0)?;
