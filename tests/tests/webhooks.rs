@@ -363,3 +363,72 @@ async fn an_event_past_its_retry_period_is_given_up_on_and_recorded() {
     assert!(failure.3 >= 2, "retried before giving up: {failure:?}");
     let _ = std::fs::remove_file(file);
 }
+
+#[tokio::test]
+async fn a_new_endpoint_starting_now_saves_its_start_then_gets_what_follows() {
+    let receiver: Arc<Receiver> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let up = CancellationToken::new();
+    serve(listener, receiver.clone(), up.clone());
+    let file =
+        std::env::temp_dir().join(format!("flashstock-webhooks-{}.json", uuid::Uuid::new_v4()));
+    // No "from": an endpoint starts from now.
+    std::fs::write(
+        &file,
+        serde_json::json!([{
+            "name": "fresh",
+            "url": format!("http://{addr}/hook"),
+            "secrets": [SECRETS[0], SECRETS[1]],
+        }])
+        .to_string(),
+    )
+    .unwrap();
+    let app = TestApp::spawn(Options::default().env("WEBHOOKS_FILE", file.to_string_lossy())).await;
+    // The start is saved before anything is delivered, so a restart before
+    // the first entry would resume from it rather than from a later "now".
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let saved: Option<(Option<u64>, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+            "SELECT next_offset, start_at FROM webhook_progress WHERE endpoint = 'fresh'",
+        )
+        .fetch_optional(&app.db)
+        .await
+        .unwrap();
+        if let Some((None, Some(_))) = saved {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no start saved: {saved:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let product = app.create_product("fresh", 10).await;
+    let (_, order) = app.post_order(product, 1, Some(5)).await;
+    let expected = format!("{}.accepted", order["data"]["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !receiver
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.acknowledged && r.id == expected)
+    {
+        assert!(Instant::now() < deadline, "{expected} never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then its progress is an offset.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (next,): (Option<u64>,) =
+            sqlx::query_as("SELECT next_offset FROM webhook_progress WHERE endpoint = 'fresh'")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        if next.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "progress never saved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    up.cancel();
+    let _ = std::fs::remove_file(file);
+}
