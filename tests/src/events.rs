@@ -50,9 +50,25 @@ pub fn nonconformity(event: &serde_json::Value) -> Option<String> {
     (!errors.is_empty()).then(|| errors.join("; "))
 }
 
-/// The first entry of `amqp_url` (a list's first node).
-fn first_url(amqp_url: &str) -> &str {
-    amqp_url.split(',').next().unwrap_or(amqp_url)
+/// Each node of `amqp_url` as a URL of its own: an entry without a
+/// scheme is `host:port` and takes the rest from the first.
+fn node_urls(amqp_url: &str) -> Vec<String> {
+    let mut entries = amqp_url.split(',');
+    let first = entries.next().unwrap_or(amqp_url).trim().to_owned();
+    let authority = first
+        .split_once('@')
+        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""))
+        .to_owned();
+    std::iter::once(first.clone())
+        .chain(entries.map(|entry| {
+            let entry = entry.trim();
+            if entry.contains("://") || authority.is_empty() {
+                entry.to_owned()
+            } else {
+                first.replacen(&authority, entry, 1)
+            }
+        }))
+        .collect()
 }
 
 /// A consumer of the events stream, attached (its start fixed) once
@@ -63,21 +79,38 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Subscribes to the events stream of `topology` from `from`.
+    /// Subscribes to the events stream of `topology` from `from`, on the
+    /// first node of `amqp_url` that holds a replica of it (a node that
+    /// has none, or whose replica has not caught up since it restarted,
+    /// refuses stream consumers): every node in turn, for up to a minute.
     pub async fn open(amqp_url: &str, topology: &Topology, from: From) -> Reader {
-        let conn = shared::broker::connect(first_url(amqp_url), "flashstock test events reader")
-            .await
-            .expect("connecting to read the events stream");
-        let consumer = shared::events::subscribe(
-            &conn,
-            &topology.events_stream(),
-            from,
-            200,
-            "flashstock-test-reader",
-        )
-        .await
-        .expect("consuming the events stream");
-        Reader { conn, consumer }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            for url in node_urls(amqp_url) {
+                let Ok(conn) = shared::broker::connect(&url, "flashstock test events reader").await
+                else {
+                    continue;
+                };
+                match shared::events::subscribe(
+                    &conn,
+                    &topology.events_stream(),
+                    from,
+                    200,
+                    "flashstock-test-reader",
+                )
+                .await
+                {
+                    Ok(consumer) => return Reader { conn, consumer },
+                    Err(e) => {
+                        last = e.to_string();
+                        let _ = conn.close(200, "no replica here".into()).await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("no node would serve the events stream: {last}");
     }
 
     /// Reads until nothing has arrived for `idle` (or `limit` events were
@@ -367,6 +400,18 @@ mod tests {
                 }),
             },
         }
+    }
+
+    #[test]
+    fn a_node_list_becomes_one_url_per_node() {
+        assert_eq!(
+            node_urls("amqp://guest:guest@127.0.0.1:5672/%2f,127.0.0.1:5673, amqp://u:p@h:1/v"),
+            [
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://guest:guest@127.0.0.1:5673/%2f",
+                "amqp://u:p@h:1/v"
+            ]
+        );
     }
 
     #[test]
