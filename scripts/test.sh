@@ -44,6 +44,8 @@ echo "== docker-compose.yml"
 bash scripts/check-compose.sh
 echo "== asyncapi.json"
 bash scripts/check-asyncapi.sh
+echo "== apispec.json as client generators read it"
+bash scripts/check-clients.sh
 echo "== building the binaries (the multi-process tests start them)"
 cargo build --bins
 echo "== tests"

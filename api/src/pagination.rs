@@ -1,11 +1,11 @@
 //! Pagination shared by every list endpoint: `?page=&per_page=` in, a
-//! [`Page`] out.
+//! `Link` header out.
 
 use crate::error::ApiError;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use shared::error_code::ErrorCode;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
 /// Which page of a list.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -58,34 +58,6 @@ impl PageQuery {
     }
 }
 
-/// One page of a list.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Page<T> {
-    /// The items on this page.
-    pub items: Vec<T>,
-    /// This page's number.
-    pub page: u32,
-    /// Items per page.
-    pub per_page: u32,
-    /// Matching items in all pages.
-    pub total_items: u64,
-    /// Number of pages.
-    pub total_pages: u64,
-}
-
-impl<T> Page<T> {
-    /// The page `bounds` asked for, holding `items` out of `total_items`.
-    pub fn new(items: Vec<T>, bounds: Bounds, total_items: u64) -> Self {
-        Self {
-            items,
-            page: bounds.page,
-            per_page: bounds.per_page,
-            total_items,
-            total_pages: total_items.div_ceil(u64::from(bounds.per_page)),
-        }
-    }
-}
-
 /// The `Link` header of a page (RFC 8288): `first`, `prev`, `next` and
 /// `last` as they exist, each `path` with `filters` and the page's size.
 pub fn links(
@@ -94,26 +66,65 @@ pub fn links(
     bounds: Bounds,
     total_items: u64,
 ) -> Option<axum::http::HeaderValue> {
-    if total_items == 0 {
-        return None;
-    }
     let pages = total_items.div_ceil(u64::from(bounds.per_page));
-    let page = u64::from(bounds.page);
-    let target = |n: u64| {
-        let mut query: Vec<String> = filters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        query.push(format!("page={n}"));
-        query.push(format!("per_page={}", bounds.per_page));
-        format!("<{path}?{}>", query.join("&"))
-    };
-    let mut links = vec![format!("{}; rel=\"first\"", target(1))];
-    if page > 1 {
-        links.push(format!("{}; rel=\"prev\"", target((page - 1).min(pages))));
+    Links {
+        path,
+        filters,
+        per_page: bounds.per_page,
+        total_items,
+        prev: Some(bounds.page),
+        next: (u64::from(bounds.page) < pages).then(|| ("page", (bounds.page + 1).to_string())),
     }
-    if page < pages {
-        links.push(format!("{}; rel=\"next\"", target(page + 1)));
+    .header()
+}
+
+/// What a page's `Link` header names.
+pub struct Links<'a> {
+    /// The list's path.
+    pub path: &'a str,
+    /// Its filters, repeated in every link.
+    pub filters: &'a [(&'a str, String)],
+    /// The page's size, repeated in every link.
+    pub per_page: u32,
+    /// Matching items in all pages.
+    pub total_items: u64,
+    /// This page's number, when `prev` is to be named by number.
+    pub prev: Option<u32>,
+    /// The next page's parameter (`page` or a cursor), if there is one.
+    pub next: Option<(&'a str, String)>,
+}
+
+impl Links<'_> {
+    /// The header; none for an empty list.
+    pub fn header(&self) -> Option<axum::http::HeaderValue> {
+        if self.total_items == 0 {
+            return None;
+        }
+        let pages = self.total_items.div_ceil(u64::from(self.per_page));
+        let target = |name: &str, value: &str| {
+            let mut query: Vec<String> = self
+                .filters
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            query.push(format!("{name}={value}"));
+            query.push(format!("per_page={}", self.per_page));
+            format!("<{}?{}>", self.path, query.join("&"))
+        };
+        let mut links = vec![format!("{}; rel=\"first\"", target("page", "1"))];
+        if let Some(page) = self.prev.map(u64::from).filter(|p| *p > 1) {
+            let prev = (page - 1).min(pages).to_string();
+            links.push(format!("{}; rel=\"prev\"", target("page", &prev)));
+        }
+        if let Some((name, value)) = &self.next {
+            links.push(format!("{}; rel=\"next\"", target(name, value)));
+        }
+        links.push(format!(
+            "{}; rel=\"last\"",
+            target("page", &pages.to_string())
+        ));
+        axum::http::HeaderValue::from_str(&links.join(", ")).ok()
     }
-    links.push(format!("{}; rel=\"last\"", target(pages)));
-    axum::http::HeaderValue::from_str(&links.join(", ")).ok()
 }
 
 #[cfg(test)]

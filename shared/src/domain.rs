@@ -241,6 +241,53 @@ impl fmt::Display for OrderStatus {
 }
 
 /// Why an order was rejected.
+/// Why an order was rejected: the closed set of `reason`s (the constants
+/// of [`reason`] are their text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Reason {
+    /// Fewer units were available than the order asked for.
+    OutOfStock,
+    /// The buyer would hold more than the product's `max_per_buyer` units.
+    BuyerLimit,
+    /// The product's sale had not started.
+    SaleNotStarted,
+    /// The product's sale had ended.
+    SaleEnded,
+    /// The product vanished between recording and deciding.
+    ProductNotFound,
+    /// The order's message could not be processed within the delivery limit.
+    DeadLettered,
+    /// Deciding this order failed in the database for a reason that is not transient.
+    DecisionFailed,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 7] = [
+        Reason::OutOfStock,
+        Reason::BuyerLimit,
+        Reason::SaleNotStarted,
+        Reason::SaleEnded,
+        Reason::ProductNotFound,
+        Reason::DeadLettered,
+        Reason::DecisionFailed,
+    ];
+
+    /// Its text, as stored and answered.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::OutOfStock => reason::OUT_OF_STOCK,
+            Reason::BuyerLimit => reason::BUYER_LIMIT,
+            Reason::SaleNotStarted => reason::SALE_NOT_STARTED,
+            Reason::SaleEnded => reason::SALE_ENDED,
+            Reason::ProductNotFound => reason::PRODUCT_NOT_FOUND,
+            Reason::DeadLettered => reason::DEAD_LETTERED,
+            Reason::DecisionFailed => reason::DECISION_FAILED,
+        }
+    }
+}
+
 pub mod reason {
     /// Fewer units were available than the order asked for.
     pub const OUT_OF_STOCK: &str = "OUT_OF_STOCK";
@@ -262,6 +309,13 @@ pub mod reason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_reason_serializes_as_its_stored_text() {
+        for r in Reason::ALL {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
 
     #[test]
     fn quantities_outside_the_range_are_refused() {

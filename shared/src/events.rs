@@ -15,7 +15,7 @@
 //! entry, the next one, or a time ([`From`]).
 
 use crate::domain::OrderStatus;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -206,7 +206,7 @@ pub fn source(namespace: &str) -> String {
 
 /// A time as events carry it: RFC 3339, UTC, always six fractional digits.
 pub fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+    crate::time::rfc3339(at)
 }
 
 /// Where a consumer starts reading the stream.

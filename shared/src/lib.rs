@@ -10,6 +10,7 @@
 //! - [`events`]: order events (CloudEvents) on the events stream.
 //! - [`webhooks`]: the endpoints events are POSTed to, and their signatures.
 //! - [`telemetry`]: logging setup.
+//! - [`time`]: times as answers and events carry them (six fractional digits).
 //! - [`http`]: serving HTTP/1.1 so that no idle, slow or silent client can take a listener down.
 //! - [`limits`]: the process's open-file limit.
 //! - [`fault`]: fault points for the fault-injection tests (debug builds only).
@@ -28,6 +29,7 @@ pub mod partition;
 pub mod prometheus;
 pub mod shutdown;
 pub mod telemetry;
+pub mod time;
 pub mod webhooks;
 
 pub use config::Config;

@@ -8,6 +8,7 @@
 //! - [`process`]: the api and worker binaries as processes, to kill and pause.
 //! - [`checker`]: load that records every submission, and the check of what must hold after a fault.
 //! - [`cluster`]: a real three-node RabbitMQ cluster on this machine (cluster fault tests only).
+//! - [`spec`]: answers checked strictly against the served OpenAPI document.
 //! - [`services`]: stopping and starting the shared MariaDB and RabbitMQ (fault tests only).
 
 pub mod checker;
@@ -16,6 +17,7 @@ pub mod events;
 pub mod process;
 pub mod proxy;
 pub mod services;
+pub mod spec;
 
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};

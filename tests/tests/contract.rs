@@ -1,6 +1,7 @@
 //! What client developers expect of the API: CORS, object bodies, safe
 //! retries of pay and cancel, polling hints, one URL per order.
 
+use flashstock_tests::spec::Walk;
 use flashstock_tests::{Options, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -215,9 +216,27 @@ async fn answers_carry_polling_hints_and_each_order_has_one_url() {
     let canonical = app.get(&format!("/api/orders/{id}")).await;
     assert_eq!(canonical.status(), StatusCode::OK);
     assert_eq!(canonical.headers()["cache-control"], "no-store");
-    let upper = id.to_uppercase();
+    // UUIDs are case-insensitive on input (RFC 9562): an id in upper case
+    // (Swift's `uuidString`) reads the order, answered in lower case.
+    let upper = app.get(&format!("/api/orders/{}", id.to_uppercase())).await;
+    assert_eq!(upper.status(), StatusCode::OK);
+    assert_eq!(upper.json::<Value>().await.unwrap()["data"]["id"], id);
+    for action in ["pay", "cancel"] {
+        let r = app
+            .client
+            .post(format!(
+                "{}/api/orders/{}/{action}",
+                app.address,
+                id.to_uppercase()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), StatusCode::NOT_FOUND, "{action}");
+    }
+    // Other spellings are not the order's address.
     let simple = id.replace('-', "");
-    for other in [upper, simple, format!("urn:uuid:{id}")] {
+    for other in [simple, format!("urn:uuid:{id}"), format!("{{{id}}}")] {
         let r = app.get(&format!("/api/orders/{other}")).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{other}");
     }
@@ -414,48 +433,19 @@ async fn a_product_post_with_an_idempotency_key_creates_one_product() {
     assert_eq!(list["data"]["total_items"], 1, "one product");
 }
 
-/// Every header of ours a client sees is in the served spec, for that
-/// operation and status: a walk through every operation, on success and on
-/// the usual refusals.
+/// What the answers carry is what the served spec says, for that operation
+/// and status, as a generated client reads it: every header of ours is
+/// listed and every required one sent; every body matches its schema (no
+/// undeclared field, no `null` where not nullable, no required field left
+/// out, six-digit times); nullable fields are required; and a field sent in
+/// every answer seen is required. A walk through every operation, on
+/// success and on the usual refusals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_spec_lists_every_header_the_answers_carry() {
+async fn the_answers_are_what_the_spec_says() {
     const ADMIN: &str = "contract-admin-token-0123456789abcdef";
     let app = TestApp::spawn(Options::default().env("ADMIN_TOKEN", ADMIN)).await;
     let spec: Value = app.get("/api/openapi.json").await.json().await.unwrap();
-    let ours = [
-        "location",
-        "retry-after",
-        "etag",
-        "cache-control",
-        "idempotent-replayed",
-        "preference-applied",
-        "link",
-        "www-authenticate",
-        "allow",
-        "x-request-id",
-    ];
-    let mut seen = 0;
-    let mut check = |method: &str, template: &str, r: &reqwest::Response| {
-        let status = r.status().as_u16().to_string();
-        let documented = &spec["paths"][template][method.to_lowercase()]["responses"][&status];
-        assert!(
-            documented.is_object(),
-            "{method} {template} {status} is not in the spec"
-        );
-        let names: Vec<String> = documented["headers"]
-            .as_object()
-            .map(|h| h.keys().map(|k| k.to_lowercase()).collect())
-            .unwrap_or_default();
-        for header in ours {
-            if r.headers().contains_key(header) {
-                seen += 1;
-                assert!(
-                    names.iter().any(|n| n == header),
-                    "{method} {template} {status} sends {header}, which the spec does not list ({names:?})"
-                );
-            }
-        }
-    };
+    let mut walk = Walk::new(spec);
     let url = |path: &str| format!("{}{path}", app.address);
     let admin = |req: reqwest::RequestBuilder| req.bearer_auth(ADMIN);
     let c = &app.client;
@@ -468,7 +458,7 @@ async fn the_spec_lists_every_header_the_answers_carry() {
         .send()
         .await
         .unwrap();
-    check("POST", "/api/products", &r);
+    walk.check("POST", "/api/products", r).await;
     let key = "contract-product-key-0001";
     let r = admin(
         c.post(url("/api/products"))
@@ -478,8 +468,7 @@ async fn the_spec_lists_every_header_the_answers_carry() {
     .send()
     .await
     .unwrap();
-    check("POST", "/api/products", &r);
-    let id = r.json::<Value>().await.unwrap()["data"]["id"]
+    let id = walk.check("POST", "/api/products", r).await["data"]["id"]
         .as_u64()
         .unwrap();
     let r = admin(
@@ -490,28 +479,28 @@ async fn the_spec_lists_every_header_the_answers_carry() {
     .send()
     .await
     .unwrap();
-    check("POST", "/api/products", &r);
+    walk.check("POST", "/api/products", r).await;
     let r = c.get(url("/api/products?per_page=1")).send().await.unwrap();
     assert_eq!(r.headers()["cache-control"], "no-cache");
-    check("GET", "/api/products", &r);
+    walk.check("GET", "/api/products", r).await;
     let product = format!("/api/products/{id}");
     let r = c.get(url(&product)).send().await.unwrap();
     let tag = r.headers()["etag"].clone();
-    check("GET", "/api/products/{id}", &r);
+    walk.check("GET", "/api/products/{id}", r).await;
     let r = c
         .get(url(&product))
         .header("If-None-Match", tag.clone())
         .send()
         .await
         .unwrap();
-    check("GET", "/api/products/{id}", &r);
+    walk.check("GET", "/api/products/{id}", r).await;
     let r = c.delete(url(&product)).send().await.unwrap();
-    check("GET", "/api/products/{id}", &r);
+    walk.check("GET", "/api/products/{id}", r).await;
     let r = admin(c.patch(url(&product)).json(&json!({"max_per_buyer": 3})))
         .send()
         .await
         .unwrap();
-    check("PATCH", "/api/products/{id}", &r);
+    walk.check("PATCH", "/api/products/{id}", r).await;
     let r = admin(
         c.patch(url(&product))
             .header("If-Match", tag)
@@ -520,22 +509,22 @@ async fn the_spec_lists_every_header_the_answers_carry() {
     .send()
     .await
     .unwrap();
-    check("PATCH", "/api/products/{id}", &r);
+    walk.check("PATCH", "/api/products/{id}", r).await;
     let inventory = format!("{product}/inventory");
     let r = c.get(url(&inventory)).send().await.unwrap();
-    check("GET", "/api/products/{id}/inventory", &r);
+    walk.check("GET", "/api/products/{id}/inventory", r).await;
     let r = admin(c.put(url(&inventory)).json(&json!({"stock": 6})))
         .send()
         .await
         .unwrap();
-    check("PUT", "/api/products/{id}/inventory", &r);
+    walk.check("PUT", "/api/products/{id}/inventory", r).await;
     let r = c
         .put(url(&inventory))
         .json(&json!({"stock": 6}))
         .send()
         .await
         .unwrap();
-    check("PUT", "/api/products/{id}/inventory", &r);
+    walk.check("PUT", "/api/products/{id}/inventory", r).await;
 
     // Orders.
     let order = json!({"product_id": id, "total": 1});
@@ -545,7 +534,7 @@ async fn the_spec_lists_every_header_the_answers_carry() {
         .send()
         .await
         .unwrap();
-    check("POST", "/api/orders", &r);
+    walk.check("POST", "/api/orders", r).await;
     let key = "contract-order-key-000001";
     let r = c
         .post(url("/api/orders"))
@@ -557,8 +546,7 @@ async fn the_spec_lists_every_header_the_answers_carry() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert!(r.headers().contains_key("location"), "a 201 has Location");
-    check("POST", "/api/orders", &r);
-    let order_id = r.json::<Value>().await.unwrap()["data"]["id"]
+    let order_id = walk.check("POST", "/api/orders", r).await["data"]["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -575,7 +563,7 @@ async fn the_spec_lists_every_header_the_answers_carry() {
         r.headers().contains_key("location"),
         "a rejected order has Location"
     );
-    check("POST", "/api/orders", &r);
+    walk.check("POST", "/api/orders", r).await;
     let r = c
         .post(url("/api/orders"))
         .header("Idempotency-Key", key)
@@ -583,45 +571,88 @@ async fn the_spec_lists_every_header_the_answers_carry() {
         .send()
         .await
         .unwrap();
-    check("POST", "/api/orders", &r);
+    walk.check("POST", "/api/orders", r).await;
     let r = c.get(url("/api/orders?per_page=1")).send().await.unwrap();
-    check("GET", "/api/orders", &r);
+    let next = walk.check("GET", "/api/orders", r).await["data"]["next_after"].clone();
+    let r = c
+        .get(url(&format!(
+            "/api/orders?per_page=2&after={}",
+            next.as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    walk.check("GET", "/api/orders", r).await;
+    let r = c.get(url("/api/orders?after=nope")).send().await.unwrap();
+    walk.check("GET", "/api/orders", r).await;
+    // An order still PENDING: a long poll that runs out, and one that is
+    // answered at its decision.
+    let pending = walk
+        .check(
+            "POST",
+            "/api/orders",
+            c.post(url("/api/orders"))
+                .json(&json!({"product_id": id, "total": 1}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    let r = c
+        .get(url(&format!(
+            "/api/orders/{}",
+            pending["data"]["id"].as_str().unwrap().to_uppercase()
+        )))
+        .header("Prefer", "wait=5")
+        .send()
+        .await
+        .unwrap();
+    walk.check("GET", "/api/orders/{id}", r).await;
     let path = format!("/api/orders/{order_id}");
     let r = c.get(url(&path)).send().await.unwrap();
     let tag = r.headers()["etag"].clone();
-    check("GET", "/api/orders/{id}", &r);
+    walk.check("GET", "/api/orders/{id}", r).await;
     let r = c
         .get(url(&path))
         .header("If-None-Match", tag)
         .send()
         .await
         .unwrap();
-    check("GET", "/api/orders/{id}", &r);
+    walk.check("GET", "/api/orders/{id}", r).await;
     for _ in 0..2 {
         let r = admin(c.post(url(&format!("{path}/pay"))))
             .send()
             .await
             .unwrap();
-        check("POST", "/api/orders/{id}/pay", &r);
+        walk.check("POST", "/api/orders/{id}/pay", r).await;
     }
     let r = c.post(url(&format!("{path}/pay"))).send().await.unwrap();
-    check("POST", "/api/orders/{id}/pay", &r);
+    walk.check("POST", "/api/orders/{id}/pay", r).await;
     let r = admin(c.post(url(&format!("{path}/cancel"))))
         .send()
         .await
         .unwrap();
-    check("POST", "/api/orders/{id}/cancel", &r);
+    walk.check("POST", "/api/orders/{id}/cancel", r).await;
     let r = c
         .get(url(&format!("{product}/orders/summary")))
         .send()
         .await
         .unwrap();
-    check("GET", "/api/products/{id}/orders/summary", &r);
+    walk.check("GET", "/api/products/{id}/orders/summary", r)
+        .await;
     let r = c.get(url("/api/admin/invariants")).send().await.unwrap();
-    check("GET", "/api/admin/invariants", &r);
+    walk.check("GET", "/api/admin/invariants", r).await;
     for health in ["/healthz", "/readyz"] {
         let r = c.get(url(health)).send().await.unwrap();
-        check("GET", health, &r);
+        walk.check("GET", health, r).await;
     }
-    assert!(seen > 40, "{seen} headers checked");
+    assert!(walk.headers > 40, "{} headers checked", walk.headers);
+    let answers = walk.answers;
+    let findings = walk.finish();
+    assert!(
+        findings.is_empty(),
+        "{} findings in {answers} answers:\n{}",
+        findings.len(),
+        findings.join("\n")
+    );
 }

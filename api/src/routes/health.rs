@@ -16,30 +16,62 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_ready))
 }
 
-/// What `/healthz` and `/readyz` report.
+/// What `/healthz` reports.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Health {
-    /// `alive`, `ready` or `not ready`.
-    pub status: &'static str,
-    /// `up` or `down` (only in `/readyz`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub database: Option<&'static str>,
-    /// `up` or `down` (only in `/readyz`). While it is down, orders are still
-    /// recorded and published once it is back.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub broker: Option<&'static str>,
+pub struct Liveness {
+    /// Always `alive`.
+    pub status: Alive,
+}
+
+/// The one state `/healthz` reports.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Alive {
+    /// The process answers.
+    Alive,
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` when both dependencies are up.
+    pub status: Ready,
+    /// The database.
+    pub database: Dependency,
+    /// The broker. While it is down, orders are still recorded, and
+    /// published once it is back.
+    pub broker: Dependency,
+}
+
+/// Whether the api can take orders.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub enum Ready {
+    /// Database and broker reachable.
+    #[serde(rename = "ready")]
+    Ready,
+    /// A dependency is down.
+    #[serde(rename = "not ready")]
+    NotReady,
+}
+
+/// Whether a dependency answers.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Dependency {
+    /// It answers.
+    Up,
+    /// It does not.
+    Down,
 }
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "health",
-    responses((status = 200, description = "Alive", body = Envelope<Health>)))]
+    responses((status = 200, description = "Alive", body = Envelope<Liveness>)))]
 pub async fn get_health() -> Response {
     respond(
         StatusCode::OK,
-        Health {
-            status: "alive",
-            database: None,
-            broker: None,
+        Liveness {
+            status: Alive::Alive,
         },
     )
 }
@@ -47,8 +79,8 @@ pub async fn get_health() -> Response {
 /// The database and the broker are reachable.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
-        (status = 200, description = "Database and broker reachable", body = Envelope<Health>),
-        (status = 503, description = "A dependency is down; `data` says which", body = Envelope<Health>),
+        (status = 200, description = "Database and broker reachable", body = Envelope<Readiness>),
+        (status = 503, description = "A dependency is down; `data` says which", body = Envelope<Readiness>),
     ))]
 pub async fn get_ready(State(state): State<AppState>) -> Response {
     let database = tokio::time::timeout(
@@ -59,17 +91,17 @@ pub async fn get_ready(State(state): State<AppState>) -> Response {
     .is_ok_and(|r| r.is_ok());
     let broker = state.publisher.is_connected();
     let ready = database && broker;
-    let up = |ok: bool| if ok { "up" } else { "down" };
+    let up = |ok: bool| if ok { Dependency::Up } else { Dependency::Down };
     respond(
         if ready {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        Health {
-            status: if ready { "ready" } else { "not ready" },
-            database: Some(up(database)),
-            broker: Some(up(broker)),
+        Readiness {
+            status: if ready { Ready::Ready } else { Ready::NotReady },
+            database: up(database),
+            broker: up(broker),
         },
     )
 }

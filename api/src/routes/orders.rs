@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::extract::AppQuery;
 use crate::extract::{AppJson, AppPath, IntField};
 use crate::metrics::Metrics;
-use crate::pagination::{Page, PageQuery};
+use crate::pagination::PageQuery;
 use crate::recorder::{Claimed, Recorded, Submission};
 use crate::routes::parse_product_id;
 use crate::state::AppState;
@@ -55,26 +55,38 @@ pub struct Order {
     /// Its id (a UUID).
     pub id: uuid::Uuid,
     /// The product.
-    #[schema(example = 1)]
+    #[schema(example = 1, minimum = 1)]
     pub product_id: u64,
     /// Units, from 1 to `MAX_ORDER_TOTAL`.
     #[schema(example = 1, value_type = i64, format = Int64, minimum = 1)]
     pub total: u32,
     /// Where it is in its life.
     pub status: OrderStatus,
-    /// Why it was rejected: `OUT_OF_STOCK`, `BUYER_LIMIT`, `SALE_NOT_STARTED`, `SALE_ENDED`, `PRODUCT_NOT_FOUND`, `DEAD_LETTERED`, `DECISION_FAILED`.
+    /// Why it was rejected; only on a REJECTED order.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<shared::domain::Reason>, nullable = false)]
     pub reason: Option<String>,
     /// When it was recorded.
+    #[serde(serialize_with = "shared::time::serialize")]
     pub created_at: DateTime<Utc>,
-    /// When it was decided.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When it was decided; absent while PENDING.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "shared::time::serialize_option"
+    )]
+    #[schema(nullable = false)]
     pub decided_at: Option<DateTime<Utc>>,
-    /// Until when an accepted order holds its units.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Until when an accepted order holds its units; only on orders that
+    /// were accepted (ACCEPTED, PAID, EXPIRED, and CANCELLED after acceptance).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "shared::time::serialize_option"
+    )]
+    #[schema(nullable = false)]
     pub expires_at: Option<DateTime<Utc>>,
     /// The buyer (the `sub` of their token); absent while buyers are anonymous.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub buyer_id: Option<String>,
 }
 
@@ -110,7 +122,7 @@ pub enum OrderOrError {
 #[utoipa::path(post, path = "/orders", tag = "orders",
     request_body = CreateOrder,
     params(
-        ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (capped by MAX_WAIT) for the decision"),
+        ("Prefer" = Option<String>, Header, pattern = r"^wait=\d+$", description = "`wait=N`: wait up to N seconds (capped by MAX_WAIT) for the decision"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters (a random UUID is ideal): resending the same key with the same body returns the same order; with another body, 422"),
     ),
     responses(
@@ -419,10 +431,13 @@ async fn product_sale_start(
     Ok(row.sale_starts_at)
 }
 
-/// Reads an order: its status, reason and timestamps.
+/// Reads an order: its status, reason and timestamps. With `Prefer:
+/// wait=N` a PENDING order is a long poll: the answer comes as soon as the
+/// order is decided, or after N seconds (capped by `MAX_WAIT`) still PENDING.
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders",
     params(
-        ("id" = uuid::Uuid, Path, description = "Order id (UUID)"),
+        ("id" = uuid::Uuid, Path, description = "Order id (UUID, any case)"),
+        ("Prefer" = Option<String>, Header, pattern = r"^wait=\d+$", description = "`wait=N`: while the order is PENDING, wait up to N seconds (capped by MAX_WAIT) for its decision and answer as soon as it comes"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier read: 304 while the order has not changed"),
     ),
     responses(
@@ -430,14 +445,18 @@ async fn product_sale_start(
             headers(
                 ("ETag" = String, description = "Its entity tag: changes when its status does"),
                 ("Cache-Control" = String, description = "no-store"),
+                ("Retry-After" = u32, description = "While PENDING: seconds until reading again is worth it"),
+                ("Preference-Applied" = String, description = "`wait=N`: the order was PENDING and the wait was honoured (RFC 7240)"),
             )),
         (status = 304, description = "Not modified: If-None-Match names the current ETag",
             headers(
                 ("ETag" = String, description = "Its entity tag"),
                 ("Cache-Control" = String, description = "no-store"),
+                ("Retry-After" = u32, description = "While PENDING: seconds until reading again is worth it"),
+                ("Preference-Applied" = String, description = "`wait=N`: the order was PENDING and the wait was honoured (RFC 7240)"),
             )),
         (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
-        (status = 404, description = "No such order, another buyer's, or an id not in its canonical form (lowercase, hyphenated)", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such order, another buyer's, or an id not in its hyphenated form (any case is read)", body = Envelope<ErrorBody>),
         (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
@@ -449,17 +468,48 @@ pub async fn get_order(
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
-    let row = db::orders::fetch(&state.db, id)
+    // Registered before the read, so a decision committed between the read
+    // and the wait is not missed. A request waits only while it holds one
+    // of the MAX_WAITING slots shared with `POST /api/orders`; without one
+    // it is answered at once, as without the preference.
+    let wait = preferred_wait(&headers)
+        .map(|w| w.min(state.config.max_wait))
+        .and_then(|w| Some((w, state.waiting_slots.clone().try_acquire_owned().ok()?)))
+        .map(|(w, slot)| (w, slot, state.waiters.register(id)));
+    let mut row = read_order(&state, &caller, id).await?;
+    let mut waited = None;
+    if let Some((wait, _slot, waiting)) = wait
+        && row.status() == OrderStatus::Pending
+    {
+        // Decision notices go to every api; the row is the truth either way.
+        waiting.decision(wait).await;
+        row = read_order(&state, &caller, id).await?;
+        waited = Some(wait);
+    }
+    let pending = row.status() == OrderStatus::Pending;
+    // Polled until decided: a poll whose ETag is current costs no body.
+    let mut response =
+        crate::conditional::read_response(&headers, StatusCode::OK, Order::from(row), "no-store");
+    if pending {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let Some(wait) = waited {
+        let applied = HeaderValue::from_str(&format!("wait={}", wait.as_secs()))
+            .expect("digits are a header value");
+        response.headers_mut().insert("preference-applied", applied);
+    }
+    Ok(response)
+}
+
+/// Order `id`, if `caller` may read it; 404 otherwise (another buyer's
+/// order is not said to exist).
+async fn read_order(state: &AppState, caller: &Caller, id: OrderId) -> Result<OrderRow, ApiError> {
+    db::orders::fetch(&state.db, id)
         .await?
         .filter(|row| caller.may_read(row.buyer_id.as_deref()))
-        .ok_or_else(|| order_not_found(id))?;
-    // Polled until decided: a poll whose ETag is current costs no body.
-    Ok(crate::conditional::read_response(
-        &headers,
-        StatusCode::OK,
-        Order::from(row),
-        "no-store",
-    ))
+        .ok_or_else(|| order_not_found(id))
 }
 
 /// Pays an accepted order: its units leave the store (`stored_stock` and
@@ -476,7 +526,7 @@ pub async fn get_order(
                 ("Cache-Control" = String, description = "no-store"),
             )),
         (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
-        (status = 404, description = "No such order, or an id not in its canonical form (lowercase, hyphenated)", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such order, or an id not in its hyphenated form (any case is read)", body = Envelope<ErrorBody>),
         (status = 409, description = "`INVALID_TRANSITION`: PENDING, REJECTED or CANCELLED; `ORDER_EXPIRED`: past `expires_at` (the order is then EXPIRED)", body = Envelope<ErrorBody>),
         (status = 401, description = "PAYMENT_TOKEN or ADMIN_TOKEN (or a buyer key) is configured and the request carries neither service token", body = Envelope<ErrorBody>,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
@@ -515,7 +565,7 @@ pub async fn pay_order(
                 ("Cache-Control" = String, description = "no-store"),
             )),
         (status = 400, description = "Not an order id", body = Envelope<ErrorBody>),
-        (status = 404, description = "No such order, another buyer's, or an id not in its canonical form (lowercase, hyphenated)", body = Envelope<ErrorBody>),
+        (status = 404, description = "No such order, another buyer's, or an id not in its hyphenated form (any case is read)", body = Envelope<ErrorBody>),
         (status = 409, description = "`INVALID_TRANSITION`: already REJECTED or PAID; `ORDER_EXPIRED`: already EXPIRED", body = Envelope<ErrorBody>),
         (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
@@ -586,13 +636,14 @@ fn transition_response(id: OrderId, verb: &str, result: Transition) -> Result<Re
     }
 }
 
-/// An order id from a path: not a UUID is 400; a UUID in any form but the
-/// canonical one (lowercase, hyphenated, as the api hands them out) is 404,
-/// so that every order has exactly one URL.
-fn parse_order_id(text: &str) -> Result<OrderId, ApiError> {
+/// An order id from a path or a query: not a UUID is 400; the hyphenated
+/// form in any case is the order (UUIDs are case-insensitive on input, RFC
+/// 9562 §4; answers always carry lower case); any other form of a UUID
+/// (braced, unhyphenated, a URN) is 404, so that an order has one URL up to case.
+pub(crate) fn parse_order_id(text: &str) -> Result<OrderId, ApiError> {
     let id = OrderId::parse(text)
         .map_err(|e| ApiError::client(StatusCode::BAD_REQUEST, e.code, e.message))?;
-    if id.to_string() != text {
+    if !id.to_string().eq_ignore_ascii_case(text) {
         return Err(ApiError::not_found(
             ErrorCode::OrderNotFound,
             format!("no order at this address; its canonical form is /api/orders/{id}"),
@@ -626,26 +677,53 @@ pub struct OrderQuery {
     pub product_id: Option<i64>,
     /// Only orders in this status.
     pub status: Option<OrderStatus>,
-    /// Page number, from 1 (default 1).
+    /// Page number, from 1 (default 1). Not with `after`.
     #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
     /// Items per page, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     pub per_page: Option<u32>,
+    /// A cursor: the orders recorded after this one (an order id, as
+    /// `next_after` and `Link: rel=next` give it). Unlike `page`, it stays
+    /// put while orders arrive: following it never repeats or skips one.
+    #[param(value_type = Option<uuid::Uuid>)]
+    pub after: Option<String>,
+}
+
+/// One page of orders.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderPage {
+    /// The orders on this page, in the order they were recorded.
+    pub items: Vec<Order>,
+    /// The page its first order is on, counting `per_page` from the first
+    /// matching order (with `after`, as of this read).
+    pub page: u32,
+    /// Items per page.
+    pub per_page: u32,
+    /// Matching orders in all pages.
+    pub total_items: u64,
+    /// Number of pages.
+    pub total_pages: u64,
+    /// The cursor of the next page (`?after=` it), or `null` on the last
+    /// page.
+    #[schema(required = true)]
+    pub next_after: Option<uuid::Uuid>,
 }
 
 /// Lists orders in the order they were recorded, optionally by product and
 /// status: a buyer's own orders with a buyer's token; every order with the
-/// admin or payment token, or while buyers are anonymous.
+/// admin or payment token, or while buyers are anonymous. Pages by `page`,
+/// or by the cursor `after` (what `Link: rel=next` and `next_after` give),
+/// which no arriving order can shift.
 #[utoipa::path(get, path = "/orders", tag = "orders",
     params(OrderQuery),
     responses(
-        (status = 200, description = "A page of orders", body = Envelope<Page<Order>>,
+        (status = 200, description = "A page of orders", body = Envelope<OrderPage>,
             headers(
                 ("Cache-Control" = String, description = "no-store"),
-                ("Link" = String, description = "RFC 8288: first, prev, next and last pages"),
+                ("Link" = String, description = "RFC 8288: `first` and `last` pages by number, `prev` by number (with `page`), `next` by cursor (`after`)"),
             )),
-        (status = 400, description = "Invalid filter or page", body = Envelope<ErrorBody>),
+        (status = 400, description = "Invalid filter, page or cursor (`after` with `page`, or naming no order this caller can read)", body = Envelope<ErrorBody>),
         (status = 401, description = "A buyer key is configured and the request has no valid buyer's token (`WWW-Authenticate: Bearer`)", body = Envelope<ErrorBody>,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 503, description = "Database unavailable", body = Envelope<ErrorBody>),
@@ -670,15 +748,40 @@ pub async fn list_orders(
     let filter = OrderFilter {
         product,
         status: query.status,
-        buyer: match caller {
-            Caller::Buyer(buyer) => Some(buyer),
+        buyer: match &caller {
+            Caller::Buyer(buyer) => Some(buyer.clone()),
             _ => None,
         },
     };
-    let (rows, total_items) =
-        db::orders::list(&state.db, &filter, bounds.per_page, bounds.offset()).await?;
-    let items = rows.into_iter().map(Order::from).collect();
-    let mut response = order_response(StatusCode::OK, Page::new(items, bounds, total_items));
+    let from = match &query.after {
+        None => db::orders::From::Offset(bounds.offset()),
+        Some(_) if query.page.is_some() => {
+            return Err(invalid_query("give `page` or `after`, not both"));
+        }
+        Some(after) => {
+            let id = OrderId::parse(after)
+                .map_err(|_| invalid_query(&format!("after must be an order id, got {after:?}")))?;
+            match db::orders::position(&state.db, id).await? {
+                Some((seq, owner)) if caller.may_read(owner.as_deref()) => {
+                    db::orders::From::After(seq)
+                }
+                _ => return Err(invalid_query(&format!("after: no order {id}"))),
+            }
+        }
+    };
+    let listed = db::orders::list(&state.db, &filter, bounds.per_page, from).await?;
+    let per_page = u64::from(bounds.per_page);
+    let shown = listed.rows.len() as u64;
+    let more = listed.before + shown < listed.total;
+    let next_after = listed.rows.last().filter(|_| more).map(|row| row.id);
+    let page = OrderPage {
+        page: u32::try_from(listed.before / per_page + 1).unwrap_or(u32::MAX),
+        per_page: bounds.per_page,
+        total_items: listed.total,
+        total_pages: listed.total.div_ceil(per_page),
+        next_after,
+        items: listed.rows.into_iter().map(Order::from).collect(),
+    };
     let mut filters = Vec::new();
     if let Some(p) = filter.product {
         filters.push(("product_id", p.get().to_string()));
@@ -686,10 +789,25 @@ pub async fn list_orders(
     if let Some(s) = filter.status {
         filters.push(("status", s.as_str().to_owned()));
     }
-    if let Some(link) = crate::pagination::links("/api/orders", &filters, bounds, total_items) {
+    let link = crate::pagination::Links {
+        path: "/api/orders",
+        filters: &filters,
+        per_page: bounds.per_page,
+        total_items: page.total_items,
+        prev: matches!(from, db::orders::From::Offset(_)).then_some(page.page),
+        next: next_after.map(|id| ("after", id.to_string())),
+    }
+    .header();
+    let mut response = order_response(StatusCode::OK, page);
+    if let Some(link) = link {
         response.headers_mut().insert(header::LINK, link);
     }
     Ok(response)
+}
+
+/// 400 `INVALID_QUERY`.
+fn invalid_query(message: &str) -> ApiError {
+    ApiError::client(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, message)
 }
 
 /// A product's orders counted by status.

@@ -6,7 +6,7 @@ use crate::conditional::{check_if_match, read_response, with_etag};
 use crate::envelope::{Envelope, ErrorBody, respond};
 use crate::error::ApiError;
 use crate::extract::{AppJson, AppPath, AppQuery, Field, IntField};
-use crate::pagination::{Page, PageQuery};
+use crate::pagination::{Bounds, PageQuery};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -86,17 +86,23 @@ where
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Product {
     /// Its id.
-    #[schema(example = 1)]
+    #[schema(example = 1, minimum = 1)]
     pub id: u64,
     /// Its name.
     pub name: String,
     /// When it was created.
+    #[serde(serialize_with = "shared::time::serialize")]
     pub created_at: DateTime<Utc>,
     /// The most units one buyer may hold; `null`: no limit.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000000, required = true)]
     pub max_per_buyer: Option<u32>,
     /// When the sale opens; `null`: open.
+    #[serde(serialize_with = "shared::time::serialize_option")]
+    #[schema(required = true)]
     pub sale_starts_at: Option<DateTime<Utc>>,
     /// When it closes; `null`: never.
+    #[serde(serialize_with = "shared::time::serialize_option")]
+    #[schema(required = true)]
     pub sale_ends_at: Option<DateTime<Utc>>,
 }
 
@@ -305,11 +311,39 @@ pub async fn update_product(
     Ok(with_etag(respond(StatusCode::OK, &product), &product))
 }
 
+/// One page of products.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductPage {
+    /// The products on this page, by id.
+    pub items: Vec<Product>,
+    /// This page's number.
+    pub page: u32,
+    /// Items per page.
+    pub per_page: u32,
+    /// Products in all pages.
+    pub total_items: u64,
+    /// Number of pages.
+    pub total_pages: u64,
+}
+
+impl ProductPage {
+    /// The page `bounds` asked for, holding `items` out of `total_items`.
+    fn new(items: Vec<Product>, bounds: Bounds, total_items: u64) -> Self {
+        Self {
+            items,
+            page: bounds.page,
+            per_page: bounds.per_page,
+            total_items,
+            total_pages: total_items.div_ceil(u64::from(bounds.per_page)),
+        }
+    }
+}
+
 /// Lists products by id, a page at a time.
 #[utoipa::path(get, path = "/products", tag = "products",
     params(PageQuery),
     responses(
-        (status = 200, description = "A page of products", body = Envelope<Page<Product>>,
+        (status = 200, description = "A page of products", body = Envelope<ProductPage>,
             headers(
                 ("Link" = String, description = "RFC 8288: first, prev, next and last pages"),
                 ("Cache-Control" = String, description = "no-cache"),
@@ -324,7 +358,7 @@ pub async fn list_products(
     let bounds = query.bounds()?;
     let (rows, total_items) = products::list(&state.db, bounds.per_page, bounds.offset()).await?;
     let items = rows.into_iter().map(Product::from).collect();
-    let mut response = respond(StatusCode::OK, Page::new(items, bounds, total_items));
+    let mut response = respond(StatusCode::OK, ProductPage::new(items, bounds, total_items));
     // Products change by sellers' writes and sales: revalidate, like one product.
     response.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,

@@ -7,13 +7,27 @@ use sqlx::MySqlPool;
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Violation {
-    /// Which invariant: `RESERVED_OUT_OF_RANGE`, `RESERVED_NOT_SUM_OF_ACCEPTED`,
-    /// `DECISION_INCONSISTENT` or `HOLDINGS_NOT_SUM_OF_ORDERS`.
-    pub invariant: &'static str,
-    /// The product concerned, if one.
+    /// Which invariant.
+    pub invariant: Invariant,
+    /// The product concerned; `null` when the finding is about an order.
+    #[schema(required = true, minimum = 1)]
     pub product_id: Option<u64>,
     /// What was found.
     pub detail: String,
+}
+
+/// The invariants checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Invariant {
+    /// `0 <= reserved_stock <= stored_stock`.
+    ReservedOutOfRange,
+    /// `reserved_stock` is the sum of the ACCEPTED orders' totals.
+    ReservedNotSumOfAccepted,
+    /// An order's record agrees with its status, decided at most once.
+    DecisionInconsistent,
+    /// A buyer's holding is the sum of their ACCEPTED and PAID totals.
+    HoldingsNotSumOfOrders,
 }
 
 /// Checks every product and order:
@@ -38,14 +52,14 @@ pub async fn check(pool: &MySqlPool) -> Result<Vec<Violation>, sqlx::Error> {
     for (product, stored, reserved, accepted) in stock {
         if !(0 <= reserved && reserved <= stored) {
             violations.push(Violation {
-                invariant: "RESERVED_OUT_OF_RANGE",
+                invariant: Invariant::ReservedOutOfRange,
                 product_id: Some(product),
                 detail: format!("reserved {reserved}, stored {stored}"),
             });
         }
         if reserved != accepted {
             violations.push(Violation {
-                invariant: "RESERVED_NOT_SUM_OF_ACCEPTED",
+                invariant: Invariant::ReservedNotSumOfAccepted,
                 product_id: Some(product),
                 detail: format!("reserved {reserved}, accepted orders hold {accepted}"),
             });
@@ -63,7 +77,7 @@ pub async fn check(pool: &MySqlPool) -> Result<Vec<Violation>, sqlx::Error> {
     .await?;
     for (product, status, n) in inconsistent {
         violations.push(Violation {
-            invariant: "DECISION_INCONSISTENT",
+            invariant: Invariant::DecisionInconsistent,
             product_id: Some(product),
             detail: format!("{n} {status} orders whose decision fields disagree with their status"),
         });
@@ -82,7 +96,7 @@ pub async fn check(pool: &MySqlPool) -> Result<Vec<Violation>, sqlx::Error> {
     .await?;
     for (product, buyers) in holdings {
         violations.push(Violation {
-            invariant: "HOLDINGS_NOT_SUM_OF_ORDERS",
+            invariant: Invariant::HoldingsNotSumOfOrders,
             product_id: Some(product),
             detail: format!(
                 "{buyers} buyers' holdings differ from the units their ACCEPTED and PAID orders hold"

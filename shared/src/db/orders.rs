@@ -825,13 +825,34 @@ pub struct OrderFilter {
     pub buyer: Option<String>,
 }
 
-/// A page of orders in recording order, and how many match in all.
+/// Where a page of orders starts.
+#[derive(Debug, Clone, Copy)]
+pub enum From {
+    /// After skipping this many matching orders.
+    Offset(u64),
+    /// Right after this order (its `seq`), whatever was recorded since:
+    /// a cursor that stays put while orders arrive.
+    After(u64),
+}
+
+/// A page of orders in recording order.
+#[derive(Debug)]
+pub struct Listed {
+    /// The page.
+    pub rows: Vec<OrderRow>,
+    /// Orders matching the filter, in all.
+    pub total: u64,
+    /// Matching orders before the page's first.
+    pub before: u64,
+}
+
+/// Up to `limit` orders matching `filter` in recording order, from `from`.
 pub async fn list(
     pool: &MySqlPool,
     filter: &OrderFilter,
     limit: u32,
-    offset: u64,
-) -> Result<(Vec<OrderRow>, u64), sqlx::Error> {
+    from: From,
+) -> Result<Listed, sqlx::Error> {
     let mut clauses = Vec::new();
     if filter.buyer.is_some() {
         clauses.push("buyer_id = ?");
@@ -842,16 +863,38 @@ pub async fn list(
     if filter.status.is_some() {
         clauses.push("status = ?");
     }
-    let condition = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
+    let matching = |extra: Option<&str>| {
+        let all: Vec<&str> = clauses.iter().copied().chain(extra).collect();
+        if all.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", all.join(" AND "))
+        }
     };
-    let page_sql =
-        format!("SELECT {COLUMNS} FROM orders {condition} ORDER BY seq LIMIT ? OFFSET ?");
-    let count_sql = format!("SELECT COUNT(*) FROM orders {condition}");
+    let (page_sql, count_sql) = match from {
+        From::Offset(_) => (
+            format!(
+                "SELECT {COLUMNS} FROM orders {} ORDER BY seq LIMIT ? OFFSET ?",
+                matching(None)
+            ),
+            format!("SELECT COUNT(*), 0 FROM orders {}", matching(None)),
+        ),
+        From::After(_) => (
+            format!(
+                "SELECT {COLUMNS} FROM orders {} ORDER BY seq LIMIT ?",
+                matching(Some("seq > ?"))
+            ),
+            format!(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(seq <= ?), 0) AS SIGNED) FROM orders {}",
+                matching(None)
+            ),
+        ),
+    };
     let mut page = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(page_sql));
-    let mut count = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(count_sql));
+    let mut count = sqlx::query_as::<_, (i64, i64)>(AssertSqlSafe(count_sql));
+    if let From::After(seq) = from {
+        count = count.bind(seq);
+    }
     if let Some(b) = &filter.buyer {
         page = page.bind(b.clone());
         count = count.bind(b.clone());
@@ -864,9 +907,32 @@ pub async fn list(
         page = page.bind(s.as_str());
         count = count.bind(s.as_str());
     }
-    let rows = page.bind(limit).bind(offset).fetch_all(pool).await?;
-    let (total,) = count.fetch_one(pool).await?;
-    Ok((rows, total as u64))
+    let page = match from {
+        From::Offset(offset) => page.bind(limit).bind(offset),
+        From::After(seq) => page.bind(seq).bind(limit),
+    };
+    let rows = page.fetch_all(pool).await?;
+    let (total, before) = count.fetch_one(pool).await?;
+    let before = match from {
+        From::Offset(offset) => offset,
+        From::After(_) => before as u64,
+    };
+    Ok(Listed {
+        rows,
+        total: total as u64,
+        before,
+    })
+}
+
+/// The recording position (`seq`) and buyer of order `id`, if it exists.
+pub async fn position(
+    pool: &MySqlPool,
+    id: OrderId,
+) -> Result<Option<(u64, Option<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT seq, buyer_id FROM orders WHERE id = ?")
+        .bind(id.uuid())
+        .fetch_optional(pool)
+        .await
 }
 
 /// Orders of `product` counted by status.

@@ -1,6 +1,8 @@
 //! The OpenAPI document, derived from the handlers' annotations. The
 //! committed `apispec.json` must equal [`document`]; a test checks it.
 
+mod shape;
+
 use crate::routes;
 use shared::error_code::ErrorCode;
 use utoipa::OpenApi;
@@ -33,7 +35,6 @@ pub fn document() -> utoipa::openapi::OpenApi {
     add_links(&mut api);
     add_security(&mut api);
     add_common_responses(&mut api);
-    add_error_codes(&mut api);
     api
 }
 
@@ -108,71 +109,69 @@ fn codes_of_status(status: &str) -> &'static [ErrorCode] {
 }
 
 /// Each operation's error answers carry `data.error` as an enum of the
-/// codes that operation answers with (a schema `<operation>_error` per
-/// operation, each code from [`ErrorCode`]), instead of every code there
-/// is. An operation with a path parameter may also answer `INVALID_ID` (a
-/// path that is not even text).
-fn add_error_codes(api: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{Ref, RefOr, Schema};
-    let Some(components) = api.components.as_ref() else {
-        return;
-    };
-    let Some(template) = components
-        .schemas
-        .get("Envelope_ErrorBody")
-        .and_then(|s| serde_json::to_value(s).ok())
-    else {
-        return;
-    };
-    let mut schemas: Vec<(String, RefOr<Schema>)> = Vec::new();
-    for (path, operation) in operations_by_path(api) {
-        let has_path_parameter = path.contains('{');
-        let Some(id) = operation.operation_id.clone() else {
+/// codes that operation answers with, instead of every code there is: for
+/// `create_order`, `CreateOrderErrorEnvelope` around `CreateOrderErrorBody`,
+/// an [`ErrorBody`](crate::envelope::ErrorBody) whose `error` is
+/// `CreateOrderErrorCode`, the codes it answers with, each from [`ErrorCode`]
+/// (in the enum's order). An operation with a path parameter may also answer
+/// `INVALID_ID` (a path that is not even text). Runs on the JSON, after
+/// [`shape::name_envelopes`].
+fn add_error_codes(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let mut schemas = Vec::new();
+    for (path, operation) in shape::operations_mut(doc) {
+        let Some(id) = operation["operationId"].as_str().map(str::to_owned) else {
             continue;
         };
         let mut codes: Vec<ErrorCode> = operation_codes(&id).to_vec();
-        for status in operation.responses.responses.keys() {
+        let responses = operation["responses"].as_object_mut().expect("responses");
+        for status in responses.keys() {
             codes.extend_from_slice(codes_of_status(status));
         }
-        if has_path_parameter {
+        if path.contains('{') {
             codes.push(ErrorCode::InvalidId);
         }
-        // In the order of the enum, each once.
         let codes: Vec<&str> = ErrorCode::ALL
             .iter()
             .filter(|c| codes.contains(c))
             .map(|c| c.as_str())
             .collect();
-        let mut schema = template.clone();
-        schema["description"] = format!("An error answer of `{id}`.").into();
-        schema["properties"]["data"]["properties"]["error"] = serde_json::json!({
-            "type": "string",
-            "description": "A machine-readable code: one of those this operation answers with.",
-            "enum": codes,
-        });
-        let Ok(schema) = serde_json::from_value::<RefOr<Schema>>(schema) else {
-            continue;
-        };
-        let name = format!("{id}_error");
-        for response in operation.responses.responses.values_mut() {
-            let RefOr::T(response) = response else {
-                continue;
-            };
-            for content in response.content.values_mut() {
-                let RefOr::T(content) = content else {
-                    continue;
-                };
-                if let Some(RefOr::Ref(r)) = &content.schema
-                    && r.ref_location.ends_with("/Envelope_ErrorBody")
-                {
-                    content.schema = Some(RefOr::Ref(Ref::from_schema_name(&name)));
-                }
+        let pascal = shape::pascal_case(&id);
+        let code = format!("{pascal}ErrorCode");
+        let body = format!("{pascal}ErrorBody");
+        let envelope = format!("{pascal}ErrorEnvelope");
+        let error_envelope = shape::schema_ref("ErrorEnvelope");
+        for response in responses.values_mut() {
+            if let Some(schema) = response.pointer_mut("/content/application~1json/schema/$ref")
+                && schema.as_str() == Some(error_envelope.as_str())
+            {
+                *schema = shape::schema_ref(&envelope).into();
             }
         }
-        schemas.push((name, schema));
+        schemas.push((
+            code.clone(),
+            json!({
+                "type": "string",
+                "description": format!("The codes `{id}` answers with: a subset of `ErrorCode`."),
+                "enum": codes,
+            }),
+        ));
+        schemas.push((
+            body.clone(),
+            json!({
+                "type": "object",
+                "description": format!("`data` of an error answer of `{id}`."),
+                "required": ["error", "message"],
+                "properties": {
+                    "error": {"$ref": shape::schema_ref(&code)},
+                    "message": {"type": "string", "description": "What went wrong, for people."},
+                },
+            }),
+        ));
+        schemas.push((envelope, shape::envelope_of(&body, 422)));
     }
-    if let Some(components) = api.components.as_mut() {
-        components.schemas.extend(schemas);
+    if let Some(components) = doc["components"]["schemas"].as_object_mut() {
+        components.extend(schemas);
     }
 }
 
@@ -380,11 +379,19 @@ fn add_links(api: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// The document as the pretty JSON committed in `apispec.json`.
+/// The document as served and committed in `apispec.json` (pretty JSON):
+/// [`document`] shaped for code generators ([`shape`]), each operation's
+/// error codes its own enum, with `servers` and the license named.
 pub fn document_json() -> String {
-    let mut json = document()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes");
+    let mut doc = serde_json::to_value(document()).expect("the OpenAPI document serializes");
+    shape::name_envelopes(&mut doc);
+    add_error_codes(&mut doc);
+    shape::for_generators(&mut doc);
+    doc["servers"] = serde_json::json!([
+        {"url": "http://127.0.0.1:3000", "description": "The api as `scripts/run.sh` or `docker compose up` starts it (API_ADDR)"}
+    ]);
+    doc["info"]["license"] = serde_json::json!({"name": "MIT", "identifier": "MIT"});
+    let mut json = serde_json::to_string_pretty(&doc).expect("JSON serializes");
     json.push('\n');
     json
 }
@@ -408,11 +415,10 @@ mod tests {
                     continue;
                 };
                 operations += 1;
-                let name = format!("{id}_error");
-                let codes: Vec<&str> = schemas[&name]["properties"]["data"]["properties"]["error"]
-                    ["enum"]
+                let name = super::shape::pascal_case(id);
+                let codes: Vec<&str> = schemas[format!("{name}ErrorCode")]["enum"]
                     .as_array()
-                    .unwrap_or_else(|| panic!("{name} has an enum"))
+                    .unwrap_or_else(|| panic!("{name}ErrorCode is an enum"))
                     .iter()
                     .map(|c| c.as_str().unwrap())
                     .collect();
@@ -422,14 +428,14 @@ mod tests {
                     let schema = &response["content"]["application/json"]["schema"]["$ref"];
                     // Two error answers carry another body: a rejected
                     // order, and readiness saying which dependency is down.
-                    let other = ["Envelope_OrderOrError", "Envelope_Health"]
+                    let other = ["OrderOrErrorEnvelope", "ReadinessEnvelope"]
                         .map(|n| format!("#/components/schemas/{n}"));
                     if status.as_str() >= "400"
                         && !other.iter().any(|o| schema.as_str() == Some(o.as_str()))
                     {
                         assert_eq!(
                             schema.as_str(),
-                            Some(format!("#/components/schemas/{name}").as_str()),
+                            Some(format!("#/components/schemas/{name}ErrorEnvelope").as_str()),
                             "{id} {status}"
                         );
                     }
@@ -437,11 +443,11 @@ mod tests {
             }
         }
         assert_eq!(operations, 15);
-        let codes = |id: &str| schemas[format!("{id}_error")].to_string();
-        assert!(codes("create_order").contains("INVALID_TOTAL"));
-        assert!(codes("create_order").contains("OVERLOADED"));
-        assert!(codes("pay_order").contains("ORDER_EXPIRED"));
-        assert!(!codes("get_product").contains("INVALID_TOTAL"));
+        let codes = |id: &str| schemas[format!("{id}ErrorCode")].to_string();
+        assert!(codes("CreateOrder").contains("INVALID_TOTAL"));
+        assert!(codes("CreateOrder").contains("OVERLOADED"));
+        assert!(codes("PayOrder").contains("ORDER_EXPIRED"));
+        assert!(!codes("GetProduct").contains("INVALID_TOTAL"));
     }
 
     /// The committed `apispec.json` equals the document derived from the
