@@ -726,3 +726,133 @@ async fn with_api_metrics_addr_metrics_leave_the_public_listener() {
         "{text}"
     );
 }
+
+/// `GET /api/orders/{id}` with `Prefer: wait=N` is a long poll: on a PENDING
+/// order it answers when the order is decided (a worker started a second
+/// later decides it), not at the end of the wait; when the wait runs out
+/// it answers the order still PENDING, with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_on_a_pending_order_answers_at_its_decision() {
+    let mut app = TestApp::spawn(Options::default().workers(0)).await;
+    let product = app.create_product("Kaos", 5).await;
+    let (status, body) = app.post_order(product, 1, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = body["data"]["id"].as_str().unwrap().to_owned();
+    let (client, url) = (
+        app.client.clone(),
+        format!("{}/api/orders/{id}", app.address),
+    );
+    let poll = move |wait: u64| {
+        client
+            .get(&url)
+            .header("Prefer", format!("wait={wait}"))
+            .send()
+    };
+    // No worker: the wait runs out.
+    let started = Instant::now();
+    let r = poll(1).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["preference-applied"], "wait=1");
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["data"]["status"],
+        "PENDING"
+    );
+
+    let waiting = tokio::spawn(poll(30));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.spawn_worker(app.config.clone()).await;
+    let r = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("answered at the decision, long before the wait ran out")
+        .unwrap()
+        .unwrap();
+    let answered = chrono::Utc::now();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get("retry-after").is_none(), "decided");
+    let order = r.json::<Value>().await.unwrap()["data"].clone();
+    assert_eq!(order["status"], "ACCEPTED");
+    let decided: chrono::DateTime<chrono::Utc> =
+        order["decided_at"].as_str().unwrap().parse().unwrap();
+    // Loose on purpose (debug build, shared machine): the answer follows
+    // the decision's notice, not a poll interval. The storefront check
+    // (scripts/check-clients.sh) reports the figure.
+    assert!(
+        answered - decided < chrono::TimeDelta::seconds(2),
+        "answered {answered}, decided {decided}"
+    );
+    // A decided order is answered at once, whatever the preference.
+    let started = Instant::now();
+    let r = poll(30).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(r.headers().get("preference-applied").is_none());
+}
+
+/// The cursor `after=` stays put while orders change: with a status filter,
+/// orders leaving it shift `page=2` past ones never shown; following
+/// `next_after` (or `Link: rel=next`) shows each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_cursor_neither_skips_nor_repeats_while_orders_change() {
+    let app = TestApp::spawn(Options::default().workers(0)).await;
+    let product = app.create_product("Kaos", 50).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (_, body) = app.post_order(product, 1, None).await;
+        ids.push(body["data"]["id"].as_str().unwrap().to_owned());
+    }
+    let shared = &app;
+    let list = move |query: String| async move {
+        let r = shared
+            .get(&format!("/api/orders?status=PENDING&per_page=2{query}"))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let link = r.headers()["link"].to_str().unwrap().to_owned();
+        (r.json::<Value>().await.unwrap()["data"].clone(), link)
+    };
+    let ids_of = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (first, link) = list(String::new()).await;
+    assert_eq!(ids_of(&first), ids[..2]);
+    assert_eq!(first["next_after"], ids[1].as_str());
+    assert!(
+        link.contains(&format!("after={}&per_page=2>; rel=\"next\"", ids[1])),
+        "{link}"
+    );
+    // The first page's orders leave the filter.
+    for id in &ids[..2] {
+        let (status, _) = app.order_action(id, "cancel").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (by_number, _) = list("&page=2".into()).await;
+    assert_eq!(
+        ids_of(&by_number),
+        ids[4..],
+        "page=2 shifted past two orders"
+    );
+    let (second, _) = list(format!("&after={}", ids[1].to_uppercase())).await;
+    assert_eq!(ids_of(&second), ids[2..4]);
+    let (last, link) = list(format!("&after={}", ids[3])).await;
+    assert_eq!(ids_of(&last), ids[4..]);
+    assert_eq!(last["next_after"], Value::Null);
+    assert!(!link.contains("rel=\"next\""), "{link}");
+    // A cursor is not a page number, nor another order's id.
+    for bad in [
+        "&after=nope&page=1".to_owned(),
+        format!("&after={}", uuid::Uuid::new_v4()),
+    ] {
+        let r = app.get(&format!("/api/orders?per_page=2{bad}")).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["data"]["error"],
+            "INVALID_QUERY"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 //!   argument of a generic (`Envelope<Order>`), so an order in a 200 and the
 //!   same order in a 400 would be two types; here `Envelope_Order` becomes
 //!   `OrderEnvelope` whose `data` is `$ref Order`.
+//! - Every operation declares the `x-request-id` it takes.
 //! - Header parameters are plain strings (`Option<String>` makes them
 //!   nullable, which generators turn into `string | null` that no HTTP
 //!   client takes).
@@ -18,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Runs every pass but [`name_envelopes`], which comes first, in order.
 pub fn for_generators(doc: &mut Value) {
+    request_id_parameter(doc);
     plain_header_parameters(doc);
     public_operations(doc);
     required_response_headers(doc);
@@ -91,6 +93,23 @@ pub fn operations_mut(doc: &mut Value) -> impl Iterator<Item = (String, &mut Map
                 .flat_map(|methods| methods.iter_mut())
                 .filter_map(move |(_, operation)| Some((path.clone(), operation.as_object_mut()?)))
         })
+}
+
+/// Every operation takes the caller's own `x-request-id` (echoed, and on
+/// every log line of the request).
+fn request_id_parameter(doc: &mut Value) {
+    for (_, operation) in operations_mut(doc) {
+        let parameters = operation.entry("parameters").or_insert_with(|| json!([]));
+        if let Some(parameters) = parameters.as_array_mut() {
+            parameters.push(json!({
+                "name": "x-request-id",
+                "in": "header",
+                "required": false,
+                "description": "The request's id, echoed in the answer and on every log line of the request: up to 64 letters, digits, `.`, `_` or `-` (anything else is replaced by a new UUID)",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+            }));
+        }
+    }
 }
 
 /// `security: []` on the operations anyone may call, so that no operation

@@ -123,7 +123,7 @@ pub enum OrderOrError {
     request_body = CreateOrder,
     params(
         ("Prefer" = Option<String>, Header, pattern = r"^wait=\d+$", description = "`wait=N`: wait up to N seconds (capped by MAX_WAIT) for the decision"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters (a random UUID is ideal): resending the same key with the same body returns the same order; with another body, 422"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters (a random UUID is ideal): resending the same key with the same body returns the same order; with another body, 422 Keys are kept as long as the order: flashstock deletes no order, so a retry is recognised however late it comes."),
     ),
     responses(
         (status = 201, description = "Decided and accepted (with `Prefer: wait`)", body = Envelope<Order>,
@@ -517,7 +517,7 @@ async fn read_order(state: &AppState, caller: &Caller, id: OrderId) -> Result<Or
 #[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders",
     params(
         ("id" = uuid::Uuid, Path, description = "Order id (UUID)"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key for the same action on the same order does it again (answered as above: 200, `Idempotent-Replayed: true` once done); the same key with another action or order, 422"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key for the same action on the same order does it again (answered as above: 200, `Idempotent-Replayed: true` once done); the same key with another action or order, 422 Keys are kept as long as the order they paid or cancelled: a retry is recognised however late it comes."),
     ),
     responses(
         (status = 200, description = "Paid (or paid already: `Idempotent-Replayed: true`)", body = Envelope<Order>,
@@ -556,7 +556,7 @@ pub async fn pay_order(
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders",
     params(
         ("id" = uuid::Uuid, Path, description = "Order id (UUID)"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key for the same action on the same order does it again (answered as above: 200, `Idempotent-Replayed: true` once done); the same key with another action or order, 422"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key for the same action on the same order does it again (answered as above: 200, `Idempotent-Replayed: true` once done); the same key with another action or order, 422 Keys are kept as long as the order they paid or cancelled: a retry is recognised however late it comes."),
     ),
     responses(
         (status = 200, description = "Cancelled (or cancelled already: `Idempotent-Replayed: true`)", body = Envelope<Order>,
@@ -697,8 +697,10 @@ pub struct OrderPage {
     pub items: Vec<Order>,
     /// The page its first order is on, counting `per_page` from the first
     /// matching order (with `after`, as of this read).
+    #[schema(minimum = 1)]
     pub page: u32,
     /// Items per page.
+    #[schema(minimum = 1, maximum = 100)]
     pub per_page: u32,
     /// Matching orders in all pages.
     pub total_items: u64,
