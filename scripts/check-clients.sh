@@ -11,6 +11,13 @@
 #   6. openapi-python-client (--meta none): every module imports, mypy --strict,
 #      no header parameter typed as accepting None (httpx rejects a None
 #      header), and an order is placed through httpx with and without `Prefer`
+#   7. storefront: clients/python/storefront.py (the example README points
+#      client developers to) and its harness pass mypy --strict with that
+#      package, and the harness runs the storefront on it against a live api
+#      and worker (cargo's debug binaries, wherever `cargo metadata` says its
+#      target folder is: build them first; MariaDB and RabbitMQ on their standard
+#      ports): buy, pay, cancel, the long poll's latency, a 503 OVERLOADED
+#      retried with the same Idempotency-Key. CLIENTS_STOREFRONT=0 skips it.
 #   bash scripts/check-clients.sh [FILE]   (FILE relative to the repository root)
 # Every step runs, whatever the ones before it found; the script fails, naming
 # the steps that did, if any did.
@@ -291,15 +298,35 @@ PY
   return $rc
 }
 
+# The example storefront and its harness, on the package step 6 generated.
+storefront() {
+  [[ -d $work/python/flashstock_client ]] || { echo "FAILED: no generated Python client (step 6)"; return 1; }
+  local rc=0
+  (cd clients/python && MYPYPATH=$work/python "$venv/bin/mypy" --strict --cache-dir "$work/mypy-cache" \
+    storefront.py check_storefront.py) || rc=1
+  # The debug binaries wherever cargo puts them (CARGO_TARGET_DIR or ./target).
+  local target_dir
+  target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  FLASHSTOCK_BIN_DIR=$target_dir/debug PYTHONPATH=$work/python PYTHONDONTWRITEBYTECODE=1 \
+    "$venv/bin/python" clients/python/check_storefront.py || rc=1
+  return $rc
+}
+
 step "openapi-spec-validator $OPENAPI_SPEC_VALIDATOR_VERSION: ${file#"$PWD/"}" spec_validator
 step "redocly lint (@redocly/cli $REDOCLY_CLI_VERSION, recommended): no error, no warning" redocly_lint
 step "openapi-typescript $OPENAPI_TYPESCRIPT_VERSION + openapi-fetch $OPENAPI_FETCH_VERSION, tsc $TYPESCRIPT_VERSION --strict" openapi_typescript
 step "orval $ORVAL_VERSION (fetch client, headers as arguments), tsc --strict" orval_client
 step "@hey-api/openapi-ts $HEY_API_OPENAPI_TS_VERSION (@hey-api/client-fetch), tsc --strict" hey_api
 step "openapi-python-client $OPENAPI_PYTHON_CLIENT_VERSION (--meta none): import, httpx, mypy $MYPY_VERSION --strict" python_client
+if [[ ${CLIENTS_STOREFRONT:-1} == 0 ]]; then
+  echo "== storefront: skipped (CLIENTS_STOREFRONT=0)"
+else
+  storefront_ran=1
+  step "storefront: clients/python on the generated client, mypy --strict, against a live api and worker" storefront
+fi
 
 if ((${#failed[@]})); then
   printf 'FAILED: %s\n' "${failed[@]}"
   exit 1
 fi
-echo "ok -- the spec validates, Redocly finds nothing, and all four clients type-check strictly"
+echo "ok -- the spec validates, Redocly finds nothing, all four clients type-check strictly${storefront_ran:+, and the storefront runs on the Python one}"

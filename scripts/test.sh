@@ -44,10 +44,10 @@ echo "== docker-compose.yml"
 bash scripts/check-compose.sh
 echo "== asyncapi.json"
 bash scripts/check-asyncapi.sh
-echo "== apispec.json as client generators read it"
-bash scripts/check-clients.sh
-echo "== building the binaries (the multi-process tests start them)"
+echo "== building the binaries (the multi-process tests and the storefront check start them)"
 cargo build --bins
+echo "== apispec.json as client generators read it, and the storefront on the Python client"
+bash scripts/check-clients.sh
 echo "== tests"
 results=$(mktemp)
 cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$results"

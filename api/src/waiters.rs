@@ -31,6 +31,20 @@ impl Waiting {
         let rx = self.rx.take()?;
         tokio::time::timeout(timeout, rx).await.ok()?.ok()
     }
+
+    /// Waits up to `timeout` for news of the order: its decision, or a
+    /// [`Waiters::wake`] (then the row says what happened). False when
+    /// `timeout` ran out first; it may be called again then.
+    pub async fn news(&mut self, timeout: Duration) -> bool {
+        let Some(rx) = self.rx.as_mut() else {
+            return true;
+        };
+        if tokio::time::timeout(timeout, rx).await.is_err() {
+            return false;
+        }
+        self.rx = None;
+        true
+    }
 }
 
 impl Drop for Waiting {
@@ -63,6 +77,13 @@ impl Waiters {
             rx: Some(rx),
             waiters: self.clone(),
         }
+    }
+
+    /// Wakes everyone waiting on `id` without a decision (it was cancelled
+    /// while PENDING, which sends no notice): they read the order.
+    pub fn wake(&self, id: OrderId) {
+        // Dropping the senders ends each receiver's wait.
+        self.inner.lock().expect("waiters lock").remove(&id);
     }
 
     /// Orders with at least one request waiting (a gauge).
@@ -114,6 +135,19 @@ mod tests {
         drop(first);
         assert_eq!(waiters.len(), 1);
         drop(second);
+        assert!(waiters.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wake_ends_the_wait_without_a_decision() {
+        let waiters = Waiters::default();
+        let id = OrderId::generate();
+        let mut waiting = waiters.register(id);
+        assert!(!waiting.news(Duration::from_millis(1)).await, "nothing yet");
+        waiters.wake(id);
+        assert!(waiting.news(Duration::from_secs(5)).await);
+        assert!(waiters.is_empty());
+        drop(waiting);
         assert!(waiters.is_empty());
     }
 

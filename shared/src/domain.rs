@@ -241,8 +241,7 @@ impl fmt::Display for OrderStatus {
 }
 
 /// Why an order was rejected.
-/// Why an order was rejected: the closed set of `reason`s (the constants
-/// of [`reason`] are their text).
+/// Why an order was rejected: the closed set of reasons an order can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Reason {
@@ -274,36 +273,41 @@ impl Reason {
         Reason::DecisionFailed,
     ];
 
-    /// Its text, as stored and answered.
-    pub fn as_str(self) -> &'static str {
+    /// Its text, as stored and answered: the constants of [`reason`], which
+    /// every writer uses, are these, so no reason is written that the spec's
+    /// enum lacks.
+    pub const fn as_str(self) -> &'static str {
         match self {
-            Reason::OutOfStock => reason::OUT_OF_STOCK,
-            Reason::BuyerLimit => reason::BUYER_LIMIT,
-            Reason::SaleNotStarted => reason::SALE_NOT_STARTED,
-            Reason::SaleEnded => reason::SALE_ENDED,
-            Reason::ProductNotFound => reason::PRODUCT_NOT_FOUND,
-            Reason::DeadLettered => reason::DEAD_LETTERED,
-            Reason::DecisionFailed => reason::DECISION_FAILED,
+            Reason::OutOfStock => "OUT_OF_STOCK",
+            Reason::BuyerLimit => "BUYER_LIMIT",
+            Reason::SaleNotStarted => "SALE_NOT_STARTED",
+            Reason::SaleEnded => "SALE_ENDED",
+            Reason::ProductNotFound => "PRODUCT_NOT_FOUND",
+            Reason::DeadLettered => "DEAD_LETTERED",
+            Reason::DecisionFailed => "DECISION_FAILED",
         }
     }
 }
 
+/// The text of each [`Reason`], as the writers use it.
 pub mod reason {
+    use super::Reason;
+
     /// Fewer units were available than the order asked for.
-    pub const OUT_OF_STOCK: &str = "OUT_OF_STOCK";
+    pub const OUT_OF_STOCK: &str = Reason::OutOfStock.as_str();
     /// The product vanished between recording and deciding.
-    pub const PRODUCT_NOT_FOUND: &str = "PRODUCT_NOT_FOUND";
+    pub const PRODUCT_NOT_FOUND: &str = Reason::ProductNotFound.as_str();
     /// The order's message could not be processed within the delivery limit.
-    pub const DEAD_LETTERED: &str = "DEAD_LETTERED";
+    pub const DEAD_LETTERED: &str = Reason::DeadLettered.as_str();
     /// Deciding this order failed in the database for a reason that is not
     /// transient, while the orders around it were decided; it holds nothing.
-    pub const DECISION_FAILED: &str = "DECISION_FAILED";
+    pub const DECISION_FAILED: &str = Reason::DecisionFailed.as_str();
     /// The buyer would hold more than the product's `max_per_buyer` units.
-    pub const BUYER_LIMIT: &str = "BUYER_LIMIT";
+    pub const BUYER_LIMIT: &str = Reason::BuyerLimit.as_str();
     /// The product's sale had not started (`sale_starts_at`, database clock).
-    pub const SALE_NOT_STARTED: &str = "SALE_NOT_STARTED";
+    pub const SALE_NOT_STARTED: &str = Reason::SaleNotStarted.as_str();
     /// The product's sale had ended (`sale_ends_at`, database clock).
-    pub const SALE_ENDED: &str = "SALE_ENDED";
+    pub const SALE_ENDED: &str = Reason::SaleEnded.as_str();
 }
 
 #[cfg(test)]

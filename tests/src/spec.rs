@@ -81,9 +81,17 @@ impl Walk {
             }
         }
         for (name, header) in documented["headers"].as_object().into_iter().flatten() {
-            if header["required"] == true && !headers.contains_key(name.as_str()) {
-                self.findings
-                    .push(format!("{at}: required header {name} not sent"));
+            match headers.get(name.as_str()).map(|v| v.to_str()) {
+                None if header["required"] == true => self
+                    .findings
+                    .push(format!("{at}: required header {name} not sent")),
+                Some(Ok(value))
+                    if header["schema"]["type"] == "integer" && value.parse::<u64>().is_err() =>
+                {
+                    self.findings
+                        .push(format!("{at}: header {name}: {value:?} is not an integer"));
+                }
+                _ => {}
             }
         }
         let schema = &documented["content"]["application/json"]["schema"];

@@ -1,5 +1,5 @@
 //! What client developers expect of the API: CORS, object bodies, safe
-//! retries of pay and cancel, polling hints, one URL per order.
+//! retries of pay and cancel, polling hints, one URL per order (up to case).
 
 use flashstock_tests::spec::Walk;
 use flashstock_tests::{Options, TestApp};
@@ -221,19 +221,28 @@ async fn answers_carry_polling_hints_and_each_order_has_one_url() {
     let upper = app.get(&format!("/api/orders/{}", id.to_uppercase())).await;
     assert_eq!(upper.status(), StatusCode::OK);
     assert_eq!(upper.json::<Value>().await.unwrap()["data"]["id"], id);
-    for action in ["pay", "cancel"] {
-        let r = app
-            .client
+    let upper = |action: &str| {
+        app.client
             .post(format!(
                 "{}/api/orders/{}/{action}",
                 app.address,
                 id.to_uppercase()
             ))
             .send()
-            .await
-            .unwrap();
-        assert_ne!(r.status(), StatusCode::NOT_FOUND, "{action}");
-    }
+    };
+    // Still PENDING (no worker): paying it is refused for its status, not
+    // for its id; cancelling it works, answered in lower case.
+    let r = upper("pay").await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["data"]["error"],
+        "INVALID_TRANSITION"
+    );
+    let r = upper("cancel").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cancelled = r.json::<Value>().await.unwrap();
+    assert_eq!(cancelled["data"]["id"], id);
+    assert_eq!(cancelled["data"]["status"], "CANCELLED");
     // Other spellings are not the order's address.
     let simple = id.replace('-', "");
     for other in [simple, format!("urn:uuid:{id}"), format!("{{{id}}}")] {
@@ -585,8 +594,8 @@ async fn the_answers_are_what_the_spec_says() {
     walk.check("GET", "/api/orders", r).await;
     let r = c.get(url("/api/orders?after=nope")).send().await.unwrap();
     walk.check("GET", "/api/orders", r).await;
-    // An order still PENDING: a long poll that runs out, and one that is
-    // answered at its decision.
+    // A long poll on an order placed just now, by its id in upper case
+    // (answered at its decision, or at once if the worker was quicker).
     let pending = walk
         .check(
             "POST",

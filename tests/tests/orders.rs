@@ -856,3 +856,38 @@ async fn the_order_cursor_neither_skips_nor_repeats_while_orders_change() {
         );
     }
 }
+
+/// A PENDING order cancelled while a long poll waits on it sends no
+/// decision notice: the wait ends at the cancel, not at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_ends_when_its_pending_order_is_cancelled() {
+    let app = TestApp::spawn(Options::default().workers(0)).await;
+    let product = app.create_product("Kaos", 5).await;
+    let (_, body) = app.post_order(product, 1, None).await;
+    let id = body["data"]["id"].as_str().unwrap().to_owned();
+    let poll = app
+        .client
+        .get(format!("{}/api/orders/{id}", app.address))
+        .header("Prefer", "wait=30")
+        .send();
+    let waiting = tokio::spawn(poll);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let (status, _) = app.order_action(&id, "cancel").await;
+    assert_eq!(status, StatusCode::OK);
+    let r = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("answered at the cancel")
+        .unwrap()
+        .unwrap();
+    // Well before the long poll's own re-read (every 2 s from its start).
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "woken by the cancel, after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["data"]["status"],
+        "CANCELLED"
+    );
+}

@@ -168,7 +168,7 @@ fn add_error_codes(doc: &mut serde_json::Value) {
                 },
             }),
         ));
-        schemas.push((envelope, shape::envelope_of(&body, 422)));
+        schemas.push((envelope, shape::envelope_of(&body)));
     }
     if let Some(components) = doc["components"]["schemas"].as_object_mut() {
         components.extend(schemas);

@@ -48,7 +48,7 @@ pub fn name_envelopes(doc: &mut Value) {
         let mut envelope = schemas.remove(&old).expect("listed above");
         let data = envelope["properties"]["data"].take();
         schemas.entry(inner.clone()).or_insert(data);
-        schemas.insert(name.clone(), envelope_of(&inner, 200));
+        schemas.insert(name.clone(), envelope_of(&inner));
         renamed.insert(schema_ref(&old), schema_ref(&name));
     }
     rename_refs(doc, &renamed);
@@ -141,8 +141,8 @@ fn plain_header_parameters(doc: &mut Value) {
     }
 }
 
-/// Response headers sent on every answer that lists them, unless their
-/// description says when.
+/// Response headers sent on every answer that lists them, but for those
+/// of [`SOMETIMES_SENT`].
 const ALWAYS_SENT: [&str; 6] = [
     "x-request-id",
     "ETag",
@@ -152,10 +152,22 @@ const ALWAYS_SENT: [&str; 6] = [
     "Allow",
 ];
 
+/// The (operation, status, header)s of [`ALWAYS_SENT`] that are not: a 400
+/// from `create_order` is a rejected order (with them) or malformed JSON
+/// (without).
+const SOMETIMES_SENT: [(&str, &str, &str); 2] = [
+    ("create_order", "400", "Location"),
+    ("create_order", "400", "Cache-Control"),
+];
+
 /// `required: true` on the headers always sent (and `Retry-After` on a
 /// 503, which always says when to come back); `Retry-After` an integer.
 fn required_response_headers(doc: &mut Value) {
     for (_, operation) in operations_mut(doc) {
+        let id = operation["operationId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let Some(responses) = operation
             .get_mut("responses")
             .and_then(Value::as_object_mut)
@@ -167,10 +179,9 @@ fn required_response_headers(doc: &mut Value) {
                 continue;
             };
             for (name, header) in headers.iter_mut() {
-                let conditional = header["description"]
-                    .as_str()
-                    .is_some_and(|d| d.contains(", when ") || d.starts_with("While "));
-                let always = (ALWAYS_SENT.contains(&name.as_str()) && !conditional)
+                let sometimes =
+                    SOMETIMES_SENT.contains(&(id.as_str(), status.as_str(), name.as_str()));
+                let always = (ALWAYS_SENT.contains(&name.as_str()) && !sometimes)
                     || (name == "Retry-After" && status == "503");
                 if always {
                     header["required"] = true.into();
@@ -250,22 +261,17 @@ pub fn pascal_case(snake: &str) -> String {
         .collect()
 }
 
-/// An envelope around the component `data`, its examples those of a
-/// `status` answer.
-pub fn envelope_of(data: &str, status: u16) -> Value {
-    let reason = axum::http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Unknown");
+/// An envelope around the component `data`. No examples: one envelope
+/// serves several statuses (an order is 200, 201 or 202; an error 4xx or 5xx).
+pub fn envelope_of(data: &str) -> Value {
     json!({
         "type": "object",
         "description": format!("The envelope of {}.", article(data)),
         "required": ["code", "status", "data"],
         "properties": {
             "code": {"type": "integer", "format": "int32", "minimum": 100, "maximum": 599,
-                     "description": "The HTTP status code, repeated.", "example": status},
-            "status": {"type": "string", "description": "The status's reason phrase, such as `OK` or `Not Found`.",
-                       "example": reason},
+                     "description": "The HTTP status code, repeated."},
+            "status": {"type": "string", "description": "The status's reason phrase, such as `OK` or `Not Found`."},
             "data": {"$ref": schema_ref(data)},
         },
     })

@@ -69,7 +69,8 @@ pub struct Order {
     /// When it was recorded.
     #[serde(serialize_with = "shared::time::serialize")]
     pub created_at: DateTime<Utc>,
-    /// When it was decided; absent while PENDING.
+    /// When it was decided; absent while PENDING, and on an order
+    /// cancelled while PENDING.
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "shared::time::serialize_option"
@@ -123,7 +124,7 @@ pub enum OrderOrError {
     request_body = CreateOrder,
     params(
         ("Prefer" = Option<String>, Header, pattern = r"^wait=\d+$", description = "`wait=N`: wait up to N seconds (capped by MAX_WAIT) for the decision"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters (a random UUID is ideal): resending the same key with the same body returns the same order; with another body, 422 Keys are kept as long as the order: flashstock deletes no order, so a retry is recognised however late it comes."),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters (a random UUID is ideal): resending the same key with the same body returns the same order; with another body, 422. Keys are kept as long as the order (flashstock deletes no order it answered 2xx for), so a retry is recognised however late it comes."),
     ),
     responses(
         (status = 201, description = "Decided and accepted (with `Prefer: wait`)", body = Envelope<Order>,
@@ -478,12 +479,22 @@ pub async fn get_order(
         .map(|(w, slot)| (w, slot, state.waiters.register(id)));
     let mut row = read_order(&state, &caller, id).await?;
     let mut waited = None;
-    if let Some((wait, _slot, waiting)) = wait
+    if let Some((wait, _slot, mut waiting)) = wait
         && row.status() == OrderStatus::Pending
     {
-        // Decision notices go to every api; the row is the truth either way.
-        waiting.decision(wait).await;
-        row = read_order(&state, &caller, id).await?;
+        // Decision notices go to every api, and a cancel here wakes the
+        // wait; the row is the truth either way. It is read again every
+        // LONG_POLL_CHECK too: a cancel through another api sends no
+        // notice, and a notice can be lost.
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let news = waiting.news(left.min(LONG_POLL_CHECK)).await;
+            row = read_order(&state, &caller, id).await?;
+            if news || row.status() != OrderStatus::Pending || left <= LONG_POLL_CHECK {
+                break;
+            }
+        }
         waited = Some(wait);
     }
     let pending = row.status() == OrderStatus::Pending;
@@ -503,6 +514,9 @@ pub async fn get_order(
     Ok(response)
 }
 
+/// How often a long poll reads its order while no news comes.
+const LONG_POLL_CHECK: Duration = Duration::from_secs(2);
+
 /// Order `id`, if `caller` may read it; 404 otherwise (another buyer's
 /// order is not said to exist).
 async fn read_order(state: &AppState, caller: &Caller, id: OrderId) -> Result<OrderRow, ApiError> {
@@ -517,7 +531,7 @@ async fn read_order(state: &AppState, caller: &Caller, id: OrderId) -> Result<Or
 #[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders",
     params(
         ("id" = uuid::Uuid, Path, description = "Order id (UUID)"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key for the same action on the same order does it again (answered as above: 200, `Idempotent-Replayed: true` once done); the same key with another action or order, 422 Keys are kept as long as the order they paid or cancelled: a retry is recognised however late it comes."),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key for the same action on the same order does it again (answered as above: 200, `Idempotent-Replayed: true` once done); the same key with another action or order, 422. Keys are kept as long as the order they paid or cancelled: a retry is recognised however late it comes."),
     ),
     responses(
         (status = 200, description = "Paid (or paid already: `Idempotent-Replayed: true`)", body = Envelope<Order>,
@@ -556,7 +570,7 @@ pub async fn pay_order(
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders",
     params(
         ("id" = uuid::Uuid, Path, description = "Order id (UUID)"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key for the same action on the same order does it again (answered as above: 200, `Idempotent-Replayed: true` once done); the same key with another action or order, 422 Keys are kept as long as the order they paid or cancelled: a retry is recognised however late it comes."),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key for the same action on the same order does it again (answered as above: 200, `Idempotent-Replayed: true` once done); the same key with another action or order, 422. Keys are kept as long as the order they paid or cancelled: a retry is recognised however late it comes."),
     ),
     responses(
         (status = 200, description = "Cancelled (or cancelled already: `Idempotent-Replayed: true`)", body = Envelope<Order>,
@@ -596,8 +610,10 @@ pub async fn cancel_order(
     .await?;
     if matches!(result, Transition::Done(_)) {
         // Cancelled while PENDING, it will get no decision notice; it
-        // leaves admission without counting as a decision.
+        // leaves admission without counting as a decision, and the
+        // requests waiting on it here read it now.
         state.admission.cancelled(&[id]);
+        state.waiters.wake(id);
     }
     transition_response(id, "cancel", result)
 }
@@ -773,9 +789,7 @@ pub async fn list_orders(
     };
     let listed = db::orders::list(&state.db, &filter, bounds.per_page, from).await?;
     let per_page = u64::from(bounds.per_page);
-    let shown = listed.rows.len() as u64;
-    let more = listed.before + shown < listed.total;
-    let next_after = listed.rows.last().filter(|_| more).map(|row| row.id);
+    let next_after = listed.rows.last().filter(|_| listed.more).map(|row| row.id);
     let page = OrderPage {
         page: u32::try_from(listed.before / per_page + 1).unwrap_or(u32::MAX),
         per_page: bounds.per_page,

@@ -177,7 +177,7 @@ fn check_window(rules: SaleRules) -> Result<SaleRules, ApiError> {
 #[utoipa::path(post, path = "/products", tag = "products",
     request_body = CreateProduct,
     params(
-        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key with the same body returns the same product; with another body, 422 Keys are kept as long as the product: a retry is recognised however late it comes."),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255, pattern = r"^[!-~]+$", description = "16 to 255 visible ASCII characters: resending the same key with the same body returns the same product; with another body, 422. Keys are kept as long as the product: a retry is recognised however late it comes."),
     ),
     responses(
         (status = 401, description = "ADMIN_TOKEN is set and the request lacks `Authorization: Bearer <token>`", body = Envelope<ErrorBody>),

@@ -9,9 +9,9 @@ use sqlx::MySqlPool;
 pub struct Violation {
     /// Which invariant.
     pub invariant: Invariant,
-    /// The product concerned; `null` when the finding is about an order.
-    #[schema(required = true, minimum = 1)]
-    pub product_id: Option<u64>,
+    /// The product concerned (of the order, when the finding is about one).
+    #[schema(minimum = 1)]
+    pub product_id: u64,
     /// What was found.
     pub detail: String,
 }
@@ -53,14 +53,14 @@ pub async fn check(pool: &MySqlPool) -> Result<Vec<Violation>, sqlx::Error> {
         if !(0 <= reserved && reserved <= stored) {
             violations.push(Violation {
                 invariant: Invariant::ReservedOutOfRange,
-                product_id: Some(product),
+                product_id: product,
                 detail: format!("reserved {reserved}, stored {stored}"),
             });
         }
         if reserved != accepted {
             violations.push(Violation {
                 invariant: Invariant::ReservedNotSumOfAccepted,
-                product_id: Some(product),
+                product_id: product,
                 detail: format!("reserved {reserved}, accepted orders hold {accepted}"),
             });
         }
@@ -78,7 +78,7 @@ pub async fn check(pool: &MySqlPool) -> Result<Vec<Violation>, sqlx::Error> {
     for (product, status, n) in inconsistent {
         violations.push(Violation {
             invariant: Invariant::DecisionInconsistent,
-            product_id: Some(product),
+            product_id: product,
             detail: format!("{n} {status} orders whose decision fields disagree with their status"),
         });
     }
@@ -97,7 +97,7 @@ pub async fn check(pool: &MySqlPool) -> Result<Vec<Violation>, sqlx::Error> {
     for (product, buyers) in holdings {
         violations.push(Violation {
             invariant: Invariant::HoldingsNotSumOfOrders,
-            product_id: Some(product),
+            product_id: product,
             detail: format!(
                 "{buyers} buyers' holdings differ from the units their ACCEPTED and PAID orders hold"
             ),

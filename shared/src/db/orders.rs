@@ -840,6 +840,10 @@ pub enum From {
 pub struct Listed {
     /// The page.
     pub rows: Vec<OrderRow>,
+    /// Whether a matching order follows the page's last (read with the
+    /// page, one row past it: not from the count, which another statement
+    /// takes while orders change).
+    pub more: bool,
     /// Orders matching the filter, in all.
     pub total: u64,
     /// Matching orders before the page's first.
@@ -907,11 +911,14 @@ pub async fn list(
         page = page.bind(s.as_str());
         count = count.bind(s.as_str());
     }
+    // One row past the page says whether another follows.
     let page = match from {
-        From::Offset(offset) => page.bind(limit).bind(offset),
-        From::After(seq) => page.bind(seq).bind(limit),
+        From::Offset(offset) => page.bind(limit + 1).bind(offset),
+        From::After(seq) => page.bind(seq).bind(limit + 1),
     };
-    let rows = page.fetch_all(pool).await?;
+    let mut rows = page.fetch_all(pool).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
     let (total, before) = count.fetch_one(pool).await?;
     let before = match from {
         From::Offset(offset) => offset,
@@ -919,6 +926,7 @@ pub async fn list(
     };
     Ok(Listed {
         rows,
+        more,
         total: total as u64,
         before,
     })
