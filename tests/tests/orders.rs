@@ -891,3 +891,37 @@ async fn a_long_poll_ends_when_its_pending_order_is_cancelled() {
         "CANCELLED"
     );
 }
+
+/// A submission waiting for its decision (`Prefer: wait`) whose order is
+/// cancelled meanwhile is answered at the cancel, 202 with the order
+/// CANCELLED: never decided, so neither 201 nor 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_submission_whose_order_is_cancelled_is_answered_202() {
+    let app = TestApp::spawn(Options::default().workers(0)).await;
+    let product = app.create_product("Kaos", 5).await;
+    let submit = app
+        .client
+        .post(format!("{}/api/orders", app.address))
+        .header("Prefer", "wait=30")
+        .json(&json!({"product_id": product, "total": 1}))
+        .send();
+    let waiting = tokio::spawn(submit);
+    let id = loop {
+        let list: Value = app.get("/api/orders").await.json().await.unwrap();
+        if let Some(id) = list["data"]["items"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (status, _) = app.order_action(&id, "cancel").await;
+    assert_eq!(status, StatusCode::OK);
+    let r = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("answered at the cancel")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let order = r.json::<Value>().await.unwrap()["data"].clone();
+    assert_eq!(order["id"], id.as_str());
+    assert_eq!(order["status"], "CANCELLED");
+}

@@ -134,7 +134,7 @@ pub enum OrderOrError {
                 ("Idempotent-Replayed" = String, description = "`true` when answered from an earlier order with the same Idempotency-Key"),
                 ("Cache-Control" = String, description = "no-store"),
             )),
-        (status = 202, description = "Recorded; poll `Location` (after `Retry-After` seconds while PENDING). Usually PENDING; already REJECTED when the product was sold out or its sale had not started at submission", body = Envelope<Order>,
+        (status = 202, description = "Recorded; poll `Location` (after `Retry-After` seconds while PENDING). Usually PENDING; already REJECTED when the product was sold out or its sale had not started at submission; CANCELLED when it was cancelled while the request waited", body = Envelope<Order>,
             headers(
                 ("Location" = String, description = "/api/orders/{id}"),
                 ("Retry-After" = String, description = "Seconds until polling is worth it"),
@@ -296,9 +296,13 @@ pub async fn create_order(
     }
     // Asynchronous submissions are always 202 (the order, whatever its
     // status, is in `data`); only a client that waited gets the decision's code.
+    // An order cancelled while PENDING during the wait was never decided:
+    // 202 with its status, like an asynchronous answer. Any other status
+    // past PENDING and REJECTED came through an acceptance.
     let status = match (wait, order.status) {
         (None, _) | (_, OrderStatus::Pending) => StatusCode::ACCEPTED,
         (_, OrderStatus::Rejected) => StatusCode::BAD_REQUEST,
+        (_, OrderStatus::Cancelled) if order.decided_at.is_none() => StatusCode::ACCEPTED,
         _ => StatusCode::CREATED,
     };
     let pending = order.status == OrderStatus::Pending;
