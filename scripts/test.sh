@@ -17,22 +17,29 @@ if command -v rabbitmqctl >/dev/null; then
     rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true
   done
 fi
-# RabbitMQ clusters of fault-test processes that were killed (tests/src/cluster.rs,
-# folders flashstock-cluster-<test pid>-<random>): a node is killed only if
-# its command line names its folder.
+# Servers started by fault-test processes that were killed: RabbitMQ clusters
+# (tests/src/cluster.rs, folders flashstock-cluster-<test pid>-<random>,
+# node*/pid) and MariaDB primaries and replicas (tests/src/mariadb.rs,
+# flashstock-mariadb-<test pid>-<random>, server*/pid). A server is killed
+# only if its command line names its folder.
 tmp=${TMPDIR:-/tmp}; tmp=${tmp%/}
-for dir in "$tmp"/flashstock-cluster-*; do
-  [[ -d $dir && -O $dir ]] || continue
-  owner=${dir##*/flashstock-cluster-}; owner=${owner%%-*}
-  [[ -d /proc/$owner ]] && continue
-  for pidfile in "$dir"/node*/pid; do
-    [[ -f $pidfile ]] || continue
-    pid=$(cat "$pidfile" 2>/dev/null || true)
-    [[ $pid =~ ^[0-9]+$ ]] && grep -qF -- "$dir/" "/proc/$pid/cmdline" 2>/dev/null \
-      && kill -KILL "$pid" 2>/dev/null || true
+remove_abandoned() { # PREFIX PIDFILE_GLOB
+  local dir owner pidfile pid
+  for dir in "$tmp/$1"-*; do
+    [[ -d $dir && -O $dir ]] || continue
+    owner=${dir##*/"$1"-}; owner=${owner%%-*}
+    [[ -d /proc/$owner ]] && continue
+    for pidfile in "$dir"/$2; do
+      [[ -f $pidfile ]] || continue
+      pid=$(cat "$pidfile" 2>/dev/null || true)
+      [[ $pid =~ ^[0-9]+$ ]] && grep -qF -- "$dir/" "/proc/$pid/cmdline" 2>/dev/null \
+        && kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -rf -- "$dir" 2>/dev/null || true
   done
-  rm -rf -- "$dir" 2>/dev/null || true
-done
+}
+remove_abandoned flashstock-cluster 'node*/pid'
+remove_abandoned flashstock-mariadb 'server*/pid'
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
@@ -51,7 +58,7 @@ bash scripts/check-clients.sh
 echo "== tests"
 results=$(mktemp)
 cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$results"
-echo "== fault suite (stops and restarts MariaDB and RabbitMQ: alone, after the rest)"
+echo "== fault suite (stops and restarts MariaDB and RabbitMQ, runs MariaDB primaries and replicas of its own: alone, after the rest)"
 faults=$(mktemp)
 fault_status=0
 cargo nextest run --workspace --profile faults --no-fail-fast --no-capture 2>&1 | tee "$faults" || fault_status=$?

@@ -20,7 +20,10 @@ pub struct ConfigError {
 /// `Debug` hides the passwords in the URLs and every token.
 #[derive(Clone)]
 pub struct Config {
-    /// `DATABASE_URL`: the MySQL/MariaDB database; created if missing.
+    /// `DATABASE_URL`: the MySQL/MariaDB database; created if missing. It
+    /// may list the servers of a primary and its replicas
+    /// (`mysql://u:p@db1:3306/flashstock,db2,db3:3307`): flashstock then uses
+    /// only the writable one ([`crate::db::servers`]).
     pub database_url: String,
     /// `AMQP_URL`: the RabbitMQ broker, or the nodes of one cluster separated
     /// by commas ([`crate::broker::Addresses`]).
@@ -273,7 +276,10 @@ impl Config {
             (name, value.trim().to_owned())
         };
         let config = Config {
-            database_url: get("DATABASE_URL", "mysql://root@127.0.0.1:3306/flashstock").1,
+            database_url: database_url(get(
+                "DATABASE_URL",
+                "mysql://root@127.0.0.1:3306/flashstock",
+            ))?,
             amqp_url: amqp_url(get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"))?,
             quorum_initial_group_size: match get("QUORUM_INITIAL_GROUP_SIZE", "") {
                 (_, v) if v.is_empty() => None,
@@ -368,6 +374,12 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+fn database_url((variable, value): (&'static str, String)) -> Result<String, ConfigError> {
+    crate::db::servers::Servers::parse(&value)
+        .map_err(|message| ConfigError { variable, message })?;
+    Ok(value)
 }
 
 fn amqp_url((variable, value): (&'static str, String)) -> Result<String, ConfigError> {

@@ -426,6 +426,24 @@ impl Report {
     }
 }
 
+/// Stops `load` and checks `app` after `fault`: [`check`], then the events
+/// stream ([`Report::check_events`]). The caller asserts.
+pub async fn check_after(
+    fault: &str,
+    app: &crate::TestApp,
+    load: Load,
+    sampler: Sampler,
+    stock: &HashMap<u64, i64>,
+    drain_timeout: Duration,
+) -> Report {
+    let submissions = load.stop().await;
+    let mut report = check(fault, &app.db, &submissions, stock, sampler, drain_timeout).await;
+    report
+        .check_events(&app.db, &app.config.amqp_url, &app.topology())
+        .await;
+    report
+}
+
 /// Waits (up to `drain_timeout`) for nothing to be PENDING, then checks the
 /// database against `submissions`; `stock` is each product's starting stock.
 pub async fn check(

@@ -9,11 +9,13 @@
 //! - [`checker`]: load that records every submission, and the check of what must hold after a fault.
 //! - [`cluster`]: a real three-node RabbitMQ cluster on this machine (cluster fault tests only).
 //! - [`spec`]: answers checked strictly against the served OpenAPI document.
+//! - [`mariadb`]: a MariaDB primary and replica on this machine (database failover tests only).
 //! - [`services`]: stopping and starting the shared MariaDB and RabbitMQ (fault tests only).
 
 pub mod checker;
 pub mod cluster;
 pub mod events;
+pub mod mariadb;
 pub mod process;
 pub mod proxy;
 pub mod services;
@@ -137,9 +139,15 @@ impl TestApp {
             worker_metrics_ports.push(worker.metrics_port());
             tasks.push(tokio::spawn(worker.run_until_stopped(stop.clone())));
         }
-        let db = MySqlPool::connect(&config.database_url)
-            .await
-            .expect("test pool");
+        // Several servers (a primary and its replica): through the router,
+        // as the api and workers connect.
+        let db = if config.database_url.contains(',') {
+            shared::db::connect(&config).await.expect("test pool")
+        } else {
+            MySqlPool::connect(&config.database_url)
+                .await
+                .expect("test pool")
+        };
         TestApp {
             address,
             config,

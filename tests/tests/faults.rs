@@ -88,11 +88,7 @@ async fn finish(
     sampler: Sampler,
     stock: &HashMap<u64, i64>,
 ) -> Report {
-    let submissions = load.stop().await;
-    let mut report = checker::check(fault, &app.db, &submissions, stock, sampler, DRAIN).await;
-    report
-        .check_events(&app.db, &app.config.amqp_url, &app.topology())
-        .await;
+    let report = checker::check_after(fault, app, load, sampler, stock, DRAIN).await;
     report.assert_holds();
     report
 }

@@ -9,6 +9,7 @@ pub mod leases;
 pub mod orders;
 pub mod products;
 pub mod script;
+pub mod servers;
 
 use crate::config::Config;
 use sqlx::migrate::MigrateDatabase;
@@ -36,8 +37,25 @@ pub enum ConnectError {
 
 /// Creates the database when it is missing, runs the migrations, and
 /// returns a pool sized by `DATABASE_MAX_CONNECTIONS`.
+///
+/// With several servers in `DATABASE_URL` the pool connects through a
+/// [`servers::Router`] to the writable one, and every new connection checks
+/// that its server is writable.
 pub async fn connect(config: &Config) -> Result<MySqlPool, ConnectError> {
-    let url = &config.database_url;
+    let servers = servers::Servers::parse(&config.database_url)
+        .map_err(|e| ConnectError::Url(sqlx::Error::Configuration(e.into())))?;
+    let several = servers.hosts.len() > 1;
+    let routed;
+    let url = if several {
+        let options = MySqlConnectOptions::from_str(&servers.url).map_err(ConnectError::Url)?;
+        let router = servers::Router::start(&servers, options)
+            .await
+            .map_err(|e| ConnectError::Database(sqlx::Error::Io(e)))?;
+        routed = servers.url_at(router.addr);
+        &routed
+    } else {
+        &config.database_url
+    };
     // Room for every statement shape we use (see `padded_len`), so none is evicted.
     // No statement logging: the hot paths' scripts carry their values as
     // literals (buyers' ids among them), and a slow one would be logged whole.
@@ -60,11 +78,24 @@ pub async fn connect(config: &Config) -> Result<MySqlPool, ConnectError> {
         // Every invariant here rests on row locks and conditional updates,
         // not on repeatable snapshots; READ COMMITTED takes no gap locks, so
         // recording new orders never waits on a deciding transaction.
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
             Box::pin(async move {
                 sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                    .execute(conn)
+                    .execute(&mut *conn)
                     .await?;
+                // Never a connection to a read-only server (the router may
+                // have chosen it just before an orchestrator demoted it; and
+                // `read_only` does not stop a user with READ ONLY ADMIN).
+                if several {
+                    let (read_only,): (i64,) = sqlx::query_as("SELECT @@GLOBAL.read_only")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    if read_only != 0 {
+                        return Err(sqlx::Error::Protocol(
+                            "the database server is read-only (not the primary)".into(),
+                        ));
+                    }
+                }
                 Ok(())
             })
         })

@@ -1,0 +1,279 @@
+//! Past one database server: `DATABASE_URL` listing a primary and its
+//! semi-synchronous replica (tests/src/mariadb.rs), the primary killed
+//! while writes run, the replica promoted as an orchestrator would.
+//! Run with the fault profile (`cargo nextest run --profile faults`): each
+//! test starts two MariaDB servers of its own.
+
+use flashstock_tests::checker::{self, Load, Plan, Report, Sampler, Target};
+use flashstock_tests::mariadb::Replicated;
+use flashstock_tests::process::WorkerProcess;
+use flashstock_tests::{Options, TestApp};
+use shared::Config;
+use sqlx::MySqlPool;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long the backlog may take to drain once the fault is healed.
+const DRAIN: Duration = Duration::from_secs(120);
+/// How long progress may stall while a fault is on.
+const PROGRESS: Duration = Duration::from_secs(60);
+
+/// A configuration whose `DATABASE_URL` is `url`.
+fn config(url: &str) -> Config {
+    let url = url.to_owned();
+    Config::from_lookup(move |name| (name == "DATABASE_URL").then(|| url.clone()))
+        .expect("the configuration")
+}
+
+/// The server a pooled connection is on.
+async fn server_id(pool: &MySqlPool) -> Result<u32, sqlx::Error> {
+    let (id,): (u32,) = sqlx::query_as("SELECT @@server_id").fetch_one(pool).await?;
+    Ok(id)
+}
+
+/// Connections go only to the writable server, wherever the URL lists it;
+/// killed, its replica promoted 2 s later, they move there, and every write
+/// the primary acknowledged is on the new primary (semi-sync AFTER_SYNC).
+/// An old primary started writable by mistake next to the new one receives
+/// nothing: a process that must choose between two writable servers
+/// chooses neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_the_primary_through_a_promotion_and_lose_nothing_acknowledged() {
+    let mut servers = Replicated::start(true).await;
+    // The replica listed first: order does not choose the primary.
+    let url = servers.url("flashstock_failover", 1);
+    let pool = shared::db::connect(&config(&url))
+        .await
+        .expect("connects through the router");
+    assert_eq!(
+        server_id(&pool).await.unwrap(),
+        1,
+        "the primary, not the replica"
+    );
+    sqlx::query("CREATE TABLE writes (n INT UNSIGNED NOT NULL PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // Writes one row at a time, noting each one the database acknowledged,
+    // and when.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (pool, stop) = (pool.clone(), stop.clone());
+        async move {
+            let mut acknowledged = Vec::new();
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                match sqlx::query("INSERT INTO writes (n) VALUES (?)")
+                    .bind(n)
+                    .execute(&pool)
+                    .await
+                {
+                    Ok(_) => acknowledged.push((n, Instant::now())),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            acknowledged
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    servers.kill(0);
+    const PROMOTION_DELAY: Duration = Duration::from_secs(2);
+    tokio::time::sleep(PROMOTION_DELAY).await;
+    servers.promote(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server_id(&pool).await.ok() != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the pool never reached the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = writer.await.unwrap();
+    let first_after = acknowledged
+        .iter()
+        .map(|(_, at)| *at)
+        .find(|at| *at > killed)
+        .expect("writes resumed after the kill");
+    let recovered = first_after.saturating_duration_since(killed + PROMOTION_DELAY);
+    eprintln!(
+        "failover: {} writes acknowledged; the first on the new primary {} ms after the kill, the promotion delay (2 s) subtracted",
+        acknowledged.len(),
+        recovered.as_millis()
+    );
+    assert!(recovered < Duration::from_secs(5), "{recovered:?}");
+    let acknowledged: Vec<u32> = acknowledged.into_iter().map(|(n, _)| n).collect();
+    let stored: Vec<(u32,)> = sqlx::query_as("SELECT n FROM writes")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<u32> = stored.into_iter().map(|(n,)| n).collect();
+    let lost: Vec<&u32> = acknowledged
+        .iter()
+        .filter(|n| !stored.contains(n))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+
+    // The old primary back, writable by mistake: the running pool stays
+    // where it is; a new process refuses to choose.
+    servers.restart(0, false);
+    for _ in 0..20 {
+        let conn = pool.acquire().await.unwrap().detach();
+        drop(conn);
+        assert_eq!(server_id(&pool).await.unwrap(), 2);
+    }
+    let started = Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(30), shared::db::connect(&config(&url)))
+        .await
+        .expect("gives up");
+    assert!(refused.is_err(), "chose one of two writable servers");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // Fenced by the operator: the old primary read-only, a new process
+    // finds the promoted one.
+    servers.query(0, "SET GLOBAL read_only = 1");
+    let again = shared::db::connect(&config(&url))
+        .await
+        .expect("connects once one server is writable");
+    assert_eq!(server_id(&again).await.unwrap(), 2);
+}
+
+/// The whole system on `servers` (server 0 the primary): the api, one
+/// worker process owning every partition, and products: two that never sell
+/// out and two that do.
+async fn system_on(servers: &Replicated) -> (TestApp, HashMap<u64, i64>, WorkerProcess, String) {
+    let name = format!(
+        "fs_test_failover_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let app = TestApp::spawn(
+        Options::default()
+            .workers(0)
+            .env("DATABASE_URL", servers.url(&name, 0))
+            .env("ORDER_PARTITIONS", "8")
+            .env("HEARTBEAT_INTERVAL", "200ms")
+            .env("LEASE_DURATION", "1s"),
+    )
+    .await;
+    let mut stock = HashMap::new();
+    for (i, units) in [1_000_000, 1_000_000, 150, 150].into_iter().enumerate() {
+        stock.insert(
+            app.create_product(&format!("failover {i}"), units).await,
+            units,
+        );
+    }
+    let worker = app.spawn_worker_process();
+    app.wait_for_owners(|l| l.len() == 1).await;
+    (app, stock, worker, name)
+}
+
+/// Starts 16 clients placing orders on every product.
+fn load_on(app: &TestApp, stock: &HashMap<u64, i64>) -> Load {
+    let mut products: Vec<u64> = stock.keys().copied().collect();
+    products.sort_unstable();
+    Load::start(
+        &Target::new(&app.address),
+        Plan {
+            products,
+            clients: 16,
+            pause: Duration::from_millis(5),
+            give_up: Duration::from_secs(30),
+        },
+    )
+}
+
+/// The primary killed (SIGKILL) under load, the replica promoted 2 s later;
+/// the report, and how long after the kill (promotion delay included) 500
+/// more orders had been answered.
+async fn primary_killed() -> (Report, Duration) {
+    let mut servers = Replicated::start(true).await;
+    let (app, stock, _worker, name) = system_on(&servers).await;
+    // Samples on the replica, which becomes the primary.
+    let sampler = Sampler::start(&format!("{}/{name}", servers.server_url(1)));
+    let load = load_on(&app, &stock);
+    load.wait_for_more(500, PROGRESS).await;
+    let killed = Instant::now();
+    servers.kill(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    servers.promote(1);
+    load.wait_for_more(500, PROGRESS).await;
+    let resumed = killed.elapsed();
+    let fault = "MariaDB primary killed, semi-sync replica promoted after 2 s";
+    (
+        checker::check_after(fault, &app, load, sampler, &stock, DRAIN).await,
+        resumed,
+    )
+}
+
+/// The whole system on a primary and its semi-synchronous replica, under
+/// load: the primary killed (SIGKILL), the replica promoted 2 s later. The
+/// checker finds nothing lost, duplicated, oversold or decided twice, every
+/// answer honest, and the leases moved on without two owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_load_is_replaced_and_nothing_is_lost() {
+    let (report, resumed) = primary_killed().await;
+    eprintln!(
+        "failover: 500 more orders answered {} ms after the kill (2 s of it before the promotion)",
+        resumed.as_millis()
+    );
+    report.assert_holds();
+}
+
+/// The replica killed under load: the primary waits for it at each commit
+/// up to `rpl_semi_sync_master_timeout` (10 s here), then carries on alone
+/// (semi-sync off until a replica acknowledges again): a stall, then
+/// service, and nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_stalls_the_primary_at_most_its_timeout() {
+    let mut servers = Replicated::start(true).await;
+    let (app, stock, _worker, name) = system_on(&servers).await;
+    let sampler = Sampler::start(&format!("{}/{name}", servers.server_url(0)));
+    let load = load_on(&app, &stock);
+    load.wait_for_more(500, PROGRESS).await;
+    let killed = Instant::now();
+    servers.kill(1);
+    load.wait_for_more(500, PROGRESS).await;
+    eprintln!(
+        "failover: replica killed; 500 more orders answered {} ms later",
+        killed.elapsed().as_millis()
+    );
+    assert_eq!(
+        servers.query(0, "SHOW STATUS LIKE 'Rpl_semi_sync_master_status'"),
+        "Rpl_semi_sync_master_status\tOFF",
+        "the primary fell back to asynchronous replication"
+    );
+    checker::check_after("MariaDB replica killed", &app, load, sampler, &stock, DRAIN)
+        .await
+        .assert_holds();
+}
+
+/// The primary paused (SIGSTOP, a network-style stall) for longer than
+/// `LEASE_DURATION`, then resumed, with no promotion: nothing commits
+/// meanwhile, leases stay with their owner or move once, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_stalled_past_the_lease_loses_nothing() {
+    let servers = Replicated::start(true).await;
+    let (app, stock, _worker, name) = system_on(&servers).await;
+    let sampler = Sampler::start(&format!("{}/{name}", servers.server_url(0)));
+    let load = load_on(&app, &stock);
+    load.wait_for_more(500, PROGRESS).await;
+    servers.pause(0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    servers.resume(0);
+    load.wait_for_more(500, PROGRESS).await;
+    checker::check_after(
+        "MariaDB primary stalled (SIGSTOP) for 3 s, past LEASE_DURATION 1 s",
+        &app,
+        load,
+        sampler,
+        &stock,
+        DRAIN,
+    )
+    .await
+    .assert_holds();
+}
