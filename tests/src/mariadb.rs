@@ -207,13 +207,17 @@ impl Replicated {
     }
 
     fn signal(&self, i: usize, signal: &str) {
-        if let Some(child) = &self.servers[i].child {
-            let status = Command::new("kill")
+        assert!(self.send(i, signal), "kill {signal} server {i}");
+    }
+
+    /// Sends `signal` to server `i`, if it runs; whether it was delivered.
+    fn send(&self, i: usize, signal: &str) -> bool {
+        self.servers[i].child.as_ref().is_none_or(|child| {
+            Command::new("kill")
                 .args([signal, &child.id().to_string()])
                 .status()
-                .expect("kill runs");
-            assert!(status.success(), "kill {signal} server {i}");
-        }
+                .is_ok_and(|s| s.success())
+        })
     }
 
     /// Makes server `i` the primary: stops replicating and takes writes.
@@ -221,7 +225,24 @@ impl Replicated {
     /// every commit for `rpl_semi_sync_master_timeout`, 10 s, before
     /// carrying on alone): an orchestrator turns it on when it attaches a
     /// replica.
+    ///
+    /// It first applies all it received: semi-sync AFTER_SYNC put every
+    /// acknowledged commit in its relay log, and `RESET SLAVE ALL` would
+    /// throw away what is there but not yet applied.
     pub fn promote(&self, i: usize) {
+        self.sql(i, "STOP SLAVE IO_THREAD");
+        let status = self.sql(i, "SHOW SLAVE STATUS\\G");
+        let received = status
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Gtid_IO_Pos:"))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned();
+        let applied = self.sql(i, &format!("SELECT MASTER_GTID_WAIT('{received}', 60)"));
+        assert_eq!(
+            applied, "0",
+            "server {i} did not apply {received} within 60 s"
+        );
         self.sql(i, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0");
     }
 
@@ -238,8 +259,10 @@ impl Replicated {
 
 impl Drop for Replicated {
     fn drop(&mut self) {
+        // Nothing here may panic: a panic while a test unwinds would abort
+        // and leave the servers running.
         for i in 0..self.servers.len() {
-            self.resume(i);
+            self.send(i, "-CONT");
             self.kill(i);
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -80,8 +80,13 @@ async fn writes_follow_the_primary_through_a_promotion_and_lose_nothing_acknowle
         }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let killed = Instant::now();
+    assert_eq!(
+        servers.query(0, "SHOW STATUS LIKE 'Rpl_semi_sync_master_status'"),
+        "Rpl_semi_sync_master_status\tON",
+        "the primary waits for its replica"
+    );
     servers.kill(0);
+    let killed = Instant::now();
     const PROMOTION_DELAY: Duration = Duration::from_secs(2);
     tokio::time::sleep(PROMOTION_DELAY).await;
     servers.promote(1);
@@ -123,6 +128,7 @@ async fn writes_follow_the_primary_through_a_promotion_and_lose_nothing_acknowle
     // The old primary back, writable by mistake: the running pool stays
     // where it is; a new process refuses to choose.
     servers.restart(0, false);
+    let stale = servers.query(0, "SELECT @@gtid_binlog_pos");
     for _ in 0..20 {
         let conn = pool.acquire().await.unwrap().detach();
         drop(conn);
@@ -134,6 +140,11 @@ async fn writes_follow_the_primary_through_a_promotion_and_lose_nothing_acknowle
         .expect("gives up");
     assert!(refused.is_err(), "chose one of two writable servers");
     assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        servers.query(0, "SELECT @@gtid_binlog_pos"),
+        stale,
+        "the old primary received writes"
+    );
     // Fenced by the operator: the old primary read-only, a new process
     // finds the promoted one.
     servers.query(0, "SET GLOBAL read_only = 1");
@@ -197,8 +208,13 @@ async fn primary_killed() -> (Report, Duration) {
     let sampler = Sampler::start(&format!("{}/{name}", servers.server_url(1)));
     let load = load_on(&app, &stock);
     load.wait_for_more(500, PROGRESS).await;
-    let killed = Instant::now();
+    assert_eq!(
+        servers.query(0, "SHOW STATUS LIKE 'Rpl_semi_sync_master_status'"),
+        "Rpl_semi_sync_master_status\tON",
+        "the primary waits for its replica"
+    );
     servers.kill(0);
+    let killed = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     servers.promote(1);
     load.wait_for_more(500, PROGRESS).await;

@@ -44,17 +44,18 @@ pub enum ConnectError {
 pub async fn connect(config: &Config) -> Result<MySqlPool, ConnectError> {
     let servers = servers::Servers::parse(&config.database_url)
         .map_err(|e| ConnectError::Url(sqlx::Error::Configuration(e.into())))?;
-    let several = servers.hosts.len() > 1;
+    let several = servers.is_some();
     let routed;
-    let url = if several {
-        let options = MySqlConnectOptions::from_str(&servers.url).map_err(ConnectError::Url)?;
-        let router = servers::Router::start(&servers, options)
-            .await
-            .map_err(|e| ConnectError::Database(sqlx::Error::Io(e)))?;
-        routed = servers.url_at(router.addr);
-        &routed
-    } else {
-        &config.database_url
+    let url = match &servers {
+        Some(servers) => {
+            let options = MySqlConnectOptions::from_str(&servers.url).map_err(ConnectError::Url)?;
+            let router = servers::Router::start(servers, options)
+                .await
+                .map_err(|e| ConnectError::Database(sqlx::Error::Io(e)))?;
+            routed = servers.url_at(router.addr);
+            &routed
+        }
+        None => &config.database_url,
     };
     // Room for every statement shape we use (see `padded_len`), so none is evicted.
     // No statement logging: the hot paths' scripts carry their values as
@@ -86,15 +87,10 @@ pub async fn connect(config: &Config) -> Result<MySqlPool, ConnectError> {
                 // Never a connection to a read-only server (the router may
                 // have chosen it just before an orchestrator demoted it; and
                 // `read_only` does not stop a user with READ ONLY ADMIN).
-                if several {
-                    let (read_only,): (i64,) = sqlx::query_as("SELECT @@GLOBAL.read_only")
-                        .fetch_one(&mut *conn)
-                        .await?;
-                    if read_only != 0 {
-                        return Err(sqlx::Error::Protocol(
-                            "the database server is read-only (not the primary)".into(),
-                        ));
-                    }
+                if several && !servers::is_writable(conn).await? {
+                    return Err(sqlx::Error::Protocol(
+                        "the database server is read-only (not the primary)".into(),
+                    ));
                 }
                 Ok(())
             })
@@ -160,17 +156,24 @@ impl DbError {
 
 /// Whether an error means the database is unreachable or overloaded (worth
 /// a 503 and a retry) rather than a bug. (sqlx's own protocol errors count:
-/// a connection that lost its place; ours are [`DbError::Inconsistent`].)
+/// a connection that lost its place; ours are [`DbError::Inconsistent`].) A
+/// server that turned read-only under a connection (1290, 1836: a primary
+/// being demoted) counts too: the next connection goes to the new primary.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
+    match e {
         sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-    )
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => matches!(
+            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(|m| m.number()),
+            Some(1290 | 1836)
+        ),
+        _ => false,
+    }
 }
 
 /// Whether retrying the same transaction may succeed: unavailability, a
