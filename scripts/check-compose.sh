@@ -48,7 +48,7 @@ echo "== compose environment vs. the variables the binaries read"
 .venv/bin/python - <<'PY'
 import re, sys
 from ruamel.yaml import YAML
-read = set(re.findall(r'get\("([A-Z_]+)"', open("shared/src/config.rs").read())) | {"RUST_LOG"}
+read = set(re.findall(r'get\(\s*"([A-Z_]+)"', open("shared/src/config.rs").read())) | {"RUST_LOG"}
 compose = YAML(typ="safe").load(open("docker-compose.yml"))
 both = {"DATABASE_URL", "AMQP_URL", "BROKER_NAMESPACE", "ORDER_PARTITIONS", "RESERVATION_TTL"}
 required = {"api": both | {"API_ADDR", "API_METRICS_ADDR", "ADMIN_TOKEN", "PAYMENT_TOKEN"},
