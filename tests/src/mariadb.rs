@@ -251,6 +251,13 @@ impl Replicated {
         self.launch(i, read_only);
     }
 
+    /// Whether server `i`, as a primary, waits for a replica at each commit
+    /// (`Rpl_semi_sync_master_status`: `ON`, or `OFF` once it fell back).
+    pub fn semi_sync_status(&self, i: usize) -> String {
+        let row = self.sql(i, "SHOW STATUS LIKE 'Rpl_semi_sync_master_status'");
+        row.rsplit('\t').next().unwrap_or_default().to_owned()
+    }
+
     /// Runs `sql` on server `i` and returns its tab-separated output.
     pub fn query(&self, i: usize, sql: &str) -> String {
         self.sql(i, sql)

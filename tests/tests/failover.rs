@@ -81,8 +81,8 @@ async fn writes_follow_the_primary_through_a_promotion_and_lose_nothing_acknowle
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        servers.query(0, "SHOW STATUS LIKE 'Rpl_semi_sync_master_status'"),
-        "Rpl_semi_sync_master_status\tON",
+        servers.semi_sync_status(0),
+        "ON",
         "the primary waits for its replica"
     );
     servers.kill(0);
@@ -209,8 +209,8 @@ async fn primary_killed() -> (Report, Duration) {
     let load = load_on(&app, &stock);
     load.wait_for_more(500, PROGRESS).await;
     assert_eq!(
-        servers.query(0, "SHOW STATUS LIKE 'Rpl_semi_sync_master_status'"),
-        "Rpl_semi_sync_master_status\tON",
+        servers.semi_sync_status(0),
+        "ON",
         "the primary waits for its replica"
     );
     servers.kill(0);
@@ -259,8 +259,8 @@ async fn a_replica_killed_under_load_stalls_the_primary_at_most_its_timeout() {
         killed.elapsed().as_millis()
     );
     assert_eq!(
-        servers.query(0, "SHOW STATUS LIKE 'Rpl_semi_sync_master_status'"),
-        "Rpl_semi_sync_master_status\tOFF",
+        servers.semi_sync_status(0),
+        "OFF",
         "the primary fell back to asynchronous replication"
     );
     checker::check_after("MariaDB replica killed", &app, load, sampler, &stock, DRAIN)

@@ -183,9 +183,8 @@ pub async fn create_order(
     )?;
     // A request waits only if a waiting slot is free; otherwise it is
     // answered at once, as without the preference.
-    let slot = preferred_wait(&headers)
-        .and_then(|w| Some((w, state.waiting_slots.clone().try_acquire_owned().ok()?)));
-    let wait = slot.as_ref().map(|(w, _)| (*w).min(state.config.max_wait));
+    let slot = waiting_slot(&state, &headers);
+    let wait = slot.as_ref().map(|(w, _)| *w);
     let request = format!("{}:{}", product.get(), total.get());
     let scope = buyer.as_ref().map(|b| format!("buyer:{b}"));
     let key = crate::idempotency::key(&headers, scope.as_deref(), request.as_bytes())?;
@@ -412,6 +411,19 @@ fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
         .next()
 }
 
+/// The `Prefer: wait` a request may honour: its wait, capped by `MAX_WAIT`,
+/// and one of the `MAX_WAITING` slots (shared by submissions and long
+/// polls), held while it waits. `None` without the preference or without a
+/// free slot: the request is then answered at once, as without it.
+fn waiting_slot(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Option<(Duration, tokio::sync::OwnedSemaphorePermit)> {
+    let wait = preferred_wait(headers)?.min(state.config.max_wait);
+    let slot = state.waiting_slots.clone().try_acquire_owned().ok()?;
+    Some((wait, slot))
+}
+
 /// Room for the difference between this api's clock and the database's.
 const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
@@ -477,10 +489,8 @@ pub async fn get_order(
     // and the wait is not missed. A request waits only while it holds one
     // of the MAX_WAITING slots shared with `POST /api/orders`; without one
     // it is answered at once, as without the preference.
-    let wait = preferred_wait(&headers)
-        .map(|w| w.min(state.config.max_wait))
-        .and_then(|w| Some((w, state.waiting_slots.clone().try_acquire_owned().ok()?)))
-        .map(|(w, slot)| (w, slot, state.waiters.register(id)));
+    let wait =
+        waiting_slot(&state, &headers).map(|(w, slot)| (w, slot, state.waiters.register(id)));
     let mut row = read_order(&state, &caller, id).await?;
     let mut waited = None;
     if let Some((wait, _slot, mut waiting)) = wait
