@@ -82,7 +82,7 @@ impl From<sqlx::Error> for ApiError {
 impl From<shared::db::DbError> for ApiError {
     fn from(e: shared::db::DbError) -> Self {
         match e {
-            shared::db::DbError::Sql(e) => e.into(),
+            shared::db::DbError::Sql(e) | shared::db::DbError::Uncertain(e) => e.into(),
             // Our own check failed: a bug, not an outage (no Retry-After).
             e @ shared::db::DbError::Inconsistent(_) => {
                 Self::Internal(anyhow::Error::new(e).context("database check failed"))

@@ -35,6 +35,7 @@ pub mod receive;
 pub mod recorder;
 pub mod relay;
 pub mod routes;
+pub mod settle;
 pub mod sold_out;
 pub mod startup;
 pub mod state;

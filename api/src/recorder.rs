@@ -225,8 +225,7 @@ impl Loop {
                 let recorded =
                     db::orders::record(&self.db, &s.new_order(), s.key.as_ref(), &self.api_id)
                         .await
-                        .map(Recorded::from)
-                        .map_err(DbError::from);
+                        .map(Recorded::from);
                 (job, recorded)
             })
             .buffered(KEYED_AT_ONCE)
@@ -299,13 +298,21 @@ impl Loop {
                 results.push((job, Err(e)));
             }
             // The database is down: one by one would only wait longer.
+            // Cut under its commit, the batch may be recorded: each answer
+            // then looks for its order once a primary answers.
             Err(e) if e.is_unavailable() => {
                 tracing::warn!(error = %e, orders = plain.len(), "could not record a batch");
-                results.extend(
-                    plain
-                        .into_iter()
-                        .map(|job| (job, Err(DbError::Sql(sqlx::Error::PoolTimedOut)))),
-                );
+                let uncertain = e.is_uncertain();
+                results.extend(plain.into_iter().map(|job| {
+                    let e = if uncertain {
+                        DbError::Uncertain(sqlx::Error::Io(std::io::Error::other(
+                            "connection lost while a batch committed",
+                        )))
+                    } else {
+                        DbError::Sql(sqlx::Error::PoolTimedOut)
+                    };
+                    (job, Err(e))
+                }));
             }
             Err(_) => {
                 for job in plain {
@@ -318,8 +325,7 @@ impl Loop {
                     let s = &job.submission;
                     let row = db::orders::insert(&self.db, &s.new_order(), &self.api_id)
                         .await
-                        .map(Recorded::New)
-                        .map_err(DbError::from);
+                        .map(Recorded::New);
                     results.push((job, row));
                 }
             }

@@ -6,9 +6,11 @@
 
 use flashstock_tests::checker::{self, Load, Plan, Report, Sampler, Target};
 use flashstock_tests::mariadb::Replicated;
-use flashstock_tests::process::WorkerProcess;
+use flashstock_tests::process::{Process, WorkerProcess};
 use flashstock_tests::{Options, TestApp};
-use shared::Config;
+use reqwest::StatusCode;
+use serde_json::Value;
+use shared::{Config, fault};
 use sqlx::MySqlPool;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -292,4 +294,172 @@ async fn a_primary_stalled_past_the_lease_loses_nothing() {
     )
     .await
     .assert_holds();
+}
+
+/// Waits (up to 30 s) until `process` is stopped (SIGSTOP) at its fault point.
+async fn stopped(process: &Process) {
+    let stat = format!("/proc/{}/stat", process.pid());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&stat).unwrap_or_default();
+        // `pid (comm) state ...`: the state follows the last parenthesis.
+        let state = text
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next());
+        if state == Some("T") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never reached its fault point");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// With `api` stopped just before it sends a commit (`api-before-commit`),
+/// cuts that commit: lets the api send it, and once the primary has it in
+/// its binlog (waiting for its replica's acknowledgement, AFTER_SYNC),
+/// kills the primary, then promotes the replica 2 s later. `replicated`:
+/// the replica received the transaction (it was paused, the bytes waiting
+/// in its socket), so the commit survives the failover; otherwise its I/O
+/// thread was stopped and the transaction exists only on the dead primary.
+async fn cut_the_commit(servers: &mut Replicated, api: &Process, replicated: bool) {
+    stopped(api).await;
+    let before = servers.query(0, "SELECT @@gtid_binlog_pos");
+    if replicated {
+        servers.pause(1);
+    } else {
+        servers.query(1, "STOP SLAVE IO_THREAD");
+    }
+    api.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while servers.query(0, "SELECT @@gtid_binlog_pos") == before {
+        assert!(
+            Instant::now() < deadline,
+            "the commit never reached the binlog"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    servers.kill(0);
+    if replicated {
+        servers.resume(1);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    servers.promote(1);
+}
+
+/// The status of every order in the database `name` on server `i`.
+fn statuses(servers: &Replicated, i: usize, name: &str) -> Vec<String> {
+    let out = servers.query(i, &format!("SELECT status FROM {name}.orders ORDER BY seq"));
+    out.lines().map(str::to_owned).collect()
+}
+
+/// An order whose commit was cut by the primary's death, the transaction
+/// already on the replica: the api looks for the order on the new primary
+/// once it answers, finds it, and answers 202 with it (never a 503 for an
+/// order that exists). The relay publishes it and a worker decides it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_whose_commit_was_cut_but_replicated_is_answered_202() {
+    let mut servers = Replicated::start(true).await;
+    let (app, stock, _worker, name) = system_on(&servers).await;
+    let product = *stock.keys().min().expect("a product");
+    let api = app
+        .spawn_api_process(&[(
+            "FLASHSTOCK_FAULT",
+            format!("{}@1:stop", fault::API_BEFORE_COMMIT),
+        )])
+        .await;
+    let posted = tokio::spawn(post_order(api.address.clone(), product));
+    cut_the_commit(&mut servers, &api, true).await;
+    let (status, body) = posted.await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(statuses(&servers, 1, &name).len(), 1, "one order recorded");
+    let id = body["data"]["id"].as_str().expect("the order's id");
+    let decided = app.wait_for_decision(id, Duration::from_secs(30)).await;
+    assert_eq!(decided["status"], "ACCEPTED", "{decided}");
+}
+
+/// An order whose commit was cut by the primary's death before any replica
+/// had it: the new primary has no such order, and the answer is a 503 that
+/// says the order was not recorded. The old primary, restarted, does have
+/// it in its binlog: the tail an orchestrator must discard (OPERATIONS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_whose_commit_was_cut_and_lost_is_answered_503() {
+    let mut servers = Replicated::start(true).await;
+    let (app, stock, _worker, name) = system_on(&servers).await;
+    let product = *stock.keys().min().expect("a product");
+    let api = app
+        .spawn_api_process(&[(
+            "FLASHSTOCK_FAULT",
+            format!("{}@1:stop", fault::API_BEFORE_COMMIT),
+        )])
+        .await;
+    let posted = tokio::spawn(post_order(api.address.clone(), product));
+    cut_the_commit(&mut servers, &api, false).await;
+    let (status, body) = posted.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let message = body["data"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not recorded"), "{body}");
+    assert!(statuses(&servers, 1, &name).is_empty(), "nothing recorded");
+    // Later requests are recorded on the new primary.
+    let (status, body) = post_order(api.address.clone(), product).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    servers.restart(0, true);
+    assert_eq!(
+        statuses(&servers, 0, &name),
+        ["PENDING"],
+        "the old primary's unacknowledged tail"
+    );
+}
+
+/// A payment whose commit was cut, the transaction already on the
+/// replica: the api runs it again once the new primary answers, finds the
+/// order PAID, and answers 200 PAID (as for a retried payment), never a
+/// 503 for a payment made. (Lost with the primary instead, the payment
+/// would be made by that second run.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_whose_commit_was_cut_is_answered_with_the_truth() {
+    let mut servers = Replicated::start(true).await;
+    let (app, stock, _worker, name) = system_on(&servers).await;
+    let product = *stock.keys().min().expect("a product");
+    let (status, body) = app.post_order(product, 1, Some(10)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["data"]["id"]
+        .as_str()
+        .expect("the order's id")
+        .to_owned();
+    let api = app
+        .spawn_api_process(&[(
+            "FLASHSTOCK_FAULT",
+            format!("{}@1:stop", fault::API_BEFORE_COMMIT),
+        )])
+        .await;
+    let client = reqwest::Client::new();
+    let paid = tokio::spawn(
+        client
+            .post(format!("{}/api/orders/{id}/pay", api.address))
+            .send(),
+    );
+    cut_the_commit(&mut servers, &api, true).await;
+    let r = paid.await.unwrap().expect("an answer");
+    let status = r.status();
+    let replayed = r.headers().get("idempotent-replayed").cloned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["status"], "PAID");
+    assert_eq!(
+        replayed.as_ref().and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    assert_eq!(statuses(&servers, 1, &name), ["PAID"]);
+    app.assert_invariants().await;
+}
+
+async fn post_order(address: String, product: u64) -> (StatusCode, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{address}/api/orders"))
+        .json(&serde_json::json!({"product_id": product, "total": 1}))
+        .send()
+        .await
+        .expect("an answer");
+    (r.status(), r.json().await.expect("a JSON body"))
 }

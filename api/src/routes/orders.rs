@@ -224,6 +224,28 @@ pub async fn create_order(
     };
     let recorded = match recorded {
         Ok(recorded) => recorded,
+        // The connection was lost under the commit: whether the order is
+        // recorded, a primary tells once one answers (a failover). Recorded,
+        // the relay publishes it, and the answer says so; not recorded, the
+        // 503 is the truth.
+        Err(e) if e.is_uncertain() => {
+            let settled = crate::settle::until_answered(|| async {
+                Ok(db::orders::fetch_settled(&state.db, order_id).await?)
+            })
+            .await;
+            match settled {
+                Ok(Some(row)) => Recorded::New(row),
+                Ok(None) => {
+                    tracing::warn!(error = %e, order_id = %order_id, "an order's commit was cut and lost");
+                    return Err(ApiError::Unavailable(
+                        "the order was not recorded: the database connection was lost while it committed, \
+                         and the primary does not have it; retry"
+                            .into(),
+                    ));
+                }
+                Err(_) => return Err(crate::settle::unknown("the order", order_id)),
+            }
+        }
         // The failure may have come after the commit: then the order is
         // recorded (and the relay publishes it), and the answer says so.
         Err(e) => match db::orders::fetch(&state.db, order_id).await {
@@ -573,10 +595,12 @@ pub async fn pay_order(
     let request = format!("pay {id}");
     let key = crate::idempotency::key(&headers, caller.key_scope().as_deref(), request.as_bytes())?;
     // Pay, cancel and the sweeper lock the same rows; a lost deadlock is retried.
-    let result = db::retry_lock_conflicts(|| {
-        db::orders::pay(&state.db, id, key.as_ref(), state.config.order_events)
-    })
-    .await?;
+    let pay = || {
+        db::retry_lock_conflicts(|| {
+            db::orders::pay(&state.db, id, key.as_ref(), state.config.order_events)
+        })
+    };
+    let result = transition_settled(id, "the payment", pay).await?;
     transition_response(id, "pay", result)
 }
 
@@ -618,11 +642,20 @@ pub async fn cancel_order(
     }
     let request = format!("cancel {id}");
     let key = crate::idempotency::key(&headers, caller.key_scope().as_deref(), request.as_bytes())?;
-    let result = db::retry_lock_conflicts(|| {
-        db::orders::cancel(&state.db, id, key.as_ref(), state.config.order_events)
-    })
-    .await?;
-    if matches!(result, Transition::Done(_)) {
+    let cancel = || {
+        db::retry_lock_conflicts(|| {
+            db::orders::cancel(&state.db, id, key.as_ref(), state.config.order_events)
+        })
+    };
+    let result = transition_settled(id, "the cancel", cancel).await?;
+    let cancelled = match &result {
+        Transition::Done(_) => true,
+        // Done by an attempt whose commit was cut, or by another request:
+        // telling the waiters and admission again changes nothing.
+        Transition::Refused(row) => row.status() == OrderStatus::Cancelled,
+        _ => false,
+    };
+    if cancelled {
         // Cancelled while PENDING, it will get no decision notice; it
         // leaves admission without counting as a decision, and the
         // requests waiting on it here read it now.
@@ -630,6 +663,27 @@ pub async fn cancel_order(
         state.waiters.wake(id);
     }
     transition_response(id, "cancel", result)
+}
+
+/// A pay or cancel's outcome. When the connection was lost under its
+/// commit, it runs again once a primary answers: done by the cut attempt,
+/// it finds the order PAID (or CANCELLED) and answers 200 as for a retry;
+/// not done, it does it now.
+async fn transition_settled<F, Fut>(
+    id: OrderId,
+    what: &str,
+    mut attempt: F,
+) -> Result<Transition, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Transition, DbError>>,
+{
+    match attempt().await {
+        Err(e) if e.is_uncertain() => crate::settle::until_answered(attempt)
+            .await
+            .map_err(|_| crate::settle::unknown(what, id)),
+        other => Ok(other?),
+    }
 }
 
 /// The answer to pay or cancel. Asking again for the transition the order

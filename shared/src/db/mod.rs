@@ -135,17 +135,49 @@ pub enum DbError {
     /// repeat it forever.
     #[error("inconsistent database answer: {0}")]
     Inconsistent(String),
+    /// The connection failed after the statement that commits was sent
+    /// (the primary killed under a COMMIT): the transaction may have
+    /// committed or not, and only a read on the primary, once one answers,
+    /// can tell. Unavailable, like any outage.
+    #[error("the connection failed during a commit (it may have committed): {0}")]
+    Uncertain(sqlx::Error),
 }
 
 impl DbError {
     /// Whether the database is unreachable or overloaded: see [`is_unavailable`].
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Sql(e) if is_unavailable(e))
+        match self {
+            Self::Sql(e) => is_unavailable(e),
+            Self::Uncertain(_) => true,
+            Self::Inconsistent(_) => false,
+        }
     }
 
     /// Whether retrying the same transaction may succeed: see [`is_transient`].
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Sql(e) if is_transient(e))
+        match self {
+            Self::Sql(e) => is_transient(e),
+            Self::Uncertain(_) => true,
+            Self::Inconsistent(_) => false,
+        }
+    }
+
+    /// Whether a commit's outcome is unknown: see [`DbError::Uncertain`].
+    pub fn is_uncertain(&self) -> bool {
+        matches!(self, Self::Uncertain(_))
+    }
+
+    /// The error of the statement that commits: a lost connection (not a
+    /// refusal: a read-only server or a full pool commits nothing) leaves
+    /// the outcome [`Uncertain`](DbError::Uncertain).
+    pub fn committing(e: sqlx::Error) -> DbError {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => Self::Uncertain(e),
+            e => Self::Sql(e),
+        }
     }
 
     /// A deadlock or lock wait timeout: see [`is_lock_conflict`].
@@ -262,6 +294,16 @@ mod tests {
         assert!(!ours.is_lock_conflict());
         let down = DbError::Sql(sqlx::Error::PoolTimedOut);
         assert!(down.is_unavailable() && down.is_transient());
+    }
+
+    #[test]
+    fn only_a_connection_lost_under_a_commit_leaves_it_uncertain() {
+        let lost = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let cut = DbError::committing(sqlx::Error::Io(lost));
+        assert!(cut.is_uncertain() && cut.is_unavailable() && cut.is_transient());
+        for refused in [sqlx::Error::PoolTimedOut, sqlx::Error::RowNotFound] {
+            assert!(!DbError::committing(refused).is_uncertain());
+        }
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub async fn insert(
     pool: &MySqlPool,
     order: &NewOrder,
     recorded_by: &str,
-) -> Result<OrderRow, sqlx::Error> {
+) -> Result<OrderRow, DbError> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO orders (id, product_id, total, buyer_id, recorded_by) VALUES (?, ?, ?, ?, ?)",
@@ -78,7 +78,8 @@ pub async fn insert(
     let row = fetch(&mut *tx, order.id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
-    tx.commit().await?;
+    crate::fault::point(crate::fault::API_BEFORE_COMMIT);
+    tx.commit().await.map_err(DbError::committing)?;
     Ok(row)
 }
 
@@ -211,7 +212,12 @@ pub async fn insert_many(
         insert.sql("COMMIT").end();
     }
     insert.sql("SELECT CAST(@recorded_at AS DATETIME(6))").end();
-    let answers = insert.run(session.conn()).await?;
+    // The INSERT commits on its own (autocommit), or the script's COMMIT does.
+    crate::fault::point(crate::fault::API_BEFORE_COMMIT);
+    let answers = insert.run(session.conn()).await.map_err(|e| match e {
+        DbError::Sql(e) => DbError::committing(e),
+        e => e,
+    })?;
     session.finish();
     // After the SET and START TRANSACTION when they are here: the INSERT's
     // answer first, the time's last.
@@ -271,6 +277,20 @@ pub async fn fetch<'e>(
     )))
     .bind(id.uuid())
     .fetch_optional(exec)
+    .await
+}
+
+/// One order, if it exists, read on the primary with a shared lock: a
+/// transaction still committing it (its connection lost, the server alive)
+/// holds the row's lock, so this waits for its outcome rather than miss it.
+/// After a commit whose outcome is unknown ([`DbError::Uncertain`]), this
+/// is the answer.
+pub async fn fetch_settled(pool: &MySqlPool, id: OrderId) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM orders WHERE id = ? LOCK IN SHARE MODE"
+    )))
+    .bind(id.uuid())
+    .fetch_optional(pool)
     .await
 }
 
@@ -411,7 +431,7 @@ pub async fn record(
     order: &NewOrder,
     key: Option<&IdempotencyKey>,
     recorded_by: &str,
-) -> Result<Recorded, sqlx::Error> {
+) -> Result<Recorded, DbError> {
     let Some(key) = key else {
         return insert(pool, order, recorded_by).await.map(Recorded::New);
     };
@@ -432,14 +452,17 @@ pub async fn record(
     match inserted {
         Ok(_) => {
             let row = fetch(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
-            tx.commit().await?;
+            crate::fault::point(crate::fault::API_BEFORE_COMMIT);
+            tx.commit().await.map_err(DbError::committing)?;
             Ok(Recorded::New(row))
         }
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             drop(tx);
-            find_keyed(pool, key).await?.ok_or(sqlx::Error::RowNotFound)
+            Ok(find_keyed(pool, key)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -534,7 +557,8 @@ pub async fn pay(
     // Paid, or expired on the spot: kept with its key. Anything else changed
     // nothing, and leaves nothing behind (a key included).
     if accepted {
-        tx.commit().await?;
+        crate::fault::point(crate::fault::API_BEFORE_COMMIT);
+        tx.commit().await.map_err(DbError::committing)?;
     } else {
         tx.rollback().await?;
     }
@@ -582,7 +606,8 @@ pub async fn cancel(
     let row = fetch(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
     // A refusal changed nothing, and leaves nothing behind (a key included).
     if done {
-        tx.commit().await?;
+        crate::fault::point(crate::fault::API_BEFORE_COMMIT);
+        tx.commit().await.map_err(DbError::committing)?;
     } else {
         tx.rollback().await?;
     }
