@@ -43,6 +43,12 @@ pub const MAX_UNDECIDED: usize = 100_000;
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// Most overdue orders the reconciler checks per round.
 const RECONCILE_BATCH: usize = 256;
+/// How long after its admission an order the database does not have stops
+/// counting: longer than any recording takes (one whose commit was cut
+/// waits up to [`crate::settle::SETTLE_WITHIN`] to learn its fate), so what
+/// is still absent then was lost (with a primary that failed over before
+/// its replica had it) and will never be decided.
+const VANISHED_AFTER: Duration = Duration::from_secs(30);
 
 /// The answer to an order past capacity.
 #[derive(Debug, Clone, Copy)]
@@ -240,7 +246,7 @@ impl Admission {
     /// then every partition's second oldest, and so on. The oldest is what makes a partition look
     /// stalled, so however many partitions there are and however many of
     /// them are backed up, each one's front is checked within a few rounds.
-    fn overdue(&self, age: Duration, limit: usize) -> Vec<OrderId> {
+    fn overdue(&self, age: Duration, limit: usize) -> Vec<(OrderId, Instant)> {
         let now = Instant::now();
         let mut state = self.inner.lock().expect("admission lock");
         let parts = state.parts.len();
@@ -263,7 +269,7 @@ impl Admission {
                     .iter()
                     .take_while(|(_, at)| now.duration_since(*at) > age)
                     .filter(|(id, _)| undecided.contains_key(id))
-                    .map(|(id, _)| *id)
+                    .copied()
             })
             .collect();
         let mut found = Vec::new();
@@ -309,8 +315,24 @@ pub async fn run_reconciler(db: MySqlPool, admission: Admission, shutdown: Cance
         if overdue.is_empty() {
             continue;
         }
-        match db::orders::decided_among(&db, &overdue).await {
-            Ok(decided) => admission.decided(&decided),
+        let ids: Vec<OrderId> = overdue.iter().map(|(id, _)| *id).collect();
+        match db::orders::decided_among(&db, &ids).await {
+            Ok((decided, recorded)) => {
+                admission.decided(&decided);
+                // Never recorded, or lost with a primary: no decision will come.
+                let vanished: Vec<OrderId> = overdue
+                    .iter()
+                    .filter(|(id, at)| at.elapsed() > VANISHED_AFTER && !recorded.contains(id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                if !vanished.is_empty() {
+                    tracing::warn!(
+                        orders = vanished.len(),
+                        "admitted orders the database does not have: no longer counted"
+                    );
+                    admission.cancelled(&vanished);
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "could not check overdue orders"),
         }
     }
@@ -369,7 +391,7 @@ mod tests {
         let overdue = admission.overdue(Duration::ZERO, RECONCILE_BATCH);
         assert_eq!(overdue.len(), RECONCILE_BATCH);
         assert!(
-            overdue.contains(&lonely),
+            overdue.iter().any(|(id, _)| *id == lonely),
             "partition 31's oldest is checked"
         );
         // More partitions than the budget: every one's oldest within a few rounds.
@@ -384,7 +406,12 @@ mod tests {
             .collect();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..8 {
-            seen.extend(admission.overdue(Duration::ZERO, RECONCILE_BATCH));
+            seen.extend(
+                admission
+                    .overdue(Duration::ZERO, RECONCILE_BATCH)
+                    .into_iter()
+                    .map(|(id, _)| id),
+            );
         }
         assert!(fronts.iter().all(|id| seen.contains(id)));
     }

@@ -22,6 +22,16 @@
 //! - honest answers: an order rejected as sold out asked for more than was
 //!   left (stock only falls during these tests, so what is left at the end
 //!   is at most what was left when it was decided).
+//!
+//! With [`Plan::lifecycle`], accepted orders also move on while the fault
+//! happens: a closer pays a third of them, cancels a third and leaves a
+//! third to expire (`RESERVATION_TTL`), each pay or cancel with a key,
+//! retried until answered. Then PAID, CANCELLED and EXPIRED are outcomes,
+//! not findings; every pay or cancel answered 2xx (or 409 `ORDER_EXPIRED`)
+//! must have left the order as answered; `reserved` equals the ACCEPTED
+//! orders and `stored` the stock less the PAID ones; the sold-out honesty
+//! check keeps to products that released nothing (a release raises what is
+//! left after the rejection).
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -108,12 +118,34 @@ pub struct Plan {
     pub pause: Duration,
     /// How long a submission in hand is still retried once the load stops.
     pub give_up: Duration,
+    /// Whether accepted orders are paid, cancelled and left to expire.
+    pub lifecycle: bool,
 }
+
+/// A pay or cancel the closer sent, or an order it left to expire.
+#[derive(Debug, Clone)]
+pub struct Closing {
+    /// The order.
+    pub id: Uuid,
+    /// `pay`, `cancel`, or `leave`.
+    pub action: &'static str,
+    /// The status the answer gave it (a 2xx, or EXPIRED from a 409
+    /// `ORDER_EXPIRED`); `None`: left, or no answer before giving up.
+    pub told: Option<String>,
+    /// Any other answer: `status error`.
+    pub refused: Option<String>,
+}
+
+/// Orders the closer takes at most at once, and waits for at most.
+const CLOSING_AT_ONCE: usize = 16;
+const CLOSING_QUEUE: usize = 256;
 
 /// Clients submitting orders until stopped.
 pub struct Load {
     stop: CancellationToken,
     clients: Vec<JoinHandle<Vec<Submission>>>,
+    closer: Option<JoinHandle<Vec<Closing>>>,
+    lifecycle: bool,
     acknowledged: Arc<AtomicUsize>,
     shed: Arc<AtomicUsize>,
 }
@@ -128,6 +160,17 @@ impl Load {
             .timeout(Duration::from_secs(5))
             .build()
             .expect("http client");
+        let (closings, closer) = if plan.lifecycle {
+            let (tx, rx) = tokio::sync::mpsc::channel(CLOSING_QUEUE);
+            let closer = Closer {
+                http: http.clone(),
+                target: target.clone(),
+                give_up: plan.give_up,
+            };
+            (Some(tx), Some(tokio::spawn(closer.run(rx))))
+        } else {
+            (None, None)
+        };
         let clients = (0..plan.clients)
             .map(|n| {
                 let client = Client {
@@ -137,6 +180,7 @@ impl Load {
                     acknowledged: acknowledged.clone(),
                     shed: shed.clone(),
                     give_up: plan.give_up,
+                    closings: closings.clone(),
                 };
                 let plan = plan.clone();
                 tokio::spawn(async move { client.run(n, &plan).await })
@@ -145,6 +189,8 @@ impl Load {
         Load {
             stop,
             clients,
+            closer,
+            lifecycle: plan.lifecycle,
             acknowledged,
             shed,
         }
@@ -178,12 +224,121 @@ impl Load {
     /// Stops starting submissions, lets those in hand finish (or give up),
     /// and returns every submission.
     pub async fn stop(self) -> Vec<Submission> {
+        self.stop_all().await.0
+    }
+
+    /// [`Load::stop`], and the closer's pay, cancel and leave records once
+    /// it has finished the orders in hand.
+    pub async fn stop_all(self) -> (Vec<Submission>, Vec<Closing>) {
         self.stop.cancel();
         let mut all = Vec::new();
         for client in self.clients {
             all.extend(client.await.expect("a load client"));
         }
-        all
+        // The clients (and their senders) are gone: the closer ends.
+        let closings = match self.closer {
+            Some(closer) => closer.await.expect("the closer"),
+            None => Vec::new(),
+        };
+        (all, closings)
+    }
+}
+
+/// Pays, cancels or leaves the orders the clients got accepted.
+struct Closer {
+    http: reqwest::Client,
+    target: Target,
+    give_up: Duration,
+}
+
+impl Closer {
+    async fn run(self, mut ids: tokio::sync::mpsc::Receiver<Uuid>) -> Vec<Closing> {
+        let this = Arc::new(self);
+        let permits = Arc::new(tokio::sync::Semaphore::new(CLOSING_AT_ONCE));
+        let mut running = tokio::task::JoinSet::new();
+        let mut n = 0usize;
+        while let Some(id) = ids.recv().await {
+            let permit = permits.clone().acquire_owned().await.expect("open");
+            let action = ["pay", "cancel", "leave"][n % 3];
+            n += 1;
+            let this = this.clone();
+            running.spawn(async move {
+                let closing = this.close(id, action).await;
+                drop(permit);
+                closing
+            });
+        }
+        running.join_all().await.into_iter().flatten().collect()
+    }
+
+    /// Waits for `id`'s decision; accepted, does `action` to it.
+    async fn close(&self, id: Uuid, action: &'static str) -> Option<Closing> {
+        let give_up_at = Instant::now() + self.give_up;
+        let status = loop {
+            let answer = self
+                .http
+                .get(format!("{}/api/orders/{id}", self.target.get()))
+                .header("Prefer", "wait=5")
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            if let Ok(r) = answer
+                && r.status().is_success()
+                && let Ok(body) = r.json::<Value>().await
+                && body["data"]["status"] != "PENDING"
+            {
+                break body["data"]["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            if Instant::now() > give_up_at {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if status != "ACCEPTED" {
+            return None;
+        }
+        let mut closing = Closing {
+            id,
+            action,
+            told: None,
+            refused: None,
+        };
+        if action == "leave" {
+            return Some(closing);
+        }
+        let key = format!("fault-{action}-{}", Uuid::new_v4().simple());
+        loop {
+            let answer = self
+                .http
+                .post(format!("{}/api/orders/{id}/{action}", self.target.get()))
+                .header("Idempotency-Key", &key)
+                .send()
+                .await;
+            if let Ok(r) = answer {
+                let code = r.status();
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                if code.is_success() {
+                    closing.told = body["data"]["status"].as_str().map(str::to_owned);
+                    return Some(closing);
+                }
+                if code == reqwest::StatusCode::CONFLICT && body["data"]["error"] == "ORDER_EXPIRED"
+                {
+                    closing.told = Some("EXPIRED".into());
+                    return Some(closing);
+                }
+                if code.is_client_error() {
+                    closing.refused = Some(format!("{code} {}", body["data"]["error"]));
+                    return Some(closing);
+                }
+            }
+            if Instant::now() > give_up_at {
+                return Some(closing);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -194,6 +349,8 @@ struct Client {
     acknowledged: Arc<AtomicUsize>,
     shed: Arc<AtomicUsize>,
     give_up: Duration,
+    /// Where accepted orders go to be closed, with [`Plan::lifecycle`].
+    closings: Option<tokio::sync::mpsc::Sender<Uuid>>,
 }
 
 impl Client {
@@ -239,6 +396,10 @@ impl Client {
                             .and_then(|id| id.parse().ok())
                             .unwrap_or_else(|| panic!("a 2xx without an order id: {body}"));
                         self.acknowledged.fetch_add(1, Ordering::Relaxed);
+                        // A full closer leaves this one to expire.
+                        if let Some(closings) = &self.closings {
+                            let _ = closings.try_send(id);
+                        }
                         break Answer::Acknowledged {
                             status: status.as_u16(),
                             id,
@@ -360,6 +521,11 @@ pub struct Report {
     pub accepted: usize,
     /// Of those, rejected.
     pub rejected: usize,
+    /// Of those, accepted and then paid, cancelled or expired (only with
+    /// [`Plan::lifecycle`]).
+    pub closed: usize,
+    /// Pays and cancels the closer had answered.
+    pub closings: usize,
     /// Acknowledged orders missing, different, or still PENDING after the drain.
     pub lost: usize,
     /// Submissions with more than one order, plus units by which `reserved`
@@ -436,8 +602,18 @@ pub async fn check_after(
     stock: &HashMap<u64, i64>,
     drain_timeout: Duration,
 ) -> Report {
-    let submissions = load.stop().await;
-    let mut report = check(fault, &app.db, &submissions, stock, sampler, drain_timeout).await;
+    let lifecycle = load.lifecycle;
+    let (submissions, closings) = load.stop_all().await;
+    let mut report = check_with(
+        fault,
+        &app.db,
+        &submissions,
+        stock,
+        sampler,
+        drain_timeout,
+        lifecycle.then_some(&closings[..]),
+    )
+    .await;
     report
         .check_events(&app.db, &app.config.amqp_url, &app.topology())
         .await;
@@ -454,6 +630,21 @@ pub async fn check(
     sampler: Sampler,
     drain_timeout: Duration,
 ) -> Report {
+    check_with(fault, db, submissions, stock, sampler, drain_timeout, None).await
+}
+
+/// [`check`]; with `closings` (the load had [`Plan::lifecycle`]), accepted
+/// orders may have been paid, cancelled or expired, as the module says.
+async fn check_with(
+    fault: &str,
+    db: &MySqlPool,
+    submissions: &[Submission],
+    stock: &HashMap<u64, i64>,
+    sampler: Sampler,
+    drain_timeout: Duration,
+    closings: Option<&[Closing]>,
+) -> Report {
+    let lifecycle = closings.is_some();
     let mut report = Report {
         fault: fault.to_owned(),
         submitted: submissions.len(),
@@ -484,8 +675,11 @@ pub async fn check(
     .fetch_all(db)
     .await
     .expect("reading the orders");
-    match_orders(submissions, &orders, &mut report);
-    check_stock(db, &orders, stock, &mut report).await;
+    match_orders(submissions, &orders, lifecycle, &mut report);
+    if let Some(closings) = closings {
+        check_closings(closings, &orders, &mut report);
+    }
+    check_stock(db, &orders, stock, lifecycle, &mut report).await;
     if let Ok(violations) = shared::db::invariants::check(db).await {
         report
             .findings
@@ -496,7 +690,12 @@ pub async fn check(
 
 /// Matches the orders in the database with the submissions: counts the
 /// decisions and finds lost, duplicated and unexpected orders.
-fn match_orders(submissions: &[Submission], orders: &[StoredOrder], report: &mut Report) {
+fn match_orders(
+    submissions: &[Submission],
+    orders: &[StoredOrder],
+    lifecycle: bool,
+    report: &mut Report,
+) {
     let stored_key = |s: &Submission| s.key.as_ref().map(|k| api::idempotency::scoped_key(b"", k));
     let keyed: HashMap<String, &Submission> = submissions
         .iter()
@@ -561,6 +760,7 @@ fn match_orders(submissions: &[Submission], orders: &[StoredOrder], report: &mut
             "PENDING" => {}
             "ACCEPTED" => report.accepted += 1,
             "REJECTED" => report.rejected += 1,
+            "PAID" | "CANCELLED" | "EXPIRED" if lifecycle => report.closed += 1,
             other => report.findings.push(format!(
                 "order {} ended {other}, {:?}: nothing here pays or cancels",
                 order.id, order.reason
@@ -609,6 +809,29 @@ fn match_orders(submissions: &[Submission], orders: &[StoredOrder], report: &mut
     }
 }
 
+/// Every pay or cancel answered left its order as answered; none was refused.
+fn check_closings(closings: &[Closing], orders: &[StoredOrder], report: &mut Report) {
+    let by_id: HashMap<Uuid, &StoredOrder> = orders.iter().map(|o| (o.id, o)).collect();
+    for c in closings {
+        if let Some(refused) = &c.refused {
+            report.findings.push(format!(
+                "refused: {} of accepted order {} got {refused}",
+                c.action, c.id
+            ));
+        }
+        let Some(told) = &c.told else { continue };
+        report.closings += 1;
+        let stored = by_id.get(&c.id).map(|o| o.status.as_str());
+        if stored != Some(told.as_str()) {
+            report.lost += 1;
+            report.findings.push(format!(
+                "lost: {} of order {} was answered {told}, and the order is {stored:?}",
+                c.action, c.id
+            ));
+        }
+    }
+}
+
 /// An order as the database holds it.
 #[derive(Debug, sqlx::FromRow)]
 struct StoredOrder {
@@ -626,6 +849,7 @@ async fn check_stock(
     db: &MySqlPool,
     orders: &[StoredOrder],
     stock: &HashMap<u64, i64>,
+    lifecycle: bool,
     report: &mut Report,
 ) {
     let inventories: Vec<(u64, i64, i64)> =
@@ -638,22 +862,26 @@ async fn check_stock(
             continue;
         };
         let ours = || orders.iter().filter(move |o| o.product_id == product);
-        let accepted: i64 = ours()
-            .filter(|o| o.status == "ACCEPTED")
-            .map(|o| o.total)
-            .sum();
-        if !(0..=stored).contains(&reserved) || accepted > initial {
+        let units =
+            |status: &str| -> i64 { ours().filter(|o| o.status == status).map(|o| o.total).sum() };
+        let (accepted, paid) = (units("ACCEPTED"), units("PAID"));
+        // Without releases, everything ever accepted is still held or paid.
+        let released = ours().any(|o| o.status == "CANCELLED" || o.status == "EXPIRED");
+        if !(0..=stored).contains(&reserved) || (!released && accepted + paid > initial) {
             report.oversold += 1;
             report.findings.push(format!(
                 "oversold: product {product}: stock {initial}, stored {stored}, reserved {reserved}, accepted {accepted}"
             ));
         }
-        let off = (reserved - accepted).unsigned_abs() + (stored - initial).unsigned_abs();
+        let off = (reserved - accepted).unsigned_abs() + (stored - (initial - paid)).unsigned_abs();
         if off > 0 {
             report.duplicated += off as usize;
             report.findings.push(format!(
                 "effect: product {product}: stock {initial}, stored {stored}, reserved {reserved}, accepted orders hold {accepted}"
             ));
+        }
+        if lifecycle && released {
+            continue;
         }
         let left = stored - reserved;
         for o in
@@ -728,7 +956,7 @@ mod tests {
             order(d, None, "ACCEPTED"),
         ];
         let mut report = Report::default();
-        match_orders(&submissions, &clean, &mut report);
+        match_orders(&submissions, &clean, false, &mut report);
         assert!(report.findings.is_empty(), "{:?}", report.findings);
         assert_eq!(
             (report.decided, report.answered_2xx, report.unanswered),
@@ -744,7 +972,7 @@ mod tests {
             order(Uuid::now_v7(), Some("key-a-0123456789"), "ACCEPTED"),
         ];
         let mut report = Report::default();
-        match_orders(&submissions, &broken, &mut report);
+        match_orders(&submissions, &broken, false, &mut report);
         assert_eq!(
             (report.lost, report.unexpected, report.duplicated),
             (2, 1, 1),

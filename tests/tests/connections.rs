@@ -53,6 +53,7 @@ async fn world() -> World {
             clients: 8,
             pause: Duration::from_millis(10),
             give_up: Duration::from_secs(30),
+            lifecycle: false,
         },
     );
     World {

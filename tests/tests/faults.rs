@@ -76,6 +76,7 @@ fn plan(stock: &HashMap<u64, i64>) -> Plan {
         clients: 16,
         pause: Duration::from_millis(5),
         give_up: Duration::from_secs(30),
+        lifecycle: false,
     }
 }
 

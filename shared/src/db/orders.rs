@@ -334,25 +334,31 @@ pub async fn delete_unqueued(
     Ok(pending.into_iter().map(OrderId::from).collect())
 }
 
-/// The orders among `ids` that are recorded and no longer PENDING (an id
-/// not recorded yet is not among them).
-pub async fn decided_among(pool: &MySqlPool, ids: &[OrderId]) -> Result<Vec<OrderId>, sqlx::Error> {
+/// Of `ids`, those recorded and no longer PENDING, and those recorded at
+/// all (an id not recorded yet, or lost, is in neither).
+pub async fn decided_among(
+    pool: &MySqlPool,
+    ids: &[OrderId],
+) -> Result<(Vec<OrderId>, std::collections::HashSet<OrderId>), sqlx::Error> {
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     }
     let sql = format!(
-        "SELECT id FROM orders FORCE INDEX (uq_orders_id) WHERE status <> 'PENDING' AND id IN ({})",
+        "SELECT id, status <> 'PENDING' FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({})",
         placeholders(padded_len(ids.len()))
     );
-    let mut q = sqlx::query_as::<_, (Uuid,)>(AssertSqlSafe(sql));
+    let mut q = sqlx::query_as::<_, (Uuid, bool)>(AssertSqlSafe(sql));
     for id in padded(ids) {
         q = q.bind(id.uuid());
     }
-    Ok(q.fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|(id,)| OrderId::from(id))
-        .collect())
+    let rows = q.fetch_all(pool).await?;
+    let decided = rows
+        .iter()
+        .filter(|(_, decided)| *decided)
+        .map(|(id, _)| OrderId::from(*id))
+        .collect();
+    let recorded = rows.into_iter().map(|(id, _)| OrderId::from(id)).collect();
+    Ok((decided, recorded))
 }
 
 /// A retried submission's key, already scoped and hashed, with the hash of
