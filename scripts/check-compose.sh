@@ -6,6 +6,9 @@
 #      read (shared/src/config.rs): no unknown variable, none required missing;
 #   4. the `cluster` profile: its nodes are the ones deploy/rabbitmq/cluster.conf
 #      names, share one cookie and config, and api and worker list them all;
+#      the `replica` profile: a MySQL replica with the primary's image and
+#      settings (deploy/mysql/flashstock.cnf: GTIDs, semi-sync AFTER_SYNC),
+#      attached by deploy/mysql/replica-init.sh, and DATABASE_URL lists both;
 #   5. what is exposed: the secrets are required (compose refuses to start
 #      without them), nothing but the api is published beyond the host's
 #      loopback, RabbitMQ's management UI not at all, and Prometheus scrapes
@@ -30,9 +33,11 @@ fi
 # The secrets compose requires (.env would hold them): any values do here.
 secrets=(ADMIN_TOKEN=check-compose-admin-0123456789abcdef PAYMENT_TOKEN=check-compose-payment-0123456789abcdef
   GRAFANA_ADMIN_PASSWORD=check-compose-grafana RABBITMQ_ERLANG_COOKIE=check-compose-cookie)
-echo "== docker-compose config -q (and with --profile cluster)"
+echo "== docker-compose config -q (and with --profile cluster, --profile replica)"
 env "${secrets[@]}" docker-compose config -q
 env "${secrets[@]}" docker-compose --profile cluster config -q
+env "${secrets[@]}" docker-compose --profile replica config -q
+bash -n deploy/mysql/replica-init.sh
 echo "== docker-compose refuses to start without each secret"
 for secret in "${secrets[@]}"; do
   others=()
@@ -92,6 +97,46 @@ for service in ("api", "worker"):
 if problems:
     print("\n".join(problems)); sys.exit(1)
 print(f"ok -- the cluster profile's nodes {hosts} match cluster.conf; api and worker list them all")
+
+# The replica profile: the same image and settings file as the primary,
+# distinct server ids, the replica attached (semi-sync on at the primary,
+# super_read_only on itself) by its init script, and DATABASE_URL listing
+# both as flashstock reads several servers (every later entry host[:port]).
+primary, replica = services["mysql"], services.get("mysql-replica", {})
+cnf_mount = "./deploy/mysql/flashstock.cnf:/etc/mysql/conf.d/flashstock.cnf:ro"
+cnf = dict(re.findall(r"^(\w+)\s*=\s*(\S+)", open("deploy/mysql/flashstock.cnf").read(), re.M))
+for key, value in {"gtid_mode": "ON", "enforce_gtid_consistency": "ON",
+                   "rpl_semi_sync_source_wait_point": "AFTER_SYNC"}.items():
+    if cnf.get(key) != value:
+        problems.append(f"deploy/mysql/flashstock.cnf: {key} is {cnf.get(key)}, not {value}")
+if replica.get("profiles") != ["replica"]:
+    problems.append("mysql-replica: not in the replica profile only")
+if replica.get("image") != primary.get("image"):
+    problems.append(f"mysql-replica: image {replica.get('image')} is not the primary's {primary.get('image')}")
+for name, s in (("mysql", primary), ("mysql-replica", replica)):
+    if cnf_mount not in s.get("volumes", []):
+        problems.append(f"{name}: does not mount deploy/mysql/flashstock.cnf")
+ids = [re.findall(r"--server-id=(\d+)", " ".join(s.get("command", []))) for s in (primary, replica)]
+if any(len(i) != 1 for i in ids) or ids[0] == ids[1]:
+    problems.append(f"mysql, mysql-replica: server ids {ids} are not one each and distinct")
+if "--rpl-semi-sync-replica-enabled=ON" not in replica.get("command", []):
+    problems.append("mysql-replica: semi-sync is not enabled on the replica side")
+if "./deploy/mysql/replica-init.sh:/docker-entrypoint-initdb.d/replica-init.sh:ro" not in replica.get("volumes", []):
+    problems.append("mysql-replica: deploy/mysql/replica-init.sh is not its init script")
+init = open("deploy/mysql/replica-init.sh").read()
+for needed in ("SOURCE_HOST = 'mysql'", "SOURCE_AUTO_POSITION = 1", "START REPLICA",
+               "SET PERSIST super_read_only = ON", "-h mysql", "SET PERSIST rpl_semi_sync_source_enabled = ON"):
+    if needed not in init:
+        problems.append(f"deploy/mysql/replica-init.sh: no {needed!r}")
+for service in ("api", "worker"):
+    url = services[service]["environment"]["DATABASE_URL"]
+    first, *rest = url.split(",")
+    hosts = [re.sub(r"^.*@", "", first).split("/")[0].split(":")[0]] + [e.split(":")[0] for e in rest]
+    if hosts != ["mysql", "mysql-replica"] or not all(re.fullmatch(r"[\w.-]+(:\d+)?", e) for e in rest):
+        problems.append(f"{service}: DATABASE_URL lists {hosts}, not mysql and mysql-replica")
+if problems:
+    print("\n".join(problems)); sys.exit(1)
+print("ok -- the replica profile's server has the primary's image and settings, is attached semi-synchronously, and DATABASE_URL lists both")
 
 # What is exposed.
 api_env = services["api"]["environment"]
