@@ -76,6 +76,16 @@ impl Servers {
         })?;
         let mut hosts = vec![first];
         hosts.extend(entries[1..].iter().filter_map(|e| host_port(e)));
+        // One server listed twice would be seen writable twice, and so
+        // never used: say so at start instead.
+        for (i, (host, port)) in hosts.iter().enumerate() {
+            if hosts[..i]
+                .iter()
+                .any(|(h, p)| h.eq_ignore_ascii_case(host) && p == port)
+            {
+                return Err(format!("{host}:{port} is listed twice"));
+            }
+        }
         Ok(Some(Self { url, hosts }))
     }
 
@@ -404,5 +414,17 @@ mod tests {
         // no part of the value.
         let err = Servers::parse("mysql://u:s3cret@[::1]/f,db2").unwrap_err();
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn a_server_listed_twice_is_refused() {
+        for twice in ["mysql://u:p@db1/f,DB1:3306", "mysql://u:p@db1/f,db2,db2"] {
+            let err = Servers::parse(twice).unwrap_err();
+            assert!(
+                err.contains("listed twice") && !err.contains(":p@"),
+                "{err}"
+            );
+        }
+        assert!(Servers::parse("mysql://u:p@db1/f,db1:3307").is_ok());
     }
 }
