@@ -8,7 +8,8 @@
 #      names, share one cookie and config, and api and worker list them all;
 #      the `replica` profile: a MySQL replica with the primary's image and
 #      settings (deploy/mysql/flashstock.cnf: GTIDs, semi-sync AFTER_SYNC),
-#      attached by deploy/mysql/replica-init.sh, and DATABASE_URL lists both;
+#      attached by deploy/mysql/replica-init.sh, and DATABASE_URL lists both
+#      with DATABASE_REPLICAS set as .env.example says (one server without);
 #   5. what is exposed: the secrets are required (compose refuses to start
 #      without them), nothing but the api is published beyond the host's
 #      loopback, RabbitMQ's management UI not at all, and Prometheus scrapes
@@ -38,6 +39,11 @@ env "${secrets[@]}" docker-compose config -q
 env "${secrets[@]}" docker-compose --profile cluster config -q
 env "${secrets[@]}" docker-compose --profile replica config -q
 bash -n deploy/mysql/replica-init.sh
+# The replica profile as .env.example says to run it, rendered for the checks below.
+rendered=$(mktemp)
+trap 'rm -f "$rendered"' EXIT
+env "${secrets[@]}" DATABASE_REPLICAS=,mysql-replica:3306 docker-compose --profile replica config >"$rendered"
+export RENDERED_REPLICA="$rendered"
 echo "== docker-compose refuses to start without each secret"
 for secret in "${secrets[@]}"; do
   others=()
@@ -128,15 +134,21 @@ for needed in ("SOURCE_HOST = 'mysql'", "SOURCE_AUTO_POSITION = 1", "START REPLI
                "SET PERSIST super_read_only = ON", "-h mysql", "SET PERSIST rpl_semi_sync_source_enabled = ON"):
     if needed not in init:
         problems.append(f"deploy/mysql/replica-init.sh: no {needed!r}")
+import os
+rendered = YAML(typ="safe").load(open(os.environ["RENDERED_REPLICA"]))["services"]
 for service in ("api", "worker"):
-    url = services[service]["environment"]["DATABASE_URL"]
+    if not services[service]["environment"]["DATABASE_URL"].endswith("/flashstock${DATABASE_REPLICAS:-}"):
+        problems.append(f"{service}: DATABASE_URL does not end with ${{DATABASE_REPLICAS:-}} (empty: one server)")
+    url = rendered[service]["environment"]["DATABASE_URL"]
     first, *rest = url.split(",")
     hosts = [re.sub(r"^.*@", "", first).split("/")[0].split(":")[0]] + [e.split(":")[0] for e in rest]
     if hosts != ["mysql", "mysql-replica"] or not all(re.fullmatch(r"[\w.-]+(:\d+)?", e) for e in rest):
-        problems.append(f"{service}: DATABASE_URL lists {hosts}, not mysql and mysql-replica")
+        problems.append(f"{service}: with DATABASE_REPLICAS, DATABASE_URL lists {hosts}, not mysql and mysql-replica")
+if "DATABASE_REPLICAS=" not in open(".env.example").read():
+    problems.append(".env.example: no DATABASE_REPLICAS")
 if problems:
     print("\n".join(problems)); sys.exit(1)
-print("ok -- the replica profile's server has the primary's image and settings, is attached semi-synchronously, and DATABASE_URL lists both")
+print("ok -- the replica profile's server has the primary's image and settings, is attached semi-synchronously, and DATABASE_URL lists both with DATABASE_REPLICAS")
 
 # What is exposed.
 api_env = services["api"]["environment"]

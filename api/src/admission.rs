@@ -316,7 +316,7 @@ pub async fn run_reconciler(db: MySqlPool, admission: Admission, shutdown: Cance
             continue;
         }
         let ids: Vec<OrderId> = overdue.iter().map(|(id, _)| *id).collect();
-        match db::orders::decided_among(&db, &ids).await {
+        match db::orders::decided_among(&db, &ids, false).await {
             Ok((decided, recorded)) => {
                 admission.decided(&decided);
                 // Never recorded, or lost with a primary: no decision will come.

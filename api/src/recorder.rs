@@ -360,6 +360,9 @@ impl Loop {
                 }
             };
         }
+        // Refused orders whose removal was cut and not settled: recorded or
+        // not, nobody can say yet.
+        let mut unknown: std::collections::HashSet<OrderId> = Default::default();
         let shed: std::collections::HashSet<OrderId> = if refused.is_empty() {
             Default::default()
         } else {
@@ -374,6 +377,32 @@ impl Loop {
                     }
                     deleted.into_iter().collect()
                 }
+                // Cut under its commit: what is gone was deleted (shed),
+                // what was decided meanwhile is owed nothing, the rest is
+                // still recorded (the relay has it).
+                Err(e) if e.is_uncertain() => {
+                    let settled = crate::settle::until_answered(|| async {
+                        Ok(db::orders::decided_among(&self.db, &refused, true).await?)
+                    })
+                    .await;
+                    match settled {
+                        Ok((decided, recorded)) => {
+                            for id in &decided {
+                                unpublished.remove(id);
+                            }
+                            refused
+                                .iter()
+                                .filter(|id| !recorded.contains(*id))
+                                .copied()
+                                .collect()
+                        }
+                        // Unknown still: no answer may say recorded or not.
+                        Err(_) => {
+                            unknown = refused.iter().copied().collect();
+                            Default::default()
+                        }
+                    }
+                }
                 // Still recorded: the relay publishes them later.
                 Err(e) => {
                     tracing::warn!(error = %e, "could not remove orders the broker refused; the relay has them");
@@ -387,6 +416,13 @@ impl Loop {
             let id = submission.id.get();
             let answer = match result {
                 Ok(Recorded::New(_)) if shed.contains(&id) => Ok(Recorded::Shed),
+                // Its answer looks for it once more (the relay has it if it exists).
+                Ok(Recorded::New(_)) if unknown.contains(&id) => {
+                    lost.push(submission.id);
+                    Err(DbError::Uncertain(sqlx::Error::Io(std::io::Error::other(
+                        "connection lost while removing an order the broker refused",
+                    ))))
+                }
                 Ok(recorded) => {
                     if let Some(order) = unpublished.remove(&id) {
                         Metrics::inc(&metrics.publish_failures);

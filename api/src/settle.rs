@@ -20,8 +20,9 @@ use crate::error::ApiError;
 pub const SETTLE_WITHIN: Duration = Duration::from_secs(20);
 
 /// `attempt`'s first answer that is not unavailability; while the database
-/// is unavailable, `attempt` again (after 50 ms, doubling to 1 s) for up to
-/// [`SETTLE_WITHIN`], then its last error.
+/// is unavailable, `attempt` again (after 50 ms, doubling to 1 s); all
+/// within [`SETTLE_WITHIN`] (an attempt still running then is dropped, and
+/// counts as unavailable), then its last error.
 pub async fn until_answered<T, F, Fut>(attempt: F) -> Result<T, DbError>
 where
     F: FnMut() -> Fut,
@@ -38,7 +39,12 @@ where
     let deadline = Instant::now() + within;
     let mut pause = Duration::from_millis(50);
     loop {
-        match attempt().await {
+        // An attempt may wait on its own (a lock held by the cut
+        // transaction, a connection that hangs): the bound is for it too.
+        let answer = tokio::time::timeout_at(deadline, attempt())
+            .await
+            .unwrap_or(Err(DbError::Sql(sqlx::Error::PoolTimedOut)));
+        match answer {
             Err(e) if e.is_unavailable() && Instant::now() + pause < deadline => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
@@ -100,5 +106,17 @@ mod tests {
         .await;
         assert!(refused.is_err());
         assert_eq!(tries.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_hangs_is_cut_at_the_bound() {
+        let started = Instant::now();
+        let hung: Result<(), DbError> = until_answered_within(WITHIN, || async {
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .await;
+        assert!(hung.unwrap_err().is_unavailable());
+        assert!(started.elapsed() < WITHIN + Duration::from_millis(100));
     }
 }

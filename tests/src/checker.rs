@@ -809,9 +809,27 @@ fn match_orders(
     }
 }
 
-/// Every pay or cancel answered left its order as answered; none was refused.
+/// Every pay or cancel answered left its order as answered; none was
+/// refused; and every PAID or CANCELLED order is one the closer paid or
+/// cancelled.
 fn check_closings(closings: &[Closing], orders: &[StoredOrder], report: &mut Report) {
     let by_id: HashMap<Uuid, &StoredOrder> = orders.iter().map(|o| (o.id, o)).collect();
+    let asked: std::collections::HashSet<(Uuid, &str)> =
+        closings.iter().map(|c| (c.id, c.action)).collect();
+    for o in orders {
+        let action = match o.status.as_str() {
+            "PAID" => "pay",
+            "CANCELLED" => "cancel",
+            _ => continue,
+        };
+        if !asked.contains(&(o.id, action)) {
+            report.unexpected += 1;
+            report.findings.push(format!(
+                "unexpected: order {} is {} and nobody asked for it",
+                o.id, o.status
+            ));
+        }
+    }
     for c in closings {
         if let Some(refused) = &c.refused {
             report.findings.push(format!(
@@ -865,9 +883,9 @@ async fn check_stock(
         let units =
             |status: &str| -> i64 { ours().filter(|o| o.status == status).map(|o| o.total).sum() };
         let (accepted, paid) = (units("ACCEPTED"), units("PAID"));
-        // Without releases, everything ever accepted is still held or paid.
+        // What is held or sold never exceeds the stock, released or not.
         let released = ours().any(|o| o.status == "CANCELLED" || o.status == "EXPIRED");
-        if !(0..=stored).contains(&reserved) || (!released && accepted + paid > initial) {
+        if !(0..=stored).contains(&reserved) || accepted + paid > initial {
             report.oversold += 1;
             report.findings.push(format!(
                 "oversold: product {product}: stock {initial}, stored {stored}, reserved {reserved}, accepted {accepted}"

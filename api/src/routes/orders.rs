@@ -156,7 +156,7 @@ pub enum OrderOrError {
         (status = 403, description = "A service token (admin, payment): orders are placed with a buyer's token", body = Envelope<ErrorBody>),
         (status = 415, description = "Not JSON", body = Envelope<ErrorBody>),
         (status = 422, description = "Invalid product_id or total, invalid Idempotency-Key, or a key reused with another body", body = Envelope<ErrorBody>),
-        (status = 503, description = "`OVERLOADED`: more orders are waiting than can be decided within ADMISSION_MAX_DELAY (or the broker refused more); `SERVICE_UNAVAILABLE`: the database is down. Either way the order was not recorded", body = Envelope<ErrorBody>,
+        (status = 503, description = "`OVERLOADED`: more orders are waiting than can be decided within ADMISSION_MAX_DELAY (or the broker refused more); `SERVICE_UNAVAILABLE`: the database is down. Either way the order was not recorded, except in one case the message says: the connection was lost under the commit and no primary answered for 20 s, so whether it was recorded is not known yet (a keyed retry settles it; the message names the order to GET)", body = Envelope<ErrorBody>,
             headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]
 pub async fn create_order(

@@ -298,10 +298,7 @@ pub async fn fetch_settled(pool: &MySqlPool, id: OrderId) -> Result<Option<Order
 /// length limit) while they are still PENDING: no worker will ever see
 /// them, and their clients are answered 503 `OVERLOADED`. Returns the ids
 /// removed (one decided meanwhile, through another publish, stays).
-pub async fn delete_unqueued(
-    pool: &MySqlPool,
-    ids: &[OrderId],
-) -> Result<Vec<OrderId>, sqlx::Error> {
+pub async fn delete_unqueued(pool: &MySqlPool, ids: &[OrderId]) -> Result<Vec<OrderId>, DbError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -330,22 +327,26 @@ pub async fn delete_unqueued(
         }
         q.execute(&mut *tx).await?;
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(DbError::committing)?;
     Ok(pending.into_iter().map(OrderId::from).collect())
 }
 
 /// Of `ids`, those recorded and no longer PENDING, and those recorded at
-/// all (an id not recorded yet, or lost, is in neither).
+/// all (an id not recorded yet, or lost, is in neither). `settled`: read
+/// with a shared lock, waiting for a transaction still committing on them
+/// (after a commit whose outcome is unknown).
 pub async fn decided_among(
     pool: &MySqlPool,
     ids: &[OrderId],
+    settled: bool,
 ) -> Result<(Vec<OrderId>, std::collections::HashSet<OrderId>), sqlx::Error> {
     if ids.is_empty() {
         return Ok(Default::default());
     }
     let sql = format!(
-        "SELECT id, status <> 'PENDING' FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({})",
-        placeholders(padded_len(ids.len()))
+        "SELECT id, status <> 'PENDING' FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({}){}",
+        placeholders(padded_len(ids.len())),
+        if settled { " LOCK IN SHARE MODE" } else { "" }
     );
     let mut q = sqlx::query_as::<_, (Uuid, bool)>(AssertSqlSafe(sql));
     for id in padded(ids) {
