@@ -101,6 +101,11 @@ impl Replicated {
 
     /// Starts server `i` on its folder, `read_only` when asked.
     fn launch(&mut self, i: usize, read_only: bool) {
+        self.launch_with(i, read_only, &[]);
+    }
+
+    /// [`Replicated::launch`] with `extra` options.
+    fn launch_with(&mut self, i: usize, read_only: bool, extra: &[&str]) {
         // The primary waits for a replica; a replica acknowledges (and, its
         // SQL thread writing its own binlog, must not wait itself).
         let on = |yes: bool| if yes { "ON" } else { "OFF" };
@@ -141,6 +146,7 @@ impl Replicated {
             ])
             .arg(format!("--rpl-semi-sync-master-enabled={master}"))
             .arg(format!("--rpl-semi-sync-slave-enabled={slave}"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -249,6 +255,27 @@ impl Replicated {
     /// Starts server `i` again, `read_only` or not.
     pub fn restart(&mut self, i: usize, read_only: bool) {
         self.launch(i, read_only);
+    }
+
+    /// Brings server `i`, a primary lost and replaced by `primary`, back as
+    /// `primary`'s replica, as OPERATIONS.md's recovery says: started
+    /// `read_only` with `--init-rpl-role=SLAVE` (and semi-sync on its
+    /// replica side), so that it truncates the end of its binlog that no
+    /// replica acknowledged; then replicating from where its own history
+    /// ends (`current_pos`), and `primary` waiting for it again.
+    pub fn rejoin(&mut self, i: usize, primary: usize) {
+        self.launch_with(i, true, &["--init-rpl-role=SLAVE"]);
+        self.sql(
+            i,
+            &format!(
+                "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root', \
+                 MASTER_PASSWORD = '', MASTER_USE_GTID = current_pos, MASTER_CONNECT_RETRY = 1; START SLAVE",
+                self.servers[primary].port
+            ),
+        );
+        if self.semi_sync {
+            self.sql(primary, "SET GLOBAL rpl_semi_sync_master_enabled = ON");
+        }
     }
 
     /// Whether server `i`, as a primary, waits for a replica at each commit

@@ -218,7 +218,10 @@ const PROMOTION_DELAY: Duration = Duration::from_secs(2);
 /// slow link falls behind; on one machine it otherwise never is. The report,
 /// and the time from the kill to the first decision on the new primary, the
 /// promotion delay subtracted.
-async fn primary_killed(semi_sync: bool, behind: Duration) -> (Report, Duration) {
+async fn primary_killed(
+    semi_sync: bool,
+    behind: Duration,
+) -> (Report, Duration, Replicated, String) {
     let mut servers = Replicated::start(semi_sync).await;
     let (app, stock, _worker, name) = system_on(&servers, "2s").await;
     // Samples on the replica, which becomes the primary.
@@ -263,6 +266,8 @@ async fn primary_killed(semi_sync: bool, behind: Duration) -> (Report, Duration)
     (
         checker::check_after(&fault, &app, load, sampler, &stock, drain).await,
         recovered,
+        servers,
+        name,
     )
 }
 
@@ -273,13 +278,59 @@ async fn primary_killed(semi_sync: bool, behind: Duration) -> (Report, Duration)
 /// decision on the new primary comes within 5 s of the promotion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load_is_replaced_and_nothing_is_lost() {
-    let (report, recovered) = primary_killed(true, Duration::ZERO).await;
+    let (report, recovered, mut servers, name) = primary_killed(true, Duration::ZERO).await;
     eprintln!(
         "failover: the first decision on the new primary {} ms after the kill, the promotion delay (2 s) subtracted",
         recovered.as_millis()
     );
     report.assert_holds();
     assert!(recovered < Duration::from_secs(5), "{recovered:?}");
+
+    // The old primary back as the new one's replica: its unacknowledged
+    // tail truncated, it replicates what happened since and ends up with
+    // the same orders, read-only, and the new primary waits for it again.
+    servers.rejoin(0, 1);
+    let orders = format!("SELECT COUNT(*), COALESCE(SUM(status = 'PAID'), 0) FROM {name}.orders");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught_up = servers.query(0, "SELECT @@gtid_current_pos")
+            == servers.query(1, "SELECT @@gtid_binlog_pos");
+        if caught_up && servers.query(0, &orders) == servers.query(1, &orders) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old primary did not catch up: {} of {}",
+            servers.query(0, "SELECT @@gtid_current_pos"),
+            servers.query(1, "SELECT @@gtid_binlog_pos")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(servers.query(0, "SELECT @@read_only"), "1");
+    // A commit on the new primary is acknowledged by its new replica (one
+    // that timed out would leave semi-sync OFF), and reaches it.
+    servers.query(
+        1,
+        "CREATE DATABASE fs_rejoin; CREATE TABLE fs_rejoin.t (n INT PRIMARY KEY); INSERT INTO fs_rejoin.t VALUES (1)",
+    );
+    assert_eq!(
+        servers.semi_sync_status(1),
+        "ON",
+        "the new primary waits for its replica"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while servers.query(
+        0,
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'fs_rejoin'",
+    ) != "1"
+        || servers.query(0, "SELECT COUNT(*) FROM fs_rejoin.t") != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the rejoined replica did not get the write"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What semi-sync buys, shown: the replica 1 s behind when the primary dies.
@@ -290,9 +341,9 @@ async fn a_primary_killed_under_load_is_replaced_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_loses_acknowledged_orders_only_without_semi_sync() {
     let behind = Duration::from_secs(1);
-    let (report, _) = primary_killed(true, behind).await;
+    let (report, ..) = primary_killed(true, behind).await;
     report.assert_holds();
-    let (report, _) = primary_killed(false, behind).await;
+    let (report, ..) = primary_killed(false, behind).await;
     eprintln!(
         "failover: semi-sync off, the replica 1 s behind: {} of {} acknowledged orders lost, {} findings: {}",
         report.lost,
