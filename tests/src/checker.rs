@@ -651,11 +651,15 @@ async fn check_with(
         ..Report::default()
     };
     let drain_started = Instant::now();
+    // With the lifecycle, accepted orders go on expiring after the load:
+    // wait for that too, so the orders and the stock are read at rest.
+    let unsettled = if lifecycle {
+        "SELECT COUNT(*) FROM orders WHERE status IN ('PENDING', 'ACCEPTED')"
+    } else {
+        "SELECT COUNT(*) FROM orders WHERE status = 'PENDING'"
+    };
     loop {
-        let pending: Result<(i64,), _> =
-            sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status = 'PENDING'")
-                .fetch_one(db)
-                .await;
+        let pending: Result<(i64,), _> = sqlx::query_as(unsettled).fetch_one(db).await;
         if matches!(pending, Ok((0,))) || drain_started.elapsed() > drain_timeout {
             break;
         }
