@@ -344,18 +344,18 @@ pub async fn decided_among(
         return Ok(Default::default());
     }
     let sql = format!(
-        "SELECT id, status <> 'PENDING' FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({}){}",
+        "SELECT id, status FROM orders FORCE INDEX (uq_orders_id) WHERE id IN ({}){}",
         placeholders(padded_len(ids.len())),
         if settled { " LOCK IN SHARE MODE" } else { "" }
     );
-    let mut q = sqlx::query_as::<_, (Uuid, bool)>(AssertSqlSafe(sql));
+    let mut q = sqlx::query_as::<_, (Uuid, String)>(AssertSqlSafe(sql));
     for id in padded(ids) {
         q = q.bind(id.uuid());
     }
     let rows = q.fetch_all(pool).await?;
     let decided = rows
         .iter()
-        .filter(|(_, decided)| *decided)
+        .filter(|(_, status)| status != "PENDING")
         .map(|(id, _)| OrderId::from(*id))
         .collect();
     let recorded = rows.into_iter().map(|(id, _)| OrderId::from(id)).collect();
